@@ -1,0 +1,230 @@
+"""The HTTP API (contract section 4): a Flask app factory and the exchange request path.
+
+`exchange` reads top to bottom as the request: check the request's shape, verify the CI token,
+evaluate the role policy, sign the broker's assertion and call the cloud, audit. Every refusal is
+a `BrokerError` rendered as one JSON shape; nothing else reaches the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from broker import audit, strictjson
+from broker.assertion import ci_context
+from broker.clouds import Grant
+from broker.config import Config
+from broker.errors import (AccessDenied, BrokerError, InvalidRequest, InvalidToken, PayloadTooLarge,
+                           UnsupportedMediaType)
+from broker.keys import jwks
+from broker.policy import Decision, evaluate
+from broker.service import Broker, build_broker
+from broker.verify import MAX_TOKEN_CHARS, VerifiedToken
+
+log = logging.getLogger("broker.app")
+
+MAX_BODY_BYTES = 4 * 1024
+MAX_DURATION = 43200
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,64}")
+_BEARER = re.compile(r"Bearer +([^ ]+) *", re.IGNORECASE)
+
+api = Blueprint("api", __name__)
+
+
+def create_app(config: Config, *, broker: Broker | None = None) -> Flask:
+    app = Flask("broker")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.extensions["broker"] = broker or build_broker(config)
+    app.register_blueprint(api)
+    app.before_request(_assign_request_id)
+    app.after_request(_tag_response)
+    app.register_error_handler(BrokerError, _render_broker_error)
+    app.register_error_handler(HTTPException, _render_http_error)
+    app.register_error_handler(Exception, _render_unexpected)
+    return app
+
+
+def _broker() -> Broker:
+    return current_app.extensions["broker"]
+
+
+# -- the exchange ---------------------------------------------------------------------------------
+
+@api.post("/v1/exchange")
+def exchange() -> Response:
+    broker = _broker()
+    event: dict[str, Any] = {"request_id": g.request_id, "client": request.remote_addr}
+    g.audit_event = event
+    token = bearer_token()
+    role_name, duration = exchange_body()
+    event["role"] = role_name
+
+    verified = broker.verifier.verify(token)
+    record_token(event, verified)
+
+    role = broker.config.roles.get(role_name)
+    if role is None:
+        decision = Decision(role_name, False, None, ())
+    else:
+        event["cloud"] = role.cloud
+        decision = evaluate(role_name, role.rules, verified.provider.name, verified.provider.schema,
+                            verified.claims)
+    event["matched_rule"] = decision.matched_rule
+    if not decision.allowed:
+        # An unknown role and a denied one look the same to the caller; the log tells them apart.
+        raise AccessDenied("no rule of this role grants this token", reason=decision.summary())
+    assert role is not None
+    if duration is not None and duration > (role.max_duration or MAX_DURATION):
+        raise InvalidRequest(f"duration must be at most {role.max_duration} for this role")
+
+    context = ci_context(verified.provider.name, verified.claims, verified.provider.schema.neutral)
+    grant = Grant(
+        role=role.name, provider=verified.provider.name, claims=verified.claims, context=context,
+        duration=duration,
+        mint_assertion=lambda audience, extra: broker.signer.mint(role.name, audience, context, extra),
+    )
+    issued = broker.backends[role.name].issue(grant)
+
+    expires_at = audit.rfc3339(issued.expires_at)
+    event.update(outcome="granted", reason=decision.summary(), expires_at=expires_at)
+    audit.emit(event)
+    return jsonify(role=role.name, cloud=role.cloud, expires_at=expires_at, credentials=issued.credentials)
+
+
+def bearer_token() -> str:
+    header = request.headers.get("Authorization", "")
+    if len(header) > MAX_TOKEN_CHARS + 64:
+        raise PayloadTooLarge(f"token longer than {MAX_TOKEN_CHARS} characters")
+    match = _BEARER.fullmatch(header)
+    if not match:
+        raise InvalidToken("an Authorization: Bearer <CI OIDC token> header is required",
+                           reason="no bearer token")
+    return match.group(1)
+
+
+def exchange_body() -> tuple[str, int | None]:
+    mimetype = request.mimetype
+    if mimetype != "application/json":
+        raise UnsupportedMediaType("the body must be application/json")
+    charset = request.mimetype_params.get("charset", "utf-8").lower()
+    if charset not in ("utf-8", "utf8"):
+        raise UnsupportedMediaType("the body must be UTF-8 JSON")
+    try:
+        body = strictjson.loads(request.get_data(cache=False))
+    except ValueError as exc:
+        raise InvalidRequest(f"the body is not valid JSON: {exc}"[:200]) from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    unknown = set(body) - {"role", "duration"}
+    if unknown:
+        raise InvalidRequest(f"unknown field(s): {', '.join(sorted(k[:40] for k in unknown))}")
+    role = body.get("role")
+    if not isinstance(role, str) or not role or len(role) > 256:
+        raise InvalidRequest("role must be a non-empty string")
+    duration = body.get("duration")
+    if duration is not None and (isinstance(duration, bool) or not isinstance(duration, int)
+                                 or not 1 <= duration <= MAX_DURATION):
+        raise InvalidRequest(f"duration must be an integer number of seconds from 1 to {MAX_DURATION}")
+    return role, duration
+
+
+def record_token(event: dict[str, Any], verified: VerifiedToken) -> None:
+    claims = verified.claims
+    schema = verified.provider.schema
+    event.update(
+        provider=verified.provider.name, issuer=claims["iss"], subject=claims["sub"], jti=claims["jti"],
+        token_sha256=verified.sha256,
+        claims={name: claims[name] for name in schema.audited if name in claims},
+    )
+
+
+# -- the broker as an OIDC issuer, and health -----------------------------------------------------
+
+@api.get("/.well-known/openid-configuration")
+def openid_configuration() -> Response:
+    server = _broker().config.server
+    response = jsonify(
+        issuer=server.issuer,
+        jwks_uri=f"{server.issuer}/.well-known/jwks.json",
+        response_types_supported=["id_token"],
+        subject_types_supported=["public"],
+        id_token_signing_alg_values_supported=sorted({k.alg for k in server.signing_keys}),
+        claims_supported=["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "provider", "repository",
+                          "repository_id", "ref", "run_id", "sha"],
+    )
+    response.cache_control.public = True
+    response.cache_control.max_age = 300
+    return response
+
+
+@api.get("/.well-known/jwks.json")
+def jwks_document() -> Response:
+    response = jsonify(jwks(_broker().config.server.signing_keys))
+    response.cache_control.public = True
+    response.cache_control.max_age = 300
+    return response
+
+
+@api.get("/healthz")
+def healthz() -> Response:
+    return jsonify(status="ok")
+
+
+@api.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    ready, providers = _broker().ready()
+    return jsonify(status="ready" if ready else "not ready", providers=providers), 200 if ready else 503
+
+
+# -- request ids, errors --------------------------------------------------------------------------
+
+def _assign_request_id() -> None:
+    incoming = request.headers.get("X-Request-Id", "")
+    g.request_id = incoming if REQUEST_ID.fullmatch(incoming) else secrets.token_hex(12)
+
+
+def _tag_response(response: Response) -> Response:
+    response.headers["X-Request-Id"] = g.get("request_id", "")
+    response.headers["Cache-Control"] = response.headers.get("Cache-Control", "no-store")
+    return response
+
+
+def _error_response(status: int, code: str, message: str) -> Response:
+    response = jsonify(error=code, message=message, request_id=g.get("request_id", ""))
+    response.status_code = status
+    return response
+
+
+def _render_broker_error(exc: BrokerError) -> Response:
+    event = g.get("audit_event")
+    if event is not None:
+        event.update(outcome="refused", error=exc.code, reason=exc.reason)
+        audit.emit(event)
+    response = _error_response(exc.status, exc.code, exc.message)
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+def _render_http_error(exc: HTTPException) -> Response:
+    if isinstance(exc, RequestEntityTooLarge):
+        return _render_broker_error(PayloadTooLarge(f"the body is larger than {MAX_BODY_BYTES} bytes"))
+    code = (exc.name or "error").lower().replace(" ", "_")
+    return _error_response(exc.code or 500, code, exc.description or exc.name or "error")
+
+
+def _render_unexpected(exc: Exception) -> Response:
+    # The traceback goes to the operator's log; the caller gets no detail it could probe with.
+    log.error("unexpected error in request %s: %s", g.get("request_id"), type(exc).__name__,
+              exc_info=True)
+    event = g.get("audit_event")
+    if event is not None:
+        event.update(outcome="refused", error="internal_error", reason=type(exc).__name__)
+        audit.emit(event)
+    return _error_response(500, "internal_error", "internal error")

@@ -1,0 +1,142 @@
+"""The `ci-broker` command: serve, check, explain, keygen, demo (contract section 1)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from broker.config import Config, ConfigError, load_config
+
+EXIT_OK, EXIT_DENY, EXIT_ERROR = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ci-broker", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", default=os.environ.get("CI_BROKER_CONFIG"),
+                       help="config file (default: $CI_BROKER_CONFIG)")
+
+    p = sub.add_parser("serve", help="run the broker under gunicorn")
+    with_config(p)
+    p.add_argument("--bind", default="127.0.0.1:8080", help="HOST:PORT (default 127.0.0.1:8080)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: 1 with the memory replay store, else CPU count)")
+    p.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
+
+    p = sub.add_parser("check", help="validate a config and warn about risky rules")
+    with_config(p)
+
+    p = sub.add_parser("explain", help="evaluate the policy offline for a claims set")
+    with_config(p)
+    p.add_argument("--role", required=True)
+    p.add_argument("--claims", required=True, help="JSON file with the token's claims")
+    p.add_argument("--provider", help="provider name (default: the one whose issuer equals the claims' iss)")
+
+    p = sub.add_parser("keygen", help="write a new PEM signing key (mode 0600)")
+    p.add_argument("--alg", choices=("ES256", "RS256"), default="ES256")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("demo", help="run the whole flow locally with no config and no cloud account")
+    p.add_argument("--serve", action="store_true", help="keep everything running and print curl commands")
+
+    args = parser.parse_args(argv)
+    handler = {"serve": cmd_serve, "check": cmd_check, "explain": cmd_explain, "keygen": cmd_keygen,
+               "demo": cmd_demo}[args.command]
+    return handler(args)
+
+
+def _load(args: argparse.Namespace) -> Config | None:
+    if not args.config:
+        print("error: --config FILE (or CI_BROKER_CONFIG) is required", file=sys.stderr)
+        return None
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        for finding in exc.findings:
+            print(finding.render(exc.file), file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from broker.lint import lint
+
+    config = _load(args)
+    if config is None:
+        return EXIT_ERROR
+    findings = lint(config)
+    for finding in findings:
+        print(finding.render(config.file))
+    print(f"ok: {len(config.roles)} role(s), {len(config.providers)} provider(s), "
+          f"{len(findings)} warning(s)")
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from broker.explain import explain
+
+    config = _load(args)
+    if config is None:
+        return EXIT_ERROR
+    try:
+        from broker import strictjson
+
+        claims = strictjson.loads(Path(args.claims).read_bytes())
+    except (OSError, ValueError) as exc:
+        print(f"error: {args.claims}: cannot read claims JSON: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if not isinstance(claims, dict):
+        print(f"error: {args.claims}: claims must be a JSON object", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        text, allowed = explain(config, args.role, claims, args.provider)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(text)
+    return EXIT_OK if allowed else EXIT_DENY
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from broker.keys import write_private_key
+
+    try:
+        key = write_private_key(Path(args.out), args.alg)
+    except FileExistsError:
+        print(f"error: {args.out} exists; refusing to overwrite a key", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        print(f"error: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"wrote {args.alg} key {args.out} (kid {key.kid})")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from broker.server import serve
+
+    config = _load(args)
+    if config is None:
+        return EXIT_ERROR
+    workers = args.workers or (1 if config.server.replay_store == "memory" else (os.cpu_count() or 1))
+    if config.server.replay_store == "memory" and workers > 1:
+        print("error: server.replay_store is memory, which each worker keeps separately: a token "
+              f"could be replayed once per worker. Use --workers 1 or a shared store (redis://).",
+              file=sys.stderr)
+        return EXIT_ERROR
+    if workers < 1 or args.threads < 1:
+        print("error: --workers and --threads must be at least 1", file=sys.stderr)
+        return EXIT_ERROR
+    serve(config, args.bind, workers, args.threads)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from broker.demo import run_demo
+
+    return run_demo(serve=args.serve)

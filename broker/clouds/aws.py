@@ -1,0 +1,225 @@
+"""AWS: STS credentials for a granted role, through boto3.
+
+`web_identity` (the default) calls AssumeRoleWithWebIdentity with the broker's own assertion
+(aud `sts.amazonaws.com`, sub `role:<name>`): the broker holds no AWS keys, and the role's trust
+policy pins exactly that subject. Session tags travel inside the assertion, in the claim AWS reads
+them from. `assume_role` instead uses the broker's ambient AWS credentials, for accounts that
+prefer to trust one broker principal.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from dataclasses import dataclass
+from typing import Any
+
+from broker.clouds import Grant, Issued
+from broker.errors import AccessDenied, UpstreamError
+from broker.schema import Section
+
+AUDIENCE = "sts.amazonaws.com"
+TAGS_CLAIM = "https://aws.amazon.com/tags"
+MIN_DURATION, MAX_DURATION = 900, 43200
+MAX_TAGS, MAX_TAG_KEY, MAX_TAG_VALUE = 50, 128, 256
+ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
+TAG_KEY = re.compile(r"[\w.:/=+@ -]{1,128}")
+_NOT_TAG_CHAR = re.compile(r"[^\w.:/=+@ -]")
+_NOT_SESSION_CHAR = re.compile(r"[^\w+=,.@-]")
+
+
+@dataclass(frozen=True)
+class TagTemplate:
+    key: str
+    template: str
+    fields: tuple[str, ...]  # context or claim names the template reads
+
+
+@dataclass(frozen=True)
+class AwsSettings:
+    role_arn: str
+    region: str | None
+    duration: int
+    mode: str
+    session_tags: tuple[TagTemplate, ...]
+    session_policy: str | None
+    sts_endpoint: str | None
+
+
+def _template_fields(template: str) -> tuple[str, ...]:
+    """The `{name}` fields of a tag template; raises ValueError on anything but plain names."""
+    fields = []
+    for _, name, spec, conversion in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or spec or conversion:
+            raise ValueError(f"template field {{{name}}} must be a plain claim name")
+        fields.append(name)
+    return tuple(fields)
+
+
+class AwsKind:
+    def parse_settings(self, s: Section) -> AwsSettings | None:
+        role_arn = s.string("role_arn", required=True, pattern=ROLE_ARN,
+                            hint="expected arn:aws:iam::<12-digit account>:role/<name>")
+        region = s.string("region", pattern=re.compile(r"[a-z]{2}(-[a-z]+)+-\d"), hint="an AWS region such as eu-west-1")
+        duration = s.integer("duration", 3600, minimum=MIN_DURATION, maximum=MAX_DURATION)
+        mode = s.choice("mode", ("web_identity", "assume_role"), "web_identity")
+        tags = self._tags(s)
+        policy = self._policy(s)
+        endpoint = s.url("sts_endpoint")
+        s.finish()
+        if not role_arn or duration is None or mode is None or tags is None:
+            return None
+        return AwsSettings(role_arn=role_arn, region=region, duration=duration, mode=mode,
+                           session_tags=tags, session_policy=policy, sts_endpoint=endpoint)
+
+    @staticmethod
+    def _tags(s: Section) -> tuple[TagTemplate, ...] | None:
+        raw = s.raw("session_tags", None)
+        if raw is None:
+            return ()
+        if not isinstance(raw, dict):
+            s.findings.error(s.at("session_tags"), "must be a mapping of tag key to value template")
+            return None
+        if len(raw) > MAX_TAGS:
+            s.findings.error(s.at("session_tags"), f"AWS allows at most {MAX_TAGS} session tags")
+            return None
+        tags: list[TagTemplate] = []
+        for key, template in raw.items():
+            path = f"{s.at('session_tags')}.{key}"
+            if not isinstance(key, str) or not TAG_KEY.fullmatch(key):
+                s.findings.error(path, "tag keys are 1-128 letters, digits, spaces or _.:/=+-@")
+                continue
+            if not isinstance(template, str) or not template:
+                s.findings.error(path, "must be a non-empty string template such as '{repository}'")
+                continue
+            try:
+                tags.append(TagTemplate(key, template, _template_fields(template)))
+            except ValueError as exc:
+                s.findings.error(path, str(exc))
+        return tuple(tags) if len(tags) == len(raw) else None
+
+    @staticmethod
+    def _policy(s: Section) -> str | None:
+        raw = s.raw("session_policy", None)
+        if raw is None:
+            return None
+        if isinstance(raw, str):
+            try:
+                raw = json.loads(raw)
+            except ValueError:
+                s.findings.error(s.at("session_policy"), "must be an IAM policy document (YAML mapping or JSON text)")
+                return None
+        if not isinstance(raw, dict) or "Statement" not in raw:
+            s.findings.error(s.at("session_policy"), "must be an IAM policy document with a Statement")
+            return None
+        text = json.dumps(raw, separators=(",", ":"))
+        if len(text) > 2048:
+            s.findings.error(s.at("session_policy"), "AWS limits a session policy to 2048 characters")
+            return None
+        return text
+
+    def max_duration(self, settings: AwsSettings) -> int:
+        return settings.duration
+
+    def build_backend(self, role: str, settings: AwsSettings, shared: dict[Any, Any]) -> "AwsBackend":
+        return AwsBackend(role, settings, shared)
+
+
+KIND = AwsKind()
+
+
+def session_name(grant: Grant) -> str:
+    """`<provider>-<run id>-<repository>` in the characters and length AWS accepts."""
+    raw = "-".join(filter(None, (grant.provider, grant.context.get("run_id"), grant.context.get("repository"))))
+    name = _NOT_SESSION_CHAR.sub("-", raw)[:64]
+    return name if len(name) >= 2 else f"ci-broker-{name}"
+
+
+def render_tags(tags: tuple[TagTemplate, ...], grant: Grant) -> dict[str, str]:
+    """Fill each template from the CI context or the raw claims; characters AWS refuses become '_'."""
+    values: dict[str, str] = {}
+    for tag in tags:
+        fields: dict[str, str] = {}
+        for name in tag.fields:
+            value = grant.context.get(name, grant.claims.get(name))
+            if value is None or isinstance(value, (dict, list)):
+                raise AccessDenied("access denied",
+                                   reason=f"session tag {tag.key!r} needs claim {name!r}, which the token lacks")
+            fields[name] = value if isinstance(value, str) else json.dumps(value)
+        rendered = _NOT_TAG_CHAR.sub("_", tag.template.format(**fields))[:MAX_TAG_VALUE]
+        values[tag.key] = rendered
+    return values
+
+
+class AwsBackend:
+    def __init__(self, role: str, settings: AwsSettings, shared: dict[Any, Any]) -> None:
+        self.role = role
+        self.settings = settings
+        self.sts = _sts_client(settings, shared)
+
+    def issue(self, grant: Grant) -> Issued:
+        s = self.settings
+        duration = max(MIN_DURATION, min(grant.duration or s.duration, s.duration))
+        tags = render_tags(s.session_tags, grant)
+        params: dict[str, Any] = {"RoleArn": s.role_arn, "RoleSessionName": session_name(grant),
+                                  "DurationSeconds": duration}
+        if s.session_policy:
+            params["Policy"] = s.session_policy
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            if s.mode == "web_identity":
+                extra = {TAGS_CLAIM: {"principal_tags": {k: [v] for k, v in tags.items()}}} if tags else {}
+                params["WebIdentityToken"] = grant.mint_assertion(AUDIENCE, extra)
+                response = self.sts.assume_role_with_web_identity(**params)
+            else:
+                if tags:
+                    params["Tags"] = [{"Key": k, "Value": v} for k, v in tags.items()]
+                params["SourceIdentity"] = params["RoleSessionName"]
+                response = self.sts.assume_role(**params)
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", "Unknown"))
+            message = str(error.get("Message", ""))[:300]
+            if "WebIdentityToken" in params and params["WebIdentityToken"] in message:
+                message = "(message withheld: it echoed the assertion)"
+            raise UpstreamError(f"AWS STS refused the exchange: {code}: {message}",
+                                reason=f"sts {code}: {message}") from None
+        except BotoCoreError as exc:
+            raise UpstreamError("AWS STS could not be reached",
+                                reason=f"sts {type(exc).__name__}") from None
+        creds = response["Credentials"]
+        credentials = {
+            "access_key_id": creds["AccessKeyId"],
+            "secret_access_key": creds["SecretAccessKey"],
+            "session_token": creds["SessionToken"],
+        }
+        if s.region:
+            credentials["region"] = s.region
+        return Issued(expires_at=creds["Expiration"], credentials=credentials)
+
+
+def _sts_client(settings: AwsSettings, shared: dict[Any, Any]) -> Any:
+    """One STS client per (mode, endpoint, region), built at start-up and shared by roles.
+
+    web_identity calls are unsigned on purpose: the broker must not go looking for AWS
+    credentials (environment, files, instance metadata) that it does not need.
+    """
+    key = ("aws-sts", settings.mode, settings.sts_endpoint, settings.region)
+    if key not in shared:
+        import boto3
+        from botocore import UNSIGNED
+        from botocore.config import Config
+
+        config = Config(
+            connect_timeout=5, read_timeout=10,
+            retries={"max_attempts": 3, "mode": "standard"},
+            signature_version=UNSIGNED if settings.mode == "web_identity" else None,
+        )
+        session = boto3.session.Session()
+        shared[key] = session.client("sts", region_name=settings.region or "us-east-1",
+                                     endpoint_url=settings.sts_endpoint, config=config)
+    return shared[key]

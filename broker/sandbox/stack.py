@@ -1,0 +1,141 @@
+"""The whole flow on loopback: CI issuers, the broker, and the clouds' endpoints.
+
+`Sandbox` is what `ci-broker demo` runs and what the tests build on: a GitHub-like and a
+GitLab-like issuer, an ephemeral signing key, the broker (served in-process, or by `ci-broker
+serve` from the config file it writes), and a local STS that trusts the broker's issuer for the
+sandbox's roles. Nothing here touches the network beyond 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import copy
+import socket
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+from broker.keys import private_key_pem, generate_private_key
+from broker.sandbox.aws import LocalSTS
+from broker.sandbox.issuer import LocalIssuer, github_claims, gitlab_claims
+from broker.sandbox.wsgi import LocalServer
+
+DEPLOY_ROLE_ARN = "arn:aws:iam::123456789012:role/deploy-prod"
+GITLAB_ROLE_ARN = "arn:aws:iam::123456789012:role/gitlab-deploy"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Sandbox:
+    def __init__(self, workdir: Path, *, broker_port: int | None = None, key_alg: str = "ES256") -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.key_alg = key_alg
+        self.github = LocalIssuer()
+        self.gitlab = LocalIssuer()
+        self.broker_port = broker_port or free_port()
+        self.broker_url = f"http://127.0.0.1:{self.broker_port}"
+        self.sts = LocalSTS(self.broker_url)
+        self._app: Any = None
+        self._broker_server: LocalServer | None = None
+        self.key_path = self.workdir / "broker-signing.pem"
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> "Sandbox":
+        self.github.start()
+        self.gitlab.start()
+        self.sts.start()
+        self.sts.trust_role(DEPLOY_ROLE_ARN, "deploy-prod")
+        self.sts.trust_role(GITLAB_ROLE_ARN, "gitlab-deploy")
+        if not self.key_path.exists():
+            self.key_path.write_bytes(private_key_pem(generate_private_key(self.key_alg)))
+            self.key_path.chmod(0o600)
+        return self
+
+    def stop(self) -> None:
+        if self._broker_server is not None:
+            self._broker_server.stop()
+        self.sts.stop()
+        self.gitlab.stop()
+        self.github.stop()
+
+    def __enter__(self) -> "Sandbox":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- config -----------------------------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        """The demo policy: one GitHub and one GitLab role, both bound to immutable ids."""
+        return {
+            "server": {
+                "issuer": self.broker_url,
+                "signing_keys": [self.key_path.name],
+                "replay_store": "memory",
+                "token_max_age": 900,
+                "leeway": 60,
+            },
+            "providers": {
+                "github": {"issuer": self.github.url, "type": "github"},
+                "gitlab": {"issuer": self.gitlab.url, "type": "gitlab"},
+            },
+            "roles": {
+                "deploy-prod": {
+                    "cloud": "aws",
+                    "aws": {"role_arn": DEPLOY_ROLE_ARN, "region": "eu-west-1", "duration": 3600,
+                            "sts_endpoint": self.sts.url,
+                            "session_tags": {"repository": "{repository}", "ref": "{ref}"}},
+                    "allow": [{
+                        "provider": "github",
+                        "claims": {"repository_id": "892734123", "ref": "refs/heads/main",
+                                   "environment": ["production", "prod"], "event_name": ["push", "workflow_dispatch"]},
+                    }],
+                },
+                "gitlab-deploy": {
+                    "cloud": "aws",
+                    "aws": {"role_arn": GITLAB_ROLE_ARN, "duration": 900, "sts_endpoint": self.sts.url},
+                    "allow": [{
+                        "provider": "gitlab",
+                        "claims": {"project_id": "20", "ref_protected": "true", "pipeline_source": ["push", "web"]},
+                    }],
+                },
+            },
+        }
+
+    def write_config(self, config: dict[str, Any] | None = None, name: str = "broker.yaml") -> Path:
+        path = self.workdir / name
+        path.write_text(yaml.safe_dump(config or self.config_dict(), sort_keys=False))
+        return path
+
+    # -- serving in-process -----------------------------------------------------------------------
+    def serve_in_process(self, config: dict[str, Any] | None = None, **app_kwargs: Any) -> Any:
+        """Build the broker app from `config` (default: the demo policy) and serve it on broker_url."""
+        from broker.app import create_app
+        from broker.config import build_config
+
+        loaded = build_config(copy.deepcopy(config or self.config_dict()), base_dir=self.workdir)
+        self._app = create_app(loaded, **app_kwargs)
+        if self._broker_server is None:
+            self._broker_server = LocalServer(self._dispatch, port=self.broker_port).start()
+        return self._app
+
+    def _dispatch(self, environ: dict[str, Any], start_response: Any) -> Any:
+        return self._app(environ, start_response)
+
+    # -- a CI job's view --------------------------------------------------------------------------
+    def github_token(self, **claims: Any) -> str:
+        return self.github.mint(github_claims(**{"aud": self.broker_url, **claims}))
+
+    def gitlab_token(self, **claims: Any) -> str:
+        return self.gitlab.mint(gitlab_claims(**{"aud": self.broker_url, **claims}))
+
+    def exchange(self, token: str | None, role: str = "deploy-prod", **body: Any) -> requests.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        return requests.post(f"{self.broker_url}/v1/exchange", json={"role": role, **body},
+                             headers=headers, timeout=30)

@@ -1,0 +1,58 @@
+"""Everything the request path needs, built once from a loaded config at start-up.
+
+Key parsing, JWKS caches, SDK clients and policy compilation all happen here, never per request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker import clouds
+from broker.assertion import AssertionSigner
+from broker.config import Config
+from broker.jwks import KeyCache, KeyCacheSettings, KeyRefresher
+from broker.replay import ReplayStore, open_store
+from broker.verify import TokenVerifier
+
+
+@dataclass
+class Broker:
+    config: Config
+    verifier: TokenVerifier
+    signer: AssertionSigner
+    backends: dict[str, clouds.Backend]
+    caches: dict[str, KeyCache]
+    refresher: KeyRefresher
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def ready(self) -> tuple[bool, dict[str, str]]:
+        """Ready once every provider's keys have been fetched at least once."""
+        states = {name: ("ok" if c.has_keys else f"no keys: {c.last_error or 'not fetched yet'}")
+                  for name, c in self.caches.items()}
+        return all(c.has_keys for c in self.caches.values()), states
+
+    def close(self) -> None:
+        self.refresher.stop()
+
+
+def build_broker(config: Config, *, replay: ReplayStore | None = None,
+                 key_settings: KeyCacheSettings = KeyCacheSettings(),
+                 start_refresher: bool = True) -> Broker:
+    caches = {
+        p.name: KeyCache(p.issuer, jwks_uri=p.jwks_uri, ca_bundle=p.ca_bundle, settings=key_settings)
+        for p in config.providers.values()
+    }
+    store = replay if replay is not None else open_store(config.server.replay_store)
+    verifier = TokenVerifier(config, caches, store)
+    signer = AssertionSigner(config.server.issuer, config.server.signing_keys[0])
+    shared: dict[Any, Any] = {}
+    backends = {
+        role.name: clouds.kind(role.cloud).build_backend(role.name, role.settings, shared)
+        for role in config.roles.values()
+    }
+    refresher = KeyRefresher(list(caches.values()), key_settings.refresh_interval)
+    if start_refresher:
+        refresher.start()
+    return Broker(config=config, verifier=verifier, signer=signer, backends=backends,
+                  caches=caches, refresher=refresher)

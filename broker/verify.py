@@ -1,0 +1,125 @@
+"""Verification of a CI job's OIDC token, failing closed at every step.
+
+Order matters: size, then strict parsing, then the issuer (by exact match of the still-unverified
+`iss`, which only selects which configured keys to try), then the signature with the provider's
+pinned algorithms, then every claim, and last the single-use record. Nothing from the token is
+trusted before its signature verifies, and no key ever comes from the token itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import jwt
+
+from broker import jose
+from broker.config import Config, ProviderConfig
+from broker.errors import InvalidToken, PayloadTooLarge
+from broker.jwks import KeyCache
+from broker.replay import ReplayStore, replay_key
+
+# GitHub and GitLab tokens are 1-3 KB; AWS accepts web identity tokens up to 20,000 characters.
+MAX_TOKEN_CHARS = 16 * 1024
+TIME_CLAIMS = ("exp", "iat", "nbf")
+REQUIRED = ("iss", "aud", "sub", "exp", "iat", "jti")
+
+
+@dataclass(frozen=True)
+class VerifiedToken:
+    provider: ProviderConfig
+    claims: dict[str, Any]
+    sha256: str
+
+
+def token_sha256(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+
+
+class TokenVerifier:
+    def __init__(self, config: Config, caches: dict[str, KeyCache], replay: ReplayStore,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.audience = config.server.audience
+        self.max_age = config.server.token_max_age
+        self.leeway = config.server.leeway
+        self.config = config
+        self.caches = caches  # by provider name
+        self.replay = replay
+        self.clock = clock
+
+    def verify(self, token: str) -> VerifiedToken:
+        if len(token) > MAX_TOKEN_CHARS:
+            raise PayloadTooLarge(f"token longer than {MAX_TOKEN_CHARS} characters")
+        if not token.isascii():
+            raise InvalidToken("malformed token", reason="token is not ASCII")
+        parsed = jose.parse(token)
+
+        issuer = parsed.claims.get("iss")
+        provider = self.config.provider_for_issuer(issuer) if isinstance(issuer, str) else None
+        if provider is None:
+            raise InvalidToken("token issuer is not trusted", reason=f"unknown issuer {str(issuer)[:200]!r}")
+
+        alg = parsed.header["alg"]
+        if alg not in provider.algorithms:
+            raise InvalidToken("token algorithm not accepted",
+                               reason=f"alg {alg[:20]!r} not in {list(provider.algorithms)} for {provider.name}")
+        key = self.caches[provider.name].get(parsed.header["kid"], alg)
+        algorithm = jwt.get_algorithm_by_name(alg)
+        if not algorithm.verify(parsed.signing_input, key.key, parsed.signature):
+            raise InvalidToken("token signature is invalid", reason=f"bad signature for kid {key.kid[:64]!r}")
+
+        claims = parsed.claims
+        self._check_claims(claims, provider)
+        self._check_with_pyjwt(token, key.key, alg, provider)
+
+        jti = claims["jti"]
+        if not self.replay.first_use(replay_key(provider.issuer, jti), claims["exp"] + self.leeway):
+            raise InvalidToken("token has already been used", reason=f"jti {jti[:100]!r} replayed")
+        return VerifiedToken(provider=provider, claims=claims, sha256=token_sha256(token))
+
+    def _check_claims(self, claims: dict[str, Any], provider: ProviderConfig) -> None:
+        for name in REQUIRED + tuple(sorted(provider.schema.required)):
+            if name not in claims:
+                raise InvalidToken("token lacks a required claim", reason=f"missing claim {name!r}")
+        for name in TIME_CLAIMS:
+            # bool is an int in Python; JSON true must not pass as a timestamp.
+            if name in claims and (isinstance(claims[name], bool) or not isinstance(claims[name], int)):
+                raise InvalidToken("token has a malformed time claim", reason=f"{name} is not an integer")
+        for name in ("sub", "jti"):
+            if not isinstance(claims[name], str) or not claims[name]:
+                raise InvalidToken("token has a malformed claim", reason=f"{name} is not a non-empty string")
+
+        aud = claims["aud"]
+        audiences = [aud] if isinstance(aud, str) else aud
+        if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences):
+            raise InvalidToken("token has a malformed audience", reason="aud is not a string or list of strings")
+        if self.audience not in audiences:
+            raise InvalidToken("token audience is wrong", reason=f"aud {audiences[:5]!r} lacks {self.audience!r}")
+
+        now = self.clock()
+        if claims["exp"] <= now - self.leeway:
+            raise InvalidToken("token has expired", reason=f"exp {claims['exp']} is past")
+        if "nbf" in claims and claims["nbf"] > now + self.leeway:
+            raise InvalidToken("token is not yet valid", reason=f"nbf {claims['nbf']} is in the future")
+        if claims["iat"] > now + self.leeway:
+            raise InvalidToken("token is not yet valid", reason=f"iat {claims['iat']} is in the future")
+        if now - claims["iat"] > self.max_age + self.leeway:
+            raise InvalidToken("token is too old", reason=f"issued {int(now - claims['iat'])}s ago, limit {self.max_age}s")
+
+    def _check_with_pyjwt(self, token: str, key: Any, alg: str, provider: ProviderConfig) -> None:
+        """A second, independent opinion from PyJWT with every option spelled out.
+
+        Our own checks above are the strict ones; this guards against a mistake in them.
+        """
+        try:
+            jwt.decode(
+                token, key, algorithms=[alg], audience=self.audience, issuer=provider.issuer,
+                leeway=self.leeway,
+                options={"require": list(REQUIRED), "verify_signature": True, "verify_aud": True,
+                         "verify_iss": True, "verify_exp": True, "verify_iat": True, "verify_nbf": True,
+                         "strict_aud": False},
+            )
+        except jwt.PyJWTError as exc:
+            raise InvalidToken("token failed verification", reason=f"pyjwt: {type(exc).__name__}") from None
