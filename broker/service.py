@@ -5,6 +5,7 @@ Key parsing, JWKS caches, SDK clients and policy compilation all happen here, ne
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,17 @@ from broker.config import Config
 from broker.jwks import KeyCache, KeyCacheSettings, KeyRefresher
 from broker.replay import ReplayStore, open_store
 from broker.verify import TokenVerifier
+
+
+# Cloud SDKs log request and response bodies at DEBUG, and those bodies hold the credentials
+# (and the broker's assertion). However the operator sets the root level, these stay quieter.
+SDK_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "google", "google_auth_httplib2",
+               "azure", "msal")
+
+
+def quiet_sdk_loggers() -> None:
+    for name in SDK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @dataclass
@@ -39,6 +51,7 @@ class Broker:
 def build_broker(config: Config, *, replay: ReplayStore | None = None,
                  key_settings: KeyCacheSettings = KeyCacheSettings(),
                  start_refresher: bool = True) -> Broker:
+    quiet_sdk_loggers()
     caches = {
         p.name: KeyCache(p.issuer, jwks_uri=p.jwks_uri, ca_bundle=p.ca_bundle, settings=key_settings)
         for p in config.providers.values()
