@@ -2,24 +2,44 @@
 
 gunicorn's own header limits would otherwise answer a long bearer token with its HTML 431 before
 our JSON 413 could; so the header field limit sits above the broker's own token cap.
+
+Tuning (figures in bench/RESULTS.md): an exchange is CPU work (token verify, assertion sign, the
+SDK's request building and XML parsing) around one network round trip to the cloud. Python runs
+one thread at a time per process, so throughput scales with processes (one per core) and a few
+threads per process only overlap the cloud's round trip. More threads than that add GIL
+contention and tail latency without adding throughput.
+
+Metrics: each worker writes its samples to files in a private directory (prometheus_client's
+multiprocess mode) that `/metrics` adds up; the directory is made before any worker starts,
+dead workers' live gauges are dropped by the `child_exit` hook, and the directory is removed
+when the server exits.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+import tempfile
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from broker import logs
 from broker.config import Config
 from broker.verify import MAX_TOKEN_CHARS
 
 HEADER_FIELD_LIMIT = MAX_TOKEN_CHARS * 2
+DEFAULT_THREADS = 4
+GRACEFUL_TIMEOUT = 30  # in-flight exchanges finish after SIGTERM; the cloud calls time out in 10 s
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class BrokerServer(BaseApplication):  # type: ignore[misc]
-    def __init__(self, config: Config, options: dict[str, Any]) -> None:
+    def __init__(self, config: Config, options: dict[str, Any], audit_log: str | None = None) -> None:
         self.broker_config = config
         self.options = options
+        self.audit_log = audit_log
         super().__init__()
 
     def load_config(self) -> None:
@@ -30,28 +50,72 @@ class BrokerServer(BaseApplication):  # type: ignore[misc]
         # Called in each worker after the fork, so each builds its own JWKS refresher thread,
         # SDK clients and connections (none of those survive a fork).
         from broker.app import create_app
-        from broker.audit import configure_stdout_audit
 
-        configure_stdout_audit()
+        logs.configure_audit(self.audit_log)
         return create_app(self.broker_config)
 
 
-def serve(config: Config, bind: str, workers: int, threads: int = 4) -> None:
-    options = {
+def gunicorn_options(bind: str, workers: int, threads: int = DEFAULT_THREADS,
+                     log_level: str = "INFO") -> dict[str, Any]:
+    """The gunicorn settings `serve` uses (the benchmark runs its reference apps with these too)."""
+    return {
         "bind": bind,
         "workers": workers,
         "threads": threads,
         "worker_class": "gthread",
         "preload_app": False,
-        "graceful_timeout": 30,
+        "graceful_timeout": GRACEFUL_TIMEOUT,
         "timeout": 60,
         "keepalive": 5,
         "limit_request_line": 8190,
         "limit_request_fields": 100,
         "limit_request_field_size": HEADER_FIELD_LIMIT,
+        # The heartbeat file is touched every second; on tmpfs that never waits on a disk.
+        "worker_tmp_dir": "/dev/shm" if os.access("/dev/shm", os.W_OK) else None,
         "accesslog": None,
         "errorlog": "-",
-        "loglevel": "info",
+        "loglevel": log_level.lower(),
+        "logconfig_dict": logs.gunicorn_logconfig(log_level.upper()),
         "proc_name": "ci-broker",
+        "child_exit": _child_exit,
     }
-    BrokerServer(config, options).run()
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    # Runs in the master: the dead worker's live gauges (key-cache timestamps) stop counting.
+    if os.environ.get(METRICS_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def prepare_metrics_dir() -> tuple[str, bool]:
+    """Point prometheus_client at a fresh directory; returns it and whether we made it.
+
+    An operator's own PROMETHEUS_MULTIPROC_DIR (a tmpfs under a read-only root, say) is used as
+    given, emptied of a previous run's files; otherwise a private directory is made.
+    """
+    if "prometheus_client" in sys.modules and not os.environ.get(METRICS_ENV):
+        # Its value class is chosen at import: imported earlier, it would count per process.
+        raise RuntimeError("prometheus_client was imported before the metrics directory was set")
+    existing = os.environ.get(METRICS_ENV)
+    if existing:
+        os.makedirs(existing, exist_ok=True)
+        for name in os.listdir(existing):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(existing, name))
+        return existing, False
+    path = tempfile.mkdtemp(prefix="ci-broker-metrics-")
+    os.environ[METRICS_ENV] = path
+    return path, True
+
+
+def serve(config: Config, bind: str, workers: int, threads: int = DEFAULT_THREADS, *,
+          audit_log: str | None = None, log_level: str = "INFO") -> None:
+    metrics_dir, made = prepare_metrics_dir()
+    try:
+        BrokerServer(config, gunicorn_options(bind, workers, threads, log_level), audit_log).run()
+    finally:
+        # gunicorn exits through SystemExit on SIGTERM/SIGINT, so this runs on a graceful stop.
+        if made:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
