@@ -15,13 +15,12 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from broker import audit, strictjson
+from broker import audit, discovery, metrics, strictjson
 from broker.assertion import ci_context
 from broker.clouds import Grant
 from broker.config import Config
 from broker.errors import (AccessDenied, BrokerError, InvalidRequest, InvalidToken, PayloadTooLarge,
                            UnsupportedMediaType)
-from broker.keys import jwks
 from broker.policy import Decision, evaluate
 from broker.service import Broker, build_broker
 from broker.verify import MAX_TOKEN_CHARS, VerifiedToken
@@ -46,6 +45,7 @@ def create_app(config: Config, *, broker: Broker | None = None) -> Flask:
     app.register_error_handler(BrokerError, _render_broker_error)
     app.register_error_handler(HTTPException, _render_http_error)
     app.register_error_handler(Exception, _render_unexpected)
+    metrics.instrument(app)
     return app
 
 
@@ -148,15 +148,7 @@ def record_token(event: dict[str, Any], verified: VerifiedToken) -> None:
 @api.get("/.well-known/openid-configuration")
 def openid_configuration() -> Response:
     server = _broker().config.server
-    response = jsonify(
-        issuer=server.issuer,
-        jwks_uri=f"{server.issuer}/.well-known/jwks.json",
-        response_types_supported=["id_token"],
-        subject_types_supported=["public"],
-        id_token_signing_alg_values_supported=sorted({k.alg for k in server.signing_keys}),
-        claims_supported=["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "provider", "repository",
-                          "repository_id", "ref", "run_id", "sha"],
-    )
+    response = jsonify(discovery.openid_configuration(server))
     response.cache_control.public = True
     response.cache_control.max_age = 300
     return response
@@ -164,7 +156,7 @@ def openid_configuration() -> Response:
 
 @api.get("/.well-known/jwks.json")
 def jwks_document() -> Response:
-    response = jsonify(jwks(_broker().config.server.signing_keys))
+    response = jsonify(discovery.jwks_document(_broker().config.server))
     response.cache_control.public = True
     response.cache_control.max_age = 300
     return response

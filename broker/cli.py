@@ -1,4 +1,5 @@
-"""The `ci-broker` command: serve, check, explain, keygen, demo (contract section 1)."""
+"""The `ci-broker` command: serve, check, explain, keygen, demo (contract section 1), and the
+operator commands discovery and keys (`broker.opscli`)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes (default: 1 with the memory replay store, else CPU count)")
     p.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
+    p.add_argument("--audit-log", default=os.environ.get("CI_BROKER_AUDIT_LOG"),
+                   help="append audit events to this file (default: stdout; $CI_BROKER_AUDIT_LOG)")
+    p.add_argument("--log-level", default=os.environ.get("CI_BROKER_LOG_LEVEL", "INFO"),
+                   choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper,
+                   help="operational log level (default INFO; $CI_BROKER_LOG_LEVEL)")
 
     p = sub.add_parser("check", help="validate a config and warn about risky rules")
     with_config(p)
@@ -45,9 +51,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("demo", help="run the whole flow locally with no config and no cloud account")
     p.add_argument("--serve", action="store_true", help="keep everything running and print curl commands")
 
+    from broker import opscli
+
+    ops = opscli.add_commands(sub, with_config)
+
     args = parser.parse_args(argv)
     handler = {"serve": cmd_serve, "check": cmd_check, "explain": cmd_explain, "keygen": cmd_keygen,
-               "demo": cmd_demo}[args.command]
+               "demo": cmd_demo, **ops}[args.command]
     return handler(args)
 
 
@@ -132,7 +142,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if workers < 1 or args.threads < 1:
         print("error: --workers and --threads must be at least 1", file=sys.stderr)
         return EXIT_ERROR
-    serve(config, args.bind, workers, args.threads)
+    serve(config, args.bind, workers, args.threads, audit_log=args.audit_log, log_level=args.log_level)
     return EXIT_OK
 
 

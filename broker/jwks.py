@@ -19,6 +19,7 @@ from typing import Any, Callable
 import requests
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from broker import metrics
 from broker.errors import InvalidToken, Unavailable
 from broker.schema import url_problem
 
@@ -157,12 +158,14 @@ class KeyCache:
             keys = parse_jwks(self._get_json(self._jwks_uri()))
         except FetchError as exc:
             self.last_error = str(exc)
+            metrics.jwks_fetch(self.issuer, ok=False)
             log.warning("JWKS refresh for %s failed: %s (keeping %d cached keys)",
                         self.issuer, exc, len(self._keys))
             return False
         self._keys = keys
         self._fetched_at = self.clock()
         self.last_error = None
+        metrics.jwks_fetch(self.issuer, ok=True)
         return True
 
     def _jwks_uri(self) -> str:

@@ -1,7 +1,7 @@
 """Prometheus metrics: what operators watch, correct under several gunicorn workers.
 
 Under `ci-broker serve` every worker writes its samples to files in `PROMETHEUS_MULTIPROC_DIR`
-(prometheus_client's multiprocess mode, set up by `broker.server` before this module is imported)
+(prometheus_client's multiprocess mode, set up by `broker.server` before any metric exists)
 and `/metrics` adds them up, so a scrape sees the whole server whichever worker answers it. Without
 that variable (tests, in-process use) the samples live in this process's default registry.
 
@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 from typing import Any, Iterable, Iterator
 
 from flask import Flask, Response, g, request
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.exposition import generate_latest
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 UNKNOWN_ROLE = "(unknown)"  # cannot collide with a configured role: role names start with [A-Za-z0-9]
@@ -28,30 +26,59 @@ RATE_LIMIT_KINDS = ("per_identity", "per_client")
 _CODE = re.compile(r"[a-z][a-z_]{0,39}")
 # Exchanges cost milliseconds plus the cloud's round trip; the top buckets catch retries and hangs.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-EXCHANGES = Counter(
-    "ci_broker_exchanges", "Exchanges by outcome (granted|refused), error code, provider, cloud and role.",
-    ["outcome", "error", "provider", "cloud", "role"])
-REQUEST_LATENCY = Histogram(
-    "ci_broker_request_duration_seconds", "Time from request start to response, by endpoint.",
-    ["endpoint"], buckets=LATENCY_BUCKETS)
-UPSTREAM_LATENCY = Histogram(
-    "ci_broker_upstream_duration_seconds",
-    "Time spent in the cloud back end per granted role (mostly the cloud's token endpoint).",
-    ["cloud", "result"], buckets=LATENCY_BUCKETS)
-JWKS_FETCHES = Counter(
-    "ci_broker_jwks_fetches", "Fetches of a CI issuer's keys, by issuer and result (ok|error).",
-    ["issuer", "result"])
-JWKS_LAST_SUCCESS = Gauge(
-    "ci_broker_jwks_last_success_timestamp_seconds",
-    "Unix time of the last successful key fetch; the stalest live worker's value.",
-    ["issuer"], multiprocess_mode="livemin")
-REPLAY_REFUSALS = Counter("ci_broker_replay_refusals", "CI tokens refused because their jti was already used.")
-RATE_LIMITED = Counter("ci_broker_rate_limited", "Requests refused by a rate limit, by kind.", ["kind"])
-SIGNING_KEY = Gauge(
-    "ci_broker_signing_key_info", "Published signing keys (value 1); active=true marks the one that signs.",
-    ["kid", "alg", "active"], multiprocess_mode="livemax")
 CACHE_AGE_NAME = "ci_broker_jwks_cache_age_seconds"
+
+
+class Metrics:
+    """The broker's metric objects. Built on first use, never at import.
+
+    prometheus_client picks per-process or multiprocess storage when it is first imported, so
+    nothing may import it before `serve` has set PROMETHEUS_MULTIPROC_DIR; building these lazily
+    lets any module import this one (the gunicorn master does, through the key cache) safely.
+    """
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.exchanges = Counter(
+            "ci_broker_exchanges", "Exchanges by outcome (granted|refused), error code, provider, cloud "
+            "and role.", ["outcome", "error", "provider", "cloud", "role"])
+        self.request_latency = Histogram(
+            "ci_broker_request_duration_seconds", "Time from request start to response, by endpoint.",
+            ["endpoint"], buckets=LATENCY_BUCKETS)
+        self.upstream_latency = Histogram(
+            "ci_broker_upstream_duration_seconds",
+            "Time spent in the cloud back end per granted role (mostly the cloud's token endpoint).",
+            ["cloud", "result"], buckets=LATENCY_BUCKETS)
+        self.jwks_fetches = Counter(
+            "ci_broker_jwks_fetches", "Fetches of a CI issuer's keys, by issuer and result (ok|error).",
+            ["issuer", "result"])
+        self.jwks_last_success = Gauge(
+            "ci_broker_jwks_last_success_timestamp_seconds",
+            "Unix time of the last successful key fetch; the stalest live worker's value.",
+            ["issuer"], multiprocess_mode="livemin")
+        self.replay_refusals = Counter(
+            "ci_broker_replay_refusals", "CI tokens refused because their jti was already used.")
+        self.rate_limited = Counter(
+            "ci_broker_rate_limited", "Requests refused by a rate limit, by kind.", ["kind"])
+        self.signing_key = Gauge(
+            "ci_broker_signing_key_info",
+            "Published signing keys (value 1); active=true marks the one that signs.",
+            ["kid", "alg", "active"], multiprocess_mode="livemax")
+
+
+_metrics: Metrics | None = None
+_metrics_lock = threading.Lock()
+
+
+def get() -> Metrics:
+    global _metrics
+    if _metrics is None:
+        with _metrics_lock:
+            if _metrics is None:
+                _metrics = Metrics()
+    return _metrics
+
 
 _ENDPOINTS = {"api.exchange": "exchange", "api.openid_configuration": "discovery",
               "api.jwks_document": "jwks", "api.healthz": "healthz", "api.readyz": "readyz",
@@ -62,18 +89,19 @@ _ENDPOINTS = {"api.exchange": "exchange", "api.openid_configuration": "discovery
 
 def jwks_fetch(issuer: str, ok: bool) -> None:
     """Called by the key cache after each fetch attempt (background or on a kid miss)."""
-    JWKS_FETCHES.labels(issuer, "ok" if ok else "error").inc()
+    m = get()
+    m.jwks_fetches.labels(issuer, "ok" if ok else "error").inc()
     if ok:
-        JWKS_LAST_SUCCESS.labels(issuer).set(time.time())
+        m.jwks_last_success.labels(issuer).set(time.time())
 
 
 def rate_limited(kind: str) -> None:
     """Called by the rate limiter for each refusal; `kind` is per_identity or per_client."""
-    RATE_LIMITED.labels(kind if kind in RATE_LIMIT_KINDS else "other").inc()
+    get().rate_limited.labels(kind if kind in RATE_LIMIT_KINDS else "other").inc()
 
 
 def replay_refused() -> None:
-    REPLAY_REFUSALS.inc()
+    get().replay_refusals.inc()
 
 
 # -- the Flask side -------------------------------------------------------------------------------
@@ -91,7 +119,7 @@ def instrument(app: Flask) -> None:
         broker.backends = {name: _TimedBackend(backend, broker.config.roles[name].cloud)
                            for name, backend in broker.backends.items()}
         for i, key in enumerate(broker.config.server.signing_keys):
-            SIGNING_KEY.labels(key.kid, key.alg, "true" if i == 0 else "false").set(1)
+            get().signing_key.labels(key.kid, key.alg, "true" if i == 0 else "false").set(1)
     roles = frozenset(broker.config.roles)
     app.before_request(_start_timer)
     app.after_request(lambda response: _observe(response, roles))
@@ -107,11 +135,11 @@ def _observe(response: Response, roles: frozenset[str]) -> Response:
     if start is not None:
         rule = request.url_rule
         endpoint = _ENDPOINTS.get(rule.endpoint if rule is not None else "", "other")
-        REQUEST_LATENCY.labels(endpoint).observe(time.perf_counter() - start)
+        get().request_latency.labels(endpoint).observe(time.perf_counter() - start)
     event = g.get("audit_event")
     if event is not None and "outcome" in event:
         role = event.get("role")
-        EXCHANGES.labels(
+        get().exchanges.labels(
             event["outcome"],
             _code(event.get("error")),
             event.get("provider") or "",  # a configured provider name, set only once verified
@@ -128,11 +156,17 @@ def _code(error: Any) -> str:
 
 
 def metrics_view() -> Response:
+    from prometheus_client import CONTENT_TYPE_LATEST
+
     return Response(render(), content_type=CONTENT_TYPE_LATEST)
 
 
 def render() -> bytes:
     """The Prometheus text exposition: all workers' samples, plus each issuer's key-cache age."""
+    from prometheus_client import REGISTRY, CollectorRegistry
+    from prometheus_client.exposition import generate_latest
+
+    get()  # so a scrape before the first request still lists every metric
     if os.environ.get(MULTIPROC_ENV):
         from prometheus_client import multiprocess
 
@@ -145,23 +179,25 @@ def render() -> bytes:
     return generate_latest(_Families(families))  # type: ignore[arg-type]
 
 
-def _cache_age(families: Iterable[Metric]) -> Metric:
+def _cache_age(families: Iterable[Any]) -> Any:
     # An age must be computed at scrape time; storing it would freeze it at the last fetch.
+    from prometheus_client.core import GaugeMetricFamily
+
     age = GaugeMetricFamily(CACHE_AGE_NAME, "Seconds since the stalest live worker last fetched "
                             "the issuer's keys successfully.", labels=["issuer"])
     now = time.time()
     for family in families:
-        if family.name == JWKS_LAST_SUCCESS._name:
+        if family.name == "ci_broker_jwks_last_success_timestamp_seconds":
             for sample in family.samples:
                 age.add_metric([sample.labels["issuer"]], max(0.0, now - sample.value))
     return age
 
 
 class _Families:
-    def __init__(self, families: list[Metric]) -> None:
+    def __init__(self, families: list[Any]) -> None:
         self._families = families
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[Any]:
         return iter(self._families)
 
 
@@ -192,7 +228,7 @@ class _TimedBackend:
             result = "ok"
             return issued
         finally:
-            UPSTREAM_LATENCY.labels(self.cloud, result).observe(time.perf_counter() - start)
+            get().upstream_latency.labels(self.cloud, result).observe(time.perf_counter() - start)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
