@@ -1,0 +1,69 @@
+"""Shared by the integration tests: paths, the runners' locations, and secret-finding helpers.
+
+The runners are installed by tests/integrations/install-tools.sh. Locally a missing tool skips
+its tests with the command to run; in CI (CI=true) it fails them, so a broken install step can
+never turn into a green run that tested nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterable
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CLIENT = ROOT / "actions" / "credentials" / "ci-broker.sh"
+ACTION_DIR = ROOT / "actions" / "credentials"
+TEMPLATE = ROOT / "gitlab-templates" / "ci-broker.gitlab-ci.yml"
+COMPONENT = ROOT / "gitlab-templates" / "templates" / "ci-broker.yml"
+VENV_BIN = Path(sys.executable).parent
+
+
+def require_tool(name: str, path: Path | str | None = None) -> str:
+    """The path of a tool the tests drive; skip (locally) or fail (in CI) when it is missing."""
+    found = str(path) if path and Path(path).exists() else shutil.which(name)
+    if found:
+        return found
+    message = f"{name} is not installed: run tests/integrations/install-tools.sh"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def act_path() -> str:
+    return require_tool("act", VENV_BIN / "act")
+
+
+def gitlab_ci_local_path() -> str:
+    return require_tool("gitlab-ci-local",
+                        ROOT / ".tools" / "npm" / "node_modules" / ".bin" / "gitlab-ci-local")
+
+
+def files_containing(root: Path, secrets: Iterable[str]) -> list[str]:
+    """Every file under root (followed into hidden directories) holding any of the secrets."""
+    needles = [s.encode() for s in secrets if s]
+    hits = []
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            if any(n in data for n in needles):
+                hits.append(str(path))
+    return hits
+
+
+def assert_no_secret(text: str, secrets: Iterable[str], where: str) -> None:
+    for value in secrets:
+        assert value and value not in text, f"a secret appears in {where}"
+
+
+def git_repo(path: Path) -> None:
+    """act and gitlab-ci-local read the project's git metadata; give them a real repository."""
+    env = {**os.environ, "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@example.com",
+           "GIT_COMMITTER_NAME": "ci", "GIT_COMMITTER_EMAIL": "ci@example.com"}
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "test"]):
+        subprocess.run(["git", *args], cwd=path, check=True, env=env, capture_output=True)
