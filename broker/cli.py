@@ -136,14 +136,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     workers = args.workers or (1 if config.server.replay_store == "memory" else (os.cpu_count() or 1))
     if config.server.replay_store == "memory" and workers > 1:
         print("error: server.replay_store is memory, which each worker keeps separately: a token "
-              f"could be replayed once per worker. Use --workers 1 or a shared store (redis://).",
+              "could be replayed once per worker. Use --workers 1 or a shared store "
+              "(sqlite:///PATH for one host, redis:// for several).",
               file=sys.stderr)
+        return EXIT_ERROR
+    problem = _replay_store_problem(config.server.replay_store)
+    if problem:
+        print(f"error: server.replay_store: {problem}", file=sys.stderr)
         return EXIT_ERROR
     if workers < 1 or args.threads < 1:
         print("error: --workers and --threads must be at least 1", file=sys.stderr)
         return EXIT_ERROR
     serve(config, args.bind, workers, args.threads, audit_log=args.audit_log, log_level=args.log_level)
     return EXIT_OK
+
+
+def _replay_store_problem(url: str) -> str | None:
+    """Open the store once before forking, so a bad path fails here and not in every worker.
+
+    An unreachable redis is not a problem: the broker answers 503 until it returns.
+    """
+    from broker.errors import Unavailable
+    from broker.replay import open_store
+
+    try:
+        store = open_store(url)
+    except (ValueError, Unavailable) as exc:
+        return getattr(exc, "reason", None) or str(exc)
+    getattr(store, "close", lambda: None)()
+    return None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from broker import clouds
 from broker.claims import SCHEMAS, ClaimSchema
 from broker.keys import SigningKey, load_signing_key
 from broker.policy import Condition, Rule, compile_condition
+from broker.replay import store_url_problem
 from broker.schema import Finding, Findings, Section, join, url_problem
 
 ROLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -149,8 +150,10 @@ def _server(s: Section, base_dir: Path) -> ServerConfig | None:
     audience = s.string("audience") or issuer
     keys = _signing_keys(s, base_dir)
     replay_store = s.string("replay_store", "memory") or "memory"
-    if replay_store != "memory" and not replay_store.startswith(("redis://", "rediss://", "sqlite:///")):
-        s.findings.error(s.at("replay_store"), f"{replay_store!r} must be memory, redis://HOST:PORT/DB or sqlite:///PATH")
+    store_problem = store_url_problem(replay_store)
+    if store_problem:
+        # Not echoed: a redis URL may carry a password.
+        s.findings.error(s.at("replay_store"), store_problem)
     token_max_age = s.integer("token_max_age", 900, minimum=1, maximum=86400)
     leeway = s.integer("leeway", 60, minimum=0, maximum=600)
     rate_limits = _rate_limits(s)

@@ -1,17 +1,43 @@
 """Single use of CI tokens: each (issuer, jti) is accepted once until the token expires.
 
-The store sits behind one method so a shared store (redis, sqlite) can replace the in-memory one
-without touching the request path. A store that cannot answer must raise `Unavailable`: the
-broker then refuses, it never grants on doubt.
+The store sits behind one method so the request path does not know which one it talks to. Which
+store fits which deployment:
+
+- `memory`: one process only. Each gunicorn worker would keep its own record, so `ci-broker serve`
+  refuses it with more than one worker.
+- `sqlite:///PATH`: every worker on one host shares a file; an atomic insert-if-absent decides.
+  Not for several hosts, and not on a network filesystem (its locks are not reliable there).
+- `redis://HOST:PORT/DB` (or `rediss://`): any number of processes on any number of hosts;
+  `SET NX` with an expiry decides atomically.
+
+A store that cannot answer raises `Unavailable`: the broker then refuses with 503, it never grants
+on doubt. Nothing here logs or returns a store URL, which may carry a password.
 """
 
 from __future__ import annotations
 
 import hashlib
 import heapq
+import math
+import os
+import secrets
+import sqlite3
 import threading
 import time
-from typing import Callable, Protocol
+from pathlib import Path
+from typing import Any, Callable, Protocol
+from urllib.parse import urlsplit
+
+from broker.errors import Unavailable
+
+REDIS_PREFIX = "ci-broker:jti:"
+# Operators who keep the password out of the config file put it here instead.
+REDIS_PASSWORD_ENV = "CI_BROKER_REDIS_PASSWORD"
+# Per attempt; two attempts, so a request waits at most ~4 s on an unresponsive redis.
+REDIS_TIMEOUT = 1.0
+REDIS_ATTEMPTS = 2
+SQLITE_BUSY_TIMEOUT = 2.0
+SQLITE_PURGE_EVERY = 1000
 
 
 def replay_key(issuer: str, jti: str) -> str:
@@ -50,11 +76,166 @@ class MemoryReplayStore:
             if self._seen.get(key) == expires_at:
                 del self._seen[key]
 
+    def close(self) -> None:
+        pass
+
     def __len__(self) -> int:
         return len(self._seen)
 
 
+class SqliteReplayStore:
+    """One file shared by every process on a host. The upsert below is one atomic statement:
+    it inserts, or revives a record whose token has expired, or changes nothing (a replay)."""
+
+    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = str(path)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._writes = 0
+        try:
+            # isolation_level=None: each statement commits on its own; no transaction left open.
+            self._conn = sqlite3.connect(self.path, timeout=SQLITE_BUSY_TIMEOUT, isolation_level=None,
+                                         check_same_thread=False)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("CREATE TABLE IF NOT EXISTS used_tokens "
+                               "(key TEXT PRIMARY KEY, expires_at REAL NOT NULL) WITHOUT ROWID")
+        except sqlite3.Error as exc:
+            raise Unavailable("the replay store is unavailable",
+                              reason=f"sqlite replay store {self.path}: {type(exc).__name__}: {exc}") from None
+
+    def first_use(self, key: str, expires_at: float) -> bool:
+        now = self._clock()
+        with self._lock:
+            try:
+                cursor = self._conn.execute(
+                    "INSERT INTO used_tokens (key, expires_at) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at "
+                    "WHERE used_tokens.expires_at < ?",
+                    (key, expires_at, now))
+                inserted = cursor.rowcount == 1
+                self._writes += 1
+                if self._writes % SQLITE_PURGE_EVERY == 0:
+                    self._conn.execute("DELETE FROM used_tokens WHERE expires_at < ?", (now,))
+            except sqlite3.Error as exc:
+                raise Unavailable("the replay store is unavailable",
+                                  reason=f"sqlite replay store: {type(exc).__name__}: {exc}") from None
+        return inserted
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class RedisReplayStore:
+    """Shared by any number of broker processes. Redis being down means 503 for the requests that
+    reach this point, and the next request after it returns simply works: the connection pool
+    reconnects on demand, so nothing has to be restarted."""
+
+    def __init__(self, url: str, *, timeout: float = REDIS_TIMEOUT,
+                 clock: Callable[[], float] = time.time) -> None:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self._retryable: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError, OSError)
+        self.where = describe_store(url)
+        self._clock = clock
+        # redis-py's own retries are off: a blind retry of SET NX whose first reply was lost would
+        # report our own write as a replay; `first_use` retries knowing what it wrote.
+        self._client = redis.Redis.from_url(url, **redis_options(url, timeout), retry=Retry(NoBackoff(), 0))
+
+    def first_use(self, key: str, expires_at: float) -> bool:
+        name = REDIS_PREFIX + key
+        # Relative expiry from our clock, so a skewed redis clock cannot shorten the record.
+        ttl = max(1, math.ceil(expires_at - self._clock()))
+        nonce = secrets.token_hex(8)
+        last: BaseException | None = None
+        for attempt in range(REDIS_ATTEMPTS):
+            try:
+                if self._client.set(name, nonce, nx=True, ex=ttl):
+                    return True
+                if attempt == 0:
+                    return False
+                # An earlier attempt may have written before its reply was lost: that is still us.
+                return self._client.get(name) == nonce.encode()
+            except self._retryable as exc:
+                last = exc
+            except self._errors as exc:
+                last = exc
+                break
+        raise Unavailable("the replay store is unavailable",
+                          reason=f"redis replay store {self.where}: {type(last).__name__}") from None
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._client.ping())
+        except self._errors:
+            return False
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def redis_options(url: str, timeout: float = REDIS_TIMEOUT) -> dict[str, Any]:
+    """Connection options shared by the replay store and the rate limiter's storage."""
+    options: dict[str, Any] = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
+    password = os.environ.get(REDIS_PASSWORD_ENV)
+    if password and urlsplit(url).password is None:
+        options["password"] = password
+    return options
+
+
+def describe_store(url: str) -> str:
+    """The store's URL without credentials, for logs and audit reasons."""
+    if not url.startswith(("redis://", "rediss://")):
+        return url
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
+    except ValueError:
+        return f"{url.split(':', 1)[0]}://(unparsable)"
+
+
+def store_url_problem(url: str) -> str | None:
+    """Why `url` names no usable replay store, or None. Never echoes credentials."""
+    if url == "memory":
+        return None
+    if url.startswith(("redis://", "rediss://")):
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname
+            parts.port  # raises ValueError on a non-numeric or out-of-range port
+        except ValueError:
+            return "is not a valid redis:// URL"
+        if not host:
+            return "a redis URL needs a host: redis://HOST:PORT/DB"
+        db = parts.path.lstrip("/")
+        if db and not db.isdigit():
+            return "the redis database must be a number: redis://HOST:PORT/DB"
+        if parts.fragment:
+            return "a redis URL takes no fragment"
+        return None
+    if url.startswith("sqlite:///"):
+        path = sqlite_path(url)
+        if not path or path == ":memory:" or path.endswith("/"):
+            return "sqlite:///PATH needs a file path (sqlite:////abs/path.db for an absolute one)"
+        return None
+    return "must be memory, redis://HOST:PORT/DB or sqlite:///PATH"
+
+
+def sqlite_path(url: str) -> str:
+    # SQLAlchemy's spelling: sqlite:///relative.db and sqlite:////absolute/path.db.
+    return url[len("sqlite:///"):]
+
+
 def open_store(url: str) -> ReplayStore:
+    problem = store_url_problem(url)
+    if problem is not None:
+        raise ValueError(f"replay store: {problem}")
     if url == "memory":
         return MemoryReplayStore()
-    raise ValueError(f"replay store {url!r} is not supported by this build")
+    if url.startswith(("redis://", "rediss://")):
+        return RedisReplayStore(url)
+    return SqliteReplayStore(sqlite_path(url))

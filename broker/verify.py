@@ -2,8 +2,9 @@
 
 Order matters: size, then strict parsing, then the issuer (by exact match of the still-unverified
 `iss`, which only selects which configured keys to try), then the signature with the provider's
-pinned algorithms, then every claim, and last the single-use record. Nothing from the token is
-trusted before its signature verifies, and no key ever comes from the token itself.
+pinned algorithms, then every claim, then the caller's admission check (the per-identity rate
+limit), and last the single-use record, so a token refused for load is not spent. Nothing from the
+token is trusted before its signature verifies, and no key ever comes from the token itself.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class TokenVerifier:
         self.replay = replay
         self.clock = clock
 
-    def verify(self, token: str) -> VerifiedToken:
+    def verify(self, token: str, admit: Callable[[ProviderConfig, dict[str, Any]], None] | None = None) -> VerifiedToken:
         if len(token) > MAX_TOKEN_CHARS:
             raise PayloadTooLarge(f"token longer than {MAX_TOKEN_CHARS} characters")
         if not token.isascii():
@@ -73,6 +74,8 @@ class TokenVerifier:
         claims = parsed.claims
         self._check_claims(claims, provider)
         self._check_with_pyjwt(token, key.key, alg, provider)
+        if admit is not None:
+            admit(provider, claims)
 
         jti = claims["jti"]
         if not self.replay.first_use(replay_key(provider.issuer, jti), claims["exp"] + self.leeway):

@@ -1,0 +1,106 @@
+"""Rate limits on exchanges (`server.rate_limits`): per client address and per CI identity.
+
+Two limits, counted at two points of the request:
+
+- per client address, before anything is parsed or verified, so a flood of garbage costs one
+  counter increment per request and never reaches the JWKS fetch or the signature check;
+- per identity (provider + repository or project id, the schema's neutral `repository_id`), once
+  the token's signature and claims have verified and before its single use is recorded: forged
+  tokens cannot spend a victim's budget, and a job refused with 429 may retry the same token after
+  `Retry-After`.
+
+Counts live on the replay store's redis when there is one (so every replica shares them), and in
+process memory otherwise: with several workers on memory, each worker counts for itself.
+
+Rate limiting is an availability control, not a security one: if its redis fails, requests go on
+uncounted (the replay store, which fails closed, still refuses them with 503).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from limits import RateLimitItem, parse
+from limits.errors import StorageError
+from limits.storage import MemoryStorage, RedisStorage, Storage
+from limits.strategies import SlidingWindowCounterRateLimiter
+
+from broker.claims import claim_text
+from broker.config import Config, ProviderConfig, RateLimits
+from broker.errors import RateLimited
+from broker.replay import describe_store, redis_options
+
+log = logging.getLogger("broker.ratelimit")
+
+NAMESPACE = "ci-broker"
+# Short: a limiter that cannot reach redis should cost a request little before it gives up.
+REDIS_TIMEOUT = 0.5
+
+
+@dataclass(frozen=True)
+class _Limit:
+    scope: str  # "client" | "identity"
+    item: RateLimitItem
+    text: str
+
+
+class RateLimiter:
+    def __init__(self, limits: RateLimits | None, redis_url: str | None = None) -> None:
+        self.enabled = limits is not None
+        self.where = describe_store(redis_url) if redis_url else "memory"
+        self._client: _Limit | None = None
+        self._identity: _Limit | None = None
+        if limits is None:
+            return
+        if limits.per_client:
+            self._client = _Limit("client", parse(limits.per_client), limits.per_client)
+        if limits.per_identity:
+            self._identity = _Limit("identity", parse(limits.per_identity), limits.per_identity)
+        storage: Storage
+        if redis_url:
+            storage = RedisStorage(redis_url, wrap_exceptions=True, **redis_options(redis_url, REDIS_TIMEOUT))
+        else:
+            storage = MemoryStorage()
+        self._strategy = SlidingWindowCounterRateLimiter(storage)
+
+    @classmethod
+    def for_config(cls, config: Config) -> "RateLimiter":
+        store = config.server.replay_store
+        redis_url = store if store.startswith(("redis://", "rediss://")) else None
+        return cls(config.server.rate_limits, redis_url)
+
+    def check_client(self, address: str | None) -> None:
+        """Count one request from `address`; raises RateLimited over the per-client limit."""
+        if self._client is not None:
+            self._hit(self._client, address or "unknown")
+
+    def admit(self, provider: ProviderConfig, claims: Mapping[str, Any]) -> None:
+        """Count one verified token against its identity; raises RateLimited over the limit.
+
+        Shaped as the verifier's `admit` hook: called after verification, before single use.
+        """
+        if self._identity is not None:
+            self._hit(self._identity, identity(provider, claims))
+
+    def _hit(self, limit: _Limit, key: str) -> None:
+        try:
+            if self._strategy.hit(limit.item, NAMESPACE, limit.scope, key):
+                return
+            reset_at, _ = self._strategy.get_window_stats(limit.item, NAMESPACE, limit.scope, key)
+        except (StorageError, OSError) as exc:
+            log.warning("rate limit storage %s failed (%s); request not counted",
+                        self.where, type(getattr(exc, "storage_error", exc)).__name__)
+            return
+        retry_after = max(1, math.ceil(reset_at - time.time()))
+        raise RateLimited("too many requests; retry later", retry_after=retry_after,
+                          reason=f"per-{limit.scope} limit {limit.text} reached for {key[:200]!r}")
+
+
+def identity(provider: ProviderConfig, claims: Mapping[str, Any]) -> str:
+    """provider + repository/project id: what one repository's jobs share, whatever its name."""
+    text = claim_text(claims.get(provider.schema.neutral["repository_id"]))
+    return f"{provider.name}:{text if text is not None else '?'}"
