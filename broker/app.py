@@ -83,7 +83,7 @@ def exchange() -> Response:
         # An unknown role and a denied one look the same to the caller; the log tells them apart.
         raise AccessDenied("no rule of this role grants this token", reason=decision.summary())
     assert role is not None
-    if False:
+    if duration is not None and duration > (role.max_duration or MAX_DURATION):
         raise InvalidRequest(f"duration must be at most {role.max_duration} for this role")
 
     context = ci_context(verified.provider.name, verified.claims, verified.provider.schema.neutral)
