@@ -1,6 +1,6 @@
 import pytest
 
-from .tf import load_config, module_dir, example_dir, all_config_dirs, terraform_binary
+from .tf import all_config_dirs, example_dir, load_config, module_dir, terraform_binary
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -12,12 +12,14 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-@pytest.fixture(scope="session")
-def terraform() -> str:
-    """Path of the terraform binary; skips the test, naming the gap, where there is none."""
+@pytest.fixture(scope="module")
+def terraform(request: pytest.FixtureRequest) -> str:
+    """Path of the terraform binary; where there is none, skips the test and says which
+    check went unrun (each test module names its own in TERRAFORM_CHECK)."""
     binary = terraform_binary()
     if binary is None:
-        pytest.skip("terraform is not installed: this check, which needs the terraform binary, was not run")
+        what = getattr(request.module, "TERRAFORM_CHECK", "a check that needs the terraform binary")
+        pytest.skip(f"terraform is not installed; not checked: {what}")
     return binary
 
 

@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from . import snippet
 from .tf import CLOUDS, REPO, example_dir, module_dir, parse_file
 
+TERRAFORM_CHECK = "terraform's own rendering of the roles snippets"
+
 
 def _signing_key(directory):
     key = ec.generate_private_key(ec.SECP256R1())
@@ -66,7 +68,9 @@ def _require_cloud_support(cloud):
     from broker import clouds
 
     if cloud not in clouds.NAMES:
-        pytest.skip(f"the broker does not support cloud {cloud!r} yet: its roles snippet was not loaded by ci-broker check")
+        pytest.skip(
+            f"the broker does not support cloud {cloud!r} yet: its roles snippet was not loaded by ci-broker check"
+        )
 
 
 def _findings(result):

@@ -8,6 +8,8 @@ from .tf import CLOUDS, EXAMPLES, MODULES, ROLE_NAME_PATTERN, TERRAFORM, expr, r
 
 STANDARD_FILES = ("versions.tf", "variables.tf", "main.tf", "outputs.tf")
 
+TERRAFORM_CHECK = "`terraform fmt -check -recursive terraform/`"
+
 
 def test_the_three_modules_and_examples_exist():
     assert sorted(p.name for p in MODULES.iterdir() if p.is_dir()) == ["aws-trust", "azure-trust", "gcp-trust"]
@@ -58,7 +60,7 @@ def test_every_variable_has_a_description_and_a_type(every_config):
 
 
 def test_every_module_variable_is_validated(modules):
-    for cloud, config in modules.items():
+    for _cloud, config in modules.items():
         for name, body in config.variables().items():
             validations = body.get("validation", [])
             assert validations, f"{config.name}: variable {name} has no validation block"
@@ -67,13 +69,13 @@ def test_every_module_variable_is_validated(modules):
 
 
 def test_role_names_are_validated_with_the_brokers_pattern(modules):
-    for cloud, config in modules.items():
+    for _cloud, config in modules.items():
         conditions = [v["condition"] for v in config.variables()["roles"]["validation"]]
         assert any(ROLE_NAME_PATTERN in c and "keys(var.roles)" in c for c in conditions), config.name
 
 
 def test_issuer_must_be_https(modules):
-    for cloud, config in modules.items():
+    for _cloud, config in modules.items():
         conditions = [v["condition"] for v in config.variables()["issuer_url"]["validation"]]
         assert any('regex("^https://' in c for c in conditions), config.name
 

@@ -148,7 +148,9 @@ def test_gcp_bindings_name_one_subject_never_a_principal_set(every_config, modul
         for kind in ("google_service_account_iam_member", "google_project_iam_member"):
             for name, binding in config.typed_blocks("resource", kind):
                 bindings += 1
-                assert re.fullmatch(r"\$\{local\.principals\[each\.(key|value\.role)\]\}", expr(binding["member"])), name
+                assert re.fullmatch(r"\$\{local\.principals\[each\.(key|value\.role)\]\}", expr(binding["member"])), (
+                    name
+                )
         for kind in ("google_service_account_iam_binding", "google_service_account_iam_policy"):
             assert not list(config.typed_blocks("resource", kind)), f"{config.name} replaces a whole IAM policy"
     assert bindings
@@ -166,7 +168,7 @@ def test_azure_federated_credentials_pin_issuer_subject_and_audience(every_confi
             ("azuread_application_federated_identity_credential", "audiences"),
             ("azurerm_federated_identity_credential", "audience"),
         ):
-            for name, credential in config.typed_blocks("resource", kind):
+            for _name, credential in config.typed_blocks("resource", kind):
                 seen += 1
                 assert credential["subject"] == ROLE_SUBJECT, (config.name, kind)
                 assert credential["issuer"] == "${var.issuer_url}", (config.name, kind)

@@ -12,6 +12,8 @@ from .tf import CLOUDS, example_dir
 
 GOOD_RULE = '[{provider = "github", claims = {repository_id = "1"}}]'
 
+TERRAFORM_CHECK = "the modules' variable validations, run by terraform"
+
 
 @pytest.fixture(scope="module")
 def stubs(terraform, tmp_path_factory):
@@ -53,7 +55,9 @@ MESSAGES = {
 
 
 def _plan(stubs, cloud, *overrides):
-    code, text = snippet.evaluate(stubs[cloud], example_dir(cloud) / "example.tfvars", tuple(f"-var={o}" for o in overrides))
+    code, text = snippet.evaluate(
+        stubs[cloud], example_dir(cloud) / "example.tfvars", tuple(f"-var={o}" for o in overrides)
+    )
     return code, text
 
 
@@ -97,7 +101,9 @@ COMMON_REFUSALS = [
 @pytest.mark.parametrize(("case", "override"), COMMON_REFUSALS, ids=[c for c, _ in COMMON_REFUSALS])
 def test_module_refuses(stubs, cloud, case, override):
     code, text = _plan(stubs, cloud, *_isolated([override]))
-    assert code != 0 and _refused_by_validation(text, override.split("=", 1)[0], MESSAGES.get(case, "")), f"{case}:\n{text}"
+    assert code != 0 and _refused_by_validation(text, override.split("=", 1)[0], MESSAGES.get(case, "")), (
+        f"{case}:\n{text}"
+    )
 
 
 # (case, the variable whose validation must refuse it, overrides...)
@@ -166,7 +172,11 @@ CLOUD_REFUSALS = {
 
 @pytest.mark.parametrize(
     ("cloud", "case", "variable", "overrides"),
-    [(cloud, case, variable, overrides) for cloud, cases in CLOUD_REFUSALS.items() for case, variable, *overrides in cases],
+    [
+        (cloud, case, variable, overrides)
+        for cloud, cases in CLOUD_REFUSALS.items()
+        for case, variable, *overrides in cases
+    ],
     ids=[f"{cloud}-{case}" for cloud, cases in CLOUD_REFUSALS.items() for case, *_ in cases],
 )
 def test_cloud_specific_refusals(stubs, cloud, case, variable, overrides):

@@ -50,14 +50,14 @@ class Config:
 
     def blocks(self, kind: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every ``kind`` block (variable, output, module, ...) as (file name, body)."""
-        for file_name, content in self.files.items():
+        for _file_name, content in self.files.items():
             for entry in content.get(kind, []):
                 for label, body in entry.items():
                     yield label, body
 
     def typed_blocks(self, kind: str, type_name: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every resource or data block of one type as (name, body)."""
-        for file_name, content in self.files.items():
+        for _file_name, content in self.files.items():
             for entry in content.get(kind, []):
                 for block_type, named in entry.items():
                     if block_type == type_name:
