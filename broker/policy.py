@@ -84,8 +84,9 @@ def compile_condition(claim: str, raw: Any, schema: ClaimSchema) -> Condition:
             source = schema.normalize(claim, pattern)
             return Condition(claim, "glob", (pattern,), re.compile(glob_to_regex(source), flags))
         try:
-            # fullmatch anchors both ends; the group keeps `a|b` from anchoring only one side.
-            compiled = re.compile(f"(?:{pattern})", flags)
+            # Matched with fullmatch, so every alternative of `a|b` is anchored at both ends
+            # (unlike `^a|b$`, the mistake anchoring by hand invites).
+            compiled = re.compile(pattern, flags)
         except re.error as exc:
             raise ValueError(f"invalid regex: {exc}") from None
         return Condition(claim, "regex", (pattern,), compiled)

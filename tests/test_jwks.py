@@ -53,9 +53,12 @@ def test_no_keys_and_no_fetch_is_503(issuer):
     lambda r: Response(json.dumps({"keys": []}), mimetype="application/json"),
     lambda r: Response(json.dumps({"nokeys": 1}), mimetype="application/json"),
     lambda r: Response("", status=302, headers={"Location": "http://127.0.0.1:9/evil"}),
-    lambda r: Response("x" * 300_000, mimetype="application/json"),
+    "oversized",
 ])
 def test_a_failing_refresh_keeps_the_cached_keys(issuer, bad):
+    if bad == "oversized":  # valid JSON with a usable key, but past the size cap
+        keys = {"keys": [k.public_jwk for k in issuer.keys], "pad": "x" * 300_000}
+        bad = lambda r: Response(json.dumps(keys), mimetype="application/json")  # noqa: E731
     cache = KeyCache(issuer.url, settings=FAST)
     assert cache.refresh()
     issuer.jwks_hook = bad
