@@ -79,10 +79,9 @@ def exchange() -> Response:
         decision = evaluate(role_name, role.rules, verified.provider.name, verified.provider.schema,
                             verified.claims)
     event["matched_rule"] = decision.matched_rule
-    if not decision.allowed:
+    if role is None or not decision.allowed:
         # An unknown role and a denied one look the same to the caller; the log tells them apart.
         raise AccessDenied("no rule of this role grants this token", reason=decision.summary())
-    assert role is not None
     if duration is not None and duration > (role.max_duration or MAX_DURATION):
         raise InvalidRequest(f"duration must be at most {role.max_duration} for this role")
 
