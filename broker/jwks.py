@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import requests
+import urllib3
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from broker import metrics
@@ -40,6 +41,9 @@ class FetchError(Exception):
 class KeyCacheSettings:
     refresh_interval: float = 300.0  # background refresh; also how long a removed key lives on
     unknown_kid_cooldown: float = 30.0  # at most one refetch per this many seconds on a kid miss
+    # With no keys at all, at most one fetch per this many seconds: during an outage a burst of
+    # requests gets its 503 at once instead of queueing for one failing fetch after another.
+    failure_cooldown: float = 2.0
     connect_timeout: float = 3.0
     read_timeout: float = 5.0
 
@@ -131,8 +135,8 @@ class KeyCache:
             if kid in self._keys:
                 return
             now = self.clock()
-            if self._keys and self._last_attempt is not None and \
-                    now - self._last_attempt < self.settings.unknown_kid_cooldown:
+            cooldown = self.settings.unknown_kid_cooldown if self._keys else self.settings.failure_cooldown
+            if self._last_attempt is not None and now - self._last_attempt < cooldown:
                 return
             self._fetch_locked()
         finally:
@@ -180,21 +184,38 @@ class KeyCache:
         return uri
 
     def _get_json(self, url: str) -> Any:
+        # The timeouts bound each socket operation; the deadline bounds the whole fetch, so an
+        # endpoint that trickles its body a byte at a time cannot hold a request for long.
+        deadline = time.monotonic() + self.settings.connect_timeout + self.settings.read_timeout
         try:
             with self._session.get(url, timeout=(self.settings.connect_timeout, self.settings.read_timeout),
                                    allow_redirects=False, stream=True, verify=self._verify,
                                    headers={"Accept": "application/json"}) as response:
                 if response.status_code != 200:
                     raise FetchError(f"GET {url} answered {response.status_code}")
-                body = response.raw.read(MAX_DOCUMENT_BYTES + 1, decode_content=True)
-        except requests.RequestException as exc:
+                body = _read_bounded(response.raw, deadline, url)
+        # Reading the raw body raises urllib3's own errors (a read timeout mid-body), not requests'.
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise FetchError(f"GET {url} failed: {type(exc).__name__}") from None
-        if len(body) > MAX_DOCUMENT_BYTES:
-            raise FetchError(f"GET {url} returned more than {MAX_DOCUMENT_BYTES} bytes")
         try:
             return json.loads(body)
         except ValueError:
             raise FetchError(f"GET {url} did not return JSON") from None
+
+
+def _read_bounded(raw: Any, deadline: float, url: str) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        if time.monotonic() > deadline:
+            raise FetchError(f"GET {url} took too long to send its body")
+        chunk = raw.read1(64 * 1024, decode_content=True)  # returns as soon as any data is there
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > MAX_DOCUMENT_BYTES:
+            raise FetchError(f"GET {url} returned more than {MAX_DOCUMENT_BYTES} bytes")
+        chunks.append(chunk)
 
 
 class KeyRefresher:
