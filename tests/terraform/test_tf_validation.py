@@ -51,6 +51,12 @@ MESSAGES = {
     "role name starting with a dot": "must be a broker role name",
     "no roles": "roles must name at least one",
     "rules for an unknown role": "allow_rules names roles that are not in roles",
+    "unquoted number": "quote numbers and booleans",
+    "boolean": "quote numbers and booleans",
+    "number in a list": "quote numbers and booleans",
+    "empty list": "quote numbers and booleans",
+    "two patterns": "quote numbers and booleans",
+    "unknown form": "quote numbers and booleans",
 }
 
 
@@ -94,6 +100,12 @@ COMMON_REFUSALS = [
     ("rule with an unknown key", 'allow_rules={x = [{provider = "github", claims = {a = "1"}, deny = true}]}'),
     ("rules not a list", 'allow_rules={x = {provider = "github", claims = {a = "1"}}}'),
     ("rules for an unknown role", f"allow_rules={{nope = {GOOD_RULE}}}"),
+    ("unquoted number", 'allow_rules={x = [{provider = "github", claims = {repository_id = 892734123}}]}'),
+    ("boolean", 'allow_rules={x = [{provider = "gitlab", claims = {project_id = "1", ref_protected = true}}]}'),
+    ("number in a list", 'allow_rules={x = [{provider = "github", claims = {repository_id = ["1", 2]}}]}'),
+    ("empty list", 'allow_rules={x = [{provider = "github", claims = {repository_id = []}}]}'),
+    ("two patterns", 'allow_rules={x = [{provider = "github", claims = {ref = {glob = "a", regex = "b"}}}]}'),
+    ("unknown form", 'allow_rules={x = [{provider = "github", claims = {ref = {prefix = "refs/"}}}]}'),
 ]
 
 

@@ -121,6 +121,21 @@ variable "allow_rules" {
     error_message = "allow_rules must map role names to lists of rules, each { provider = \"NAME\", claims = { CLAIM = CONDITION, ... } } with at least one claim."
   }
   validation {
+    # Terraform keeps an unquoted 892734123 a number, and the broker compares claims only
+    # with strings; refuse it here rather than in `ci-broker check` after the apply.
+    condition = alltrue(flatten([
+      for name, rules in var.allow_rules : try([
+        for rule in concat(rules, []) : [
+          for claim, value in rule.claims :
+          try(startswith(jsonencode(value), "\""), false)
+          || try(startswith(jsonencode(value), "[") && length(value) > 0 && alltrue([for v in value : startswith(jsonencode(v), "\"")]), false)
+          || try(length(value) == 1 && contains(["glob", "regex"], one(keys(value))) && startswith(jsonencode(one(values(value))), "\""), false)
+        ]
+      ], [false])
+    ]))
+    error_message = "Each claim condition must be a string, a list of strings, { glob = \"PATTERN\" } or { regex = \"PATTERN\" }; quote numbers and booleans, e.g. repository_id = \"892734123\"."
+  }
+  validation {
     condition     = length(setsubtract(keys(var.allow_rules), keys(var.roles))) == 0
     error_message = "allow_rules names roles that are not in roles."
   }
