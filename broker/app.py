@@ -117,8 +117,13 @@ def exchange_body() -> tuple[str, int | None]:
     charset = request.mimetype_params.get("charset", "utf-8").lower()
     if charset not in ("utf-8", "utf8"):
         raise UnsupportedMediaType("the body must be UTF-8 JSON")
+    data = request.get_data(cache=False)
+    # werkzeug cuts a chunked body (no Content-Length) at the limit without complaint; one that
+    # fills it was longer.
+    if request.content_length is None and len(data) >= MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"the body is larger than {MAX_BODY_BYTES} bytes")
     try:
-        body = strictjson.loads(request.get_data(cache=False))
+        body = strictjson.loads(data)
     except ValueError as exc:
         raise InvalidRequest(f"the body is not valid JSON: {exc}"[:200]) from None
     if not isinstance(body, dict):

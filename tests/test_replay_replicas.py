@@ -4,10 +4,6 @@ With redis down every exchange is 503 `unavailable`, and service returns by itse
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -21,6 +17,7 @@ import requests
 from broker.sandbox.stack import Sandbox, free_port
 from tests.helpers import assert_refused
 from tests.redis_support import RedisServer, require_redis_server
+from tests.serving import ServedBroker
 
 REPLICAS = 3
 REQUESTS = 300
@@ -32,52 +29,28 @@ class Replicas:
         self.box = box
         self.workdir = workdir
         self.store_url = store_url
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.servers: list[ServedBroker] = []
         self.redis: RedisServer | None = None
         # The first replica answers at the sandbox's broker URL: STS fetches the broker's JWKS there.
-        self.urls = [box.broker_url] + [f"http://127.0.0.1:{free_port()}" for _ in range(REPLICAS - 1)]
+        self.binds = [f"127.0.0.1:{box.broker_port}"] + [f"127.0.0.1:{free_port()}" for _ in range(REPLICAS - 1)]
+        self.urls = [f"http://{bind}" for bind in self.binds]
 
     def start(self) -> "Replicas":
         config = self.box.config_dict()
         config["server"]["replay_store"] = self.store_url
-        path = self.box.write_config(config, name=f"replicas-{len(self.procs)}.yaml")
-        for i, url in enumerate(self.urls):
-            log = (self.workdir / f"replica-{i}.log").open("wb")
-            self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "broker", "serve", "--config", str(path),
-                 "--bind", url.removeprefix("http://"), "--workers", "2"],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}))
-        for url, proc in zip(self.urls, self.procs):
-            wait_ready(url, proc)
+        path = self.box.write_config(config, name="replicas.yaml")
+        self.servers = [ServedBroker(path, bind, self.workdir / f"replica-{i}.log", workers=2)
+                        for i, bind in enumerate(self.binds)]
+        for server in self.servers:
+            server.wait_ready()
         return self
 
     def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        for server in self.servers:
+            server.stop()
 
     def logs(self) -> str:
-        return "".join((self.workdir / f"replica-{i}.log").read_text(errors="replace")
-                       for i in range(len(self.urls)))
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"replica at {url} exited with {proc.returncode}")
-        try:
-            if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"replica at {url} never became ready")
+        return "".join(server.output() for server in self.servers)
 
 
 def exchange(url: str, token: str) -> requests.Response:
