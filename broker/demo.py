@@ -35,6 +35,9 @@ ASSERTION_MAX_LIFETIME = 300
 # What a reader sees of a CI job's token: the claims a policy is usually written against.
 SHOWN_CLAIMS = ("iss", "aud", "sub", "repository", "repository_id", "ref", "ref_protected",
                 "environment", "event_name", "job_workflow_ref", "run_id")
+# The sandbox's other clouds, when it has them: display name, and what stands in for the cloud.
+OTHER_CLOUDS = {"gcp": ("a GCP", "the local Google endpoints"),
+                "azure": ("an Azure", "the local Entra ID endpoint")}
 # A compact JWS (three base64url parts, the first two JSON objects): never legitimately in output.
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
 
@@ -60,6 +63,7 @@ class Demo:
         self.checks: list[Check] = []
         self.audit: list[dict[str, Any]] = []
         self._step = ""
+        self._state: dict[str, Any] = {}  # what one step hands to the next (token, response, ...)
         self._app: Any = None
         self._audit_handler: _AuditTap | None = None
         self._audit_level = logging.NOTSET
@@ -67,13 +71,17 @@ class Demo:
 
     # -- lifecycle --------------------------------------------------------------------------------
     def __enter__(self) -> "Demo":
-        self.sandbox.start()
-        logger = logging.getLogger("broker.audit")
-        self._audit_level = logger.level
-        self._audit_handler = _AuditTap(self.audit)
-        logger.addHandler(self._audit_handler)
-        logger.setLevel(logging.INFO)
-        self._app = self.sandbox.serve_in_process()
+        try:
+            self.sandbox.start()
+            logger = logging.getLogger("broker.audit")
+            self._audit_level = logger.level
+            self._audit_handler = _AuditTap(self.audit)
+            logger.addHandler(self._audit_handler)
+            logger.setLevel(logging.INFO)
+            self._app = self.sandbox.serve_in_process()
+        except BaseException:
+            self.__exit__(None, None, None)  # whatever did start must not outlive a failed start
+            raise
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -84,7 +92,16 @@ class Demo:
             logger.setLevel(self._audit_level)
         if self._app is not None:
             self._app.extensions["broker"].close()
-        self.sandbox.stop()
+        # Each local server takes up to half a second to notice a shutdown; stopping them together
+        # makes the demo end promptly. Sandbox.stop() then finds them stopped (stop is idempotent).
+        box = self.sandbox
+        parts = [box.github, box.gitlab, box.sts, *(getattr(box, n) for n in ("gcp", "azure") if hasattr(box, n))]
+        threads = [threading.Thread(target=part.stop) for part in parts]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        box.stop()
 
     @property
     def config(self) -> Any:
@@ -128,8 +145,7 @@ class Demo:
         self.introduce()
         steps: list[Callable[[], None]] = [self.step_mint, self.step_exchange, self.step_assertion,
                                            self.step_credentials, self.step_refused, self.step_replay,
-                                           self.step_gitlab]
-        self._state: dict[str, Any] = {}
+                                           self.step_gitlab, self.step_other_clouds]
         for step in steps:
             try:
                 step()
@@ -156,8 +172,12 @@ class Demo:
         self.say("Started:")
         rows = [("GitHub Actions-like OIDC issuer", box.github.url),
                 ("GitLab-like OIDC issuer", box.gitlab.url),
-                ("AWS STS (moto, behind IAM's trust check)", box.sts.url),
-                ("ci-broker (demo config, new ES256 key)", box.broker_url)]
+                ("AWS STS (moto, behind IAM's trust check)", box.sts.url)]
+        if hasattr(box, "gcp"):
+            rows.append(("Google STS and IAM Credentials", box.gcp.url))
+        if hasattr(box, "azure"):
+            rows.append(("Microsoft Entra ID token endpoint (TLS)", box.azure.url))
+        rows.append(("ci-broker (demo config, new ES256 key)", box.broker_url))
         for label, url in rows:
             self.say(f"{label:<44}{url}", 2)
         self.say()
@@ -331,6 +351,45 @@ class Demo:
                     "a GitLab ID token is exchanged through the same policy engine",
                     f"{response.status_code} {body.get('error')}")
         self.secrets.extend(c["WebIdentityToken"] for c in box.sts.calls if "WebIdentityToken" in c)
+
+    def step_other_clouds(self) -> None:
+        """GCP and Azure, when the sandbox has their local endpoints (it may be an older build)."""
+        box = self.sandbox
+        clouds = [(name, getattr(box, name)) for name in ("gcp", "azure")
+                  if hasattr(box, name) and f"{name}-deploy" in self.config.roles]
+        if not clouds:
+            return
+        self.heading("8", "The same kind of job gets GCP and Azure credentials")
+        for cloud, endpoint in clouds:
+            role = f"{cloud}-deploy"
+            token = box.github_token()
+            self.secrets.append(token)
+            accepted_before = len(endpoint.accepted)
+            response = box.exchange(token, role)
+            body = _json(response)
+            creds = body.get("credentials", {})
+            self.secrets.extend(v for k, v in creds.items() if k in ("access_token", "federated_token"))
+            self.secrets.extend(getattr(endpoint, "subject_tokens", []))
+            self.secrets.extend(getattr(endpoint, "client_assertions", []))
+            label, where = OTHER_CLOUDS[cloud]
+            self.say(f"role {role}: the broker answered {response.status_code}, cloud {body.get('cloud')}, "
+                     f"expires_at {body.get('expires_at')}", 3)
+            if "access_token" in creds:
+                self.say(f"{'access_token':<18} {redact(creds['access_token'])}", 5)
+            new = endpoint.accepted[accepted_before:]
+            if new:
+                self.say(f"{where} verified the assertion like the real one would: sub "
+                         f"{new[0].get('sub')}, aud {new[0].get('aud')}", 5)
+            described = endpoint.describe(creds.get("access_token", "")) if creds else None
+            if described is not None:
+                who = (described.service_account or described.principal) if cloud == "gcp" \
+                    else f"application {described.client_id} in tenant {described.tenant_id}"
+                self.say(f"{label} API would see the token as {who}", 5)
+            self.expect(response.status_code == 200 and body.get("cloud") == cloud and "access_token" in creds,
+                        f"{role} returned {label} access token", f"{response.status_code} {body.get('error')}")
+            self.expect(len(new) == 1 and new[0].get("sub") == f"role:{role}",
+                        f"{where} accepted exactly one assertion, with sub role:{role}", f"{len(new)} accepted")
+            self.expect(described is not None, f"the token is one {where} issued, and still valid")
 
     # -- helpers ----------------------------------------------------------------------------------
     def show_claims(self, claims: dict[str, Any], names: Iterable[str], indent: int = 5) -> None:
@@ -521,5 +580,8 @@ def run_demo(serve: bool = False, *, out: TextIO | None = None, stdin: TextIO | 
         return 0 if ok else 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # the sandbox could not start: say so plainly, as a failed smoke test
+        print(f"error: the demo could not start: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
