@@ -38,11 +38,18 @@ REDIS_TIMEOUT = 1.0
 REDIS_ATTEMPTS = 2
 SQLITE_BUSY_TIMEOUT = 2.0
 SQLITE_PURGE_EVERY = 1000
+# No record needs to outlive this; it keeps an absurd expiry from overflowing a store's types.
+MAX_RECORD_SECONDS = 7 * 86400
+
+
+def _bounded(expires_at: float, now: float) -> float:
+    return float(min(expires_at, now + MAX_RECORD_SECONDS))
 
 
 def replay_key(issuer: str, jti: str) -> str:
-    # Hashed so an attacker-chosen jti cannot bloat keys or inject separators.
-    return hashlib.sha256(f"{issuer}\x00{jti}".encode()).hexdigest()
+    # Hashed so an attacker-chosen jti cannot bloat keys or inject separators. surrogatepass:
+    # JSON may spell a lone surrogate (\ud800), which strict UTF-8 cannot encode.
+    return hashlib.sha256(f"{issuer}\x00{jti}".encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class ReplayStore(Protocol):
@@ -106,6 +113,7 @@ class SqliteReplayStore:
 
     def first_use(self, key: str, expires_at: float) -> bool:
         now = self._clock()
+        expires_at = _bounded(expires_at, now)
         with self._lock:
             try:
                 cursor = self._conn.execute(
@@ -149,7 +157,8 @@ class RedisReplayStore:
     def first_use(self, key: str, expires_at: float) -> bool:
         name = REDIS_PREFIX + key
         # Relative expiry from our clock, so a skewed redis clock cannot shorten the record.
-        ttl = max(1, math.ceil(expires_at - self._clock()))
+        now = self._clock()
+        ttl = max(1, math.ceil(_bounded(expires_at, now) - now))
         nonce = secrets.token_hex(8)
         last: BaseException | None = None
         for attempt in range(REDIS_ATTEMPTS):

@@ -222,3 +222,17 @@ def test_store_urls_that_are_refused(url):
 def test_a_store_url_password_never_appears_in_descriptions_or_errors():
     assert "hunter2" not in describe_store("redis://:hunter2@cache:6379/0")
     assert "hunter2" not in (store_url_problem("redis://:hunter2@cache:x/0") or "")
+
+
+def test_an_absurd_expiry_is_recorded_for_a_bounded_time(make_store):
+    store = make_store()
+    key = f"far-{time.monotonic_ns()}"
+    assert store.first_use(key, 10**400) is True  # a signed exp may be any JSON integer
+    assert store.first_use(key, 10**400) is False
+
+
+def test_a_jti_with_a_lone_surrogate_has_a_key(make_store):
+    key = replay_key("https://issuer", "\ud800-jti")  # JSON can spell it; UTF-8 cannot
+    assert key != replay_key("https://issuer", "\ud801-jti")
+    store = make_store()
+    assert store.first_use(key, time.time() + 60) and not store.first_use(key, time.time() + 60)
