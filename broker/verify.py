@@ -78,7 +78,10 @@ class TokenVerifier:
             admit(provider, claims)
 
         jti = claims["jti"]
-        if not self.replay.first_use(replay_key(provider.issuer, jti), claims["exp"] + self.leeway):
+        # The record must outlive the token's acceptability, which ends at exp or at iat + max age,
+        # whichever is first: bounded even when a token claims an absurd exp.
+        record_until = min(claims["exp"], claims["iat"] + self.max_age) + self.leeway
+        if not self.replay.first_use(replay_key(provider.issuer, jti), record_until):
             raise InvalidToken("token has already been used", reason=f"jti {jti[:100]!r} replayed")
         return VerifiedToken(provider=provider, claims=claims, sha256=token_sha256(token))
 
