@@ -5,6 +5,7 @@ the sandbox's issuers and STS. Paths and helpers live in support.py.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -45,13 +46,13 @@ def served_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedBr
         with log.open("wb") as sink:
             process = subprocess.Popen(
                 [str(VENV_BIN / "ci-broker"), "serve", "--config", str(config),
-                 "--bind", f"127.0.0.1:{box.broker_port}", "--workers", "2"],
+                 "--bind", f"127.0.0.1:{box.broker_port}", "--workers", "1"],
                 stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=workdir)
         try:
             _wait_ready(box.broker_url, process, log)
             yield ServedBroker(box, process, log)
         finally:
-            process.terminate()
+            process.send_signal(signal.SIGINT)  # gunicorn's quick shutdown; SIGTERM waits for workers
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
