@@ -5,6 +5,8 @@ Each finding names the rule's key path and what an attacker could do with the ga
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from broker.config import Config
 from broker.policy import Rule
 from broker.schema import Finding
@@ -12,6 +14,10 @@ from broker.schema import Finding
 
 def lint(config: Config) -> list[Finding]:
     findings: list[Finding] = list(config.warnings)
+    issuer = urlsplit(config.server.issuer)
+    if issuer.scheme == "https" and issuer.port is not None:
+        findings.append(Finding("warning", "server.issuer", "has a port: AWS IAM OIDC providers only "
+                                "accept issuer URLs without one, so AWS roles could not trust it"))
     for role in config.roles.values():
         for rule in role.rules:
             path = f"roles.{role.name}.allow[{rule.index}]"

@@ -53,3 +53,16 @@ def test_a_safe_gitlab_rule_has_no_warnings(key_file):
 def test_risky_rules_are_warned_about(key_file, provider, claims, expected):
     found = warnings(key_file, provider, claims)
     assert any(expected in w for w in found), found
+
+
+def test_an_issuer_with_a_port_is_warned_about(key_file):
+    config = config_with(key_file, "github", SAFE_GITHUB)
+    data = {
+        "server": {"issuer": "https://broker.example.com:8443", "signing_keys": [key_file.name]},
+        "providers": {"ci": {"issuer": "https://ci.example.com", "type": "github"}},
+        "roles": {"r": {"cloud": "aws", "aws": {"role_arn": "arn:aws:iam::123456789012:role/r"},
+                        "allow": [{"provider": "ci", "claims": dict(SAFE_GITHUB)}]}},
+    }
+    assert not lint(config)
+    found = [f for f in lint(build_config(data, base_dir=key_file.parent)) if f.path == "server.issuer"]
+    assert found and "without one" in found[0].message
