@@ -1,0 +1,175 @@
+"""The apps the benchmark serves, all under the gunicorn settings `ci-broker serve` uses.
+
+- `hello`: a Flask POST endpoint that does nothing (the HTTP floor).
+- `floor`: the irreducible work of one exchange and nothing else: one RS256 verify of the CI token
+  against a preloaded key, one ES256 sign of a small assertion, one boto3
+  `assume_role_with_web_identity` (client built once) to the instant STS.
+- `sts`: an STS that answers every call at once with a canned AssumeRoleWithWebIdentity response
+  (optionally after `--delay` seconds, to stand in for a real round trip to AWS).
+- `broker`: the broker app, built like `ci-broker serve` builds it but with a chosen JWKS refresh
+  interval (the slow-JWKS run needs refreshes to happen while it measures).
+
+Run as `python -m bench.apps KIND --bind HOST:PORT [...]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import secrets
+import shutil
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterable
+
+STS_XML = """<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <AssumeRoleWithWebIdentityResult>
+    <SubjectFromWebIdentityToken>role:bench-deploy</SubjectFromWebIdentityToken>
+    <Audience>sts.amazonaws.com</Audience>
+    <AssumedRoleUser>
+      <Arn>arn:aws:sts::123456789012:assumed-role/bench-deploy/bench</Arn>
+      <AssumedRoleId>AROABENCHBENCHBENCH01:bench</AssumedRoleId>
+    </AssumedRoleUser>
+    <Credentials>
+      <AccessKeyId>ASIABENCHBENCHBENCH1</AccessKeyId>
+      <SecretAccessKey>benchbenchbenchbenchbenchbenchbenchbench</SecretAccessKey>
+      <SessionToken>{session_token}</SessionToken>
+      <Expiration>{expiration}</Expiration>
+    </Credentials>
+    <Provider>http://127.0.0.1</Provider>
+  </AssumeRoleWithWebIdentityResult>
+  <ResponseMetadata><RequestId>00000000-0000-0000-0000-000000000000</RequestId></ResponseMetadata>
+</AssumeRoleWithWebIdentityResponse>
+"""
+ROLE_ARN = "arn:aws:iam::123456789012:role/bench-deploy"
+REGION = "eu-west-1"
+
+
+def sts_app(delay: float = 0.0) -> Callable[..., Iterable[bytes]]:
+    expiration = (datetime.now(timezone.utc) + timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # A session token of realistic size (AWS's are several hundred bytes), so parsing costs the same.
+    body = STS_XML.format(session_token=base64.b64encode(secrets.token_bytes(600)).decode(),
+                          expiration=expiration).encode()
+    headers = [("Content-Type", "text/xml"), ("Content-Length", str(len(body))),
+               ("x-amzn-RequestId", "00000000-0000-0000-0000-000000000000")]
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        environ["wsgi.input"].read(length)
+        if delay:
+            time.sleep(delay)
+        start_response("200 OK", headers)
+        return [body]
+
+    return app
+
+
+def hello_app() -> Any:
+    from flask import Flask
+
+    app = Flask("hello")
+
+    @app.post("/v1/exchange")
+    def hello() -> Any:
+        return {"hello": "world"}
+
+    return app
+
+
+def floor_app(issuer_public_pem: bytes, signing_key_pem: bytes, sts_url: str) -> Any:
+    import boto3
+    import jwt
+    from botocore import UNSIGNED
+    from botocore.config import Config
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from flask import Flask, jsonify, request
+
+    public_key = serialization.load_pem_public_key(issuer_public_pem)
+    signing_key = serialization.load_pem_private_key(signing_key_pem, password=None)
+    sts = boto3.session.Session().client(
+        "sts", region_name=REGION, endpoint_url=sts_url,
+        config=Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 3, "mode": "standard"},
+                      signature_version=UNSIGNED))
+    app = Flask("floor")
+
+    @app.post("/v1/exchange")
+    def exchange() -> Any:
+        token = request.headers["Authorization"][len("Bearer "):]
+        signing_input, _, signature = token.rpartition(".")
+        public_key.verify(base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)),  # type: ignore[union-attr]
+                          signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+        now = int(time.time())
+        assertion = jwt.encode({"iss": "http://127.0.0.1", "sub": "role:bench-deploy",
+                                "aud": "sts.amazonaws.com", "iat": now, "nbf": now, "exp": now + 300,
+                                "jti": secrets.token_urlsafe(18)}, signing_key, algorithm="ES256")
+        creds = sts.assume_role_with_web_identity(
+            RoleArn=ROLE_ARN, RoleSessionName="bench", WebIdentityToken=assertion,
+            DurationSeconds=3600)["Credentials"]
+        return jsonify(role="bench-deploy", cloud="aws", expires_at=creds["Expiration"].isoformat(),
+                       credentials={"access_key_id": creds["AccessKeyId"],
+                                    "secret_access_key": creds["SecretAccessKey"],
+                                    "session_token": creds["SessionToken"], "region": REGION})
+
+    return app
+
+
+def broker_app(config_path: str, jwks_refresh: float) -> Any:
+    from broker.app import create_app
+    from broker.config import load_config
+    from broker.jwks import KeyCacheSettings
+    from broker.logs import configure_audit
+    from broker.service import build_broker
+
+    configure_audit(None)
+    config = load_config(config_path)
+    broker = build_broker(config, key_settings=KeyCacheSettings(refresh_interval=jwks_refresh))
+    return create_app(config, broker=broker)
+
+
+def main() -> None:
+    from gunicorn.app.base import BaseApplication
+
+    from broker.server import gunicorn_options, prepare_metrics_dir
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("kind", choices=("hello", "floor", "sts", "broker"))
+    parser.add_argument("--bind", required=True)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--issuer-public-key")
+    parser.add_argument("--signing-key")
+    parser.add_argument("--sts-url")
+    parser.add_argument("--config")
+    parser.add_argument("--jwks-refresh", type=float, default=300.0)
+    args = parser.parse_args()
+
+    def load() -> Any:
+        if args.kind == "hello":
+            return hello_app()
+        if args.kind == "sts":
+            return sts_app(args.delay)
+        if args.kind == "floor":
+            with open(args.issuer_public_key, "rb") as f, open(args.signing_key, "rb") as k:
+                return floor_app(f.read(), k.read(), args.sts_url)
+        return broker_app(args.config, args.jwks_refresh)
+
+    class App(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in gunicorn_options(args.bind, args.workers, args.threads, "WARNING").items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return load()
+
+    metrics_dir, made = prepare_metrics_dir() if args.kind == "broker" else ("", False)
+    try:
+        App().run()
+    finally:
+        if made:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
