@@ -16,19 +16,8 @@ import pytest
 
 from clientrun import (FLAVORS, Flavor, Result, busybox_bin, run_github, run_gitlab, stub_tool)
 from endpoints import OIDCRequestEndpoint, Reply, ScriptedBroker
-from support import assert_no_secret
+from support import AWS, AZURE, GCP, JWT, assert_no_secret
 
-JWT = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJyZXBvOm8vcjpyZWY6cmVmcy9oZWFkcy9tYWluIn0.c2lnbmF0dXJlLV8"
-AWS = {"access_key_id": "ASIAZZEXAMPLE7KEYID0", "secret_access_key": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYzEXAMPLEKEY",
-       "session_token": "IQoJb3JpZ2luX2VjEXAMPLE//////////wEaCXVzLWVhc3QtMSJHMEUCIQD+session=",
-       "region": "eu-west-1"}
-GCP = {"access_token": "ya29.a0AfB_byEXAMPLE-gcp-access-token_0123456789", "token_type": "Bearer",
-       "service_account": "deployer@my-project.iam.gserviceaccount.com"}
-AZURE = {"access_token": "eyJ0eXAiOiJKV1QifQ.eyJhdWQiOiJhcm0ifQ.azure-access-token-sig",
-         "token_type": "Bearer", "tenant_id": "00000000-0000-0000-0000-000000000000",
-         "client_id": "11111111-1111-1111-1111-111111111111",
-         "subscription_id": "22222222-2222-2222-2222-222222222222",
-         "assertion": "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJyb2xlOmF6dXJlLWRlcGxveSJ9.assertion-sig"}
 SECRET_FIELDS = ("access_key_id", "secret_access_key", "session_token", "access_token", "assertion")
 
 FLAVOR_IDS = [f.name for f in FLAVORS]

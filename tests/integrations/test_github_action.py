@@ -24,8 +24,7 @@ import pytest
 from broker.sandbox.issuer import github_claims
 from broker.sandbox.stack import free_port
 from endpoints import OIDCRequestEndpoint, ScriptedBroker
-from support import ACTION_DIR, act_path, assert_no_secret, git_repo
-from test_client import AZURE
+from support import ACTION_DIR, AZURE, act_path, assert_no_secret, git_repo
 
 ACTION = "example/ci-broker/actions/credentials@v1"
 WATCH = "example/watch@v1"
@@ -227,3 +226,48 @@ def test_azure_federated_token_file_is_removed_by_the_post_step(tmp_path):
     assert "ci-broker: removed the federated token file" in lines
     assert "watcher: federated token file gone" in lines, run.output
     assert_no_secret(run.output, [AZURE["access_token"], AZURE["assertion"]], "act's output")
+
+
+GCP_AZURE_CHECK = '''
+import json, os, pathlib
+names = ["CLOUDSDK_AUTH_ACCESS_TOKEN", "GOOGLE_OAUTH_ACCESS_TOKEN", "AZURE_ACCESS_TOKEN",
+         "ARM_TENANT_ID", "ARM_CLIENT_ID", "ARM_SUBSCRIPTION_ID", "AZURE_TENANT_ID",
+         "AZURE_CLIENT_ID", "AZURE_SUBSCRIPTION_ID", "CI_BROKER_CLOUD"]
+print("gcloud token seen by the step:", os.environ["CLOUDSDK_AUTH_ACCESS_TOKEN"])
+print("azure token seen by the step:", os.environ["AZURE_ACCESS_TOKEN"])
+pathlib.Path(os.environ["HANDOFF"]).write_text(json.dumps({n: os.environ.get(n) for n in names}))
+'''
+
+
+def test_gcp_and_azure_roles_export_their_tools_environment(tmp_path, served_broker, github_oidc):
+    roles = served_broker.box.config_dict()["roles"]
+    if not {"gcp-deploy", "azure-deploy"} <= set(roles):
+        pytest.skip("the sandbox has no gcp-deploy / azure-deploy role")
+    from broker.sandbox import stack
+
+    handoff = tmp_path / "handoff.json"
+    script = tmp_path / "check.py"
+    script.write_text(GCP_AZURE_CHECK)
+    gcp = action_step(served_broker.url, role="gcp-deploy", **{"output-credentials": "true"})
+    azure = action_step(served_broker.url, role="azure-deploy")
+    azure["id"] = "azure"
+    steps = [gcp, azure, {"name": "check", "run": f"{sys.executable} {script}",
+                          "env": {"HANDOFF": str(handoff),
+                                  "SA": "${{ steps.creds.outputs.service-account }}"}},
+             {"name": "outputs", "run": "echo \"sa=$SA cloud=${{ steps.azure.outputs.cloud }}\"",
+              "env": {"SA": "${{ steps.creds.outputs.service-account }}"}}]
+    run = run_act(tmp_path, steps, oidc_env(github_oidc))
+    assert run.returncode == 0, run.output
+    env = json.loads(handoff.read_text())
+    assert env["CLOUDSDK_AUTH_ACCESS_TOKEN"] and env["GOOGLE_OAUTH_ACCESS_TOKEN"] == env["CLOUDSDK_AUTH_ACCESS_TOKEN"]
+    for prefix in ("ARM", "AZURE"):
+        assert env[f"{prefix}_TENANT_ID"] == stack.AZURE_TENANT_ID
+        assert env[f"{prefix}_CLIENT_ID"] == stack.AZURE_CLIENT_ID
+        assert env[f"{prefix}_SUBSCRIPTION_ID"] == stack.AZURE_SUBSCRIPTION_ID
+    assert env["CI_BROKER_CLOUD"] == "azure"  # the later step's export wins
+    assert f"sa={stack.GCP_SERVICE_ACCOUNT} cloud=azure" in run.step_lines()
+    secrets = [env["CLOUDSDK_AUTH_ACCESS_TOKEN"], env["AZURE_ACCESS_TOKEN"], *github_oidc.issued]
+    assert_no_secret(run.output, secrets, "act's output")
+    assert "gcloud token seen by the step: ***" in run.output
+    assert "azure token seen by the step: ***" in run.output
+    assert len(github_oidc.issued) == 2, "each step asks for its own job token"

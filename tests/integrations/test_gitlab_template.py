@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from broker.sandbox.issuer import gitlab_claims
@@ -169,3 +170,22 @@ def test_a_replayed_token_is_refused_with_401(tmp_path, served_broker):
     assert second.returncode != 0
     assert re.search(r"the broker refused this job's token: HTTP 401 invalid_token: .+ \(request id",
                      second.job_log), second.output
+
+
+def test_azure_role_exports_the_ids_and_token(tmp_path, served_broker):
+    if "azure-deploy" not in served_broker.box.config_dict()["roles"]:
+        pytest.skip("the sandbox has no azure-deploy role")
+    from broker.sandbox import stack
+
+    check = ('test "$ARM_TENANT_ID" = "$AZURE_TENANT_ID" && test "$ARM_CLIENT_ID" = "$AZURE_CLIENT_ID" '
+             '&& test -n "$AZURE_ACCESS_TOKEN" && echo "azure ids: $AZURE_TENANT_ID $AZURE_CLIENT_ID '
+             '$ARM_SUBSCRIPTION_ID" && printf %s "$AZURE_ACCESS_TOKEN" > "$HANDOFF"')
+    job = {"extends": ".ci-broker", "script": [check],
+           "variables": {"CI_BROKER_URL": served_broker.url, "CI_BROKER_ROLE": "azure-deploy",
+                         "HANDOFF": str(tmp_path / "token")}}
+    run = run_pipeline(tmp_path, pipeline(TEMPLATE_INCLUDE, deploy=job), gitlab_token(served_broker),
+                       "deploy")
+    assert run.returncode == 0, run.output
+    assert (f"azure ids: {stack.AZURE_TENANT_ID} {stack.AZURE_CLIENT_ID} "
+            f"{stack.AZURE_SUBSCRIPTION_ID}") in run.job_log
+    assert_clean(run, [(tmp_path / "token").read_text()])
