@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import os
 import secrets
 import shutil
 import time
@@ -130,7 +131,7 @@ def broker_app(config_path: str, jwks_refresh: float) -> Any:
 def main() -> None:
     from gunicorn.app.base import BaseApplication
 
-    from broker.server import gunicorn_options, prepare_metrics_dir
+    from broker.server import apply_options, gunicorn_options, prepare_metrics_dir
 
     parser = argparse.ArgumentParser()
     parser.add_argument("kind", choices=("hello", "floor", "sts", "broker"))
@@ -157,17 +158,17 @@ def main() -> None:
 
     class App(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
-            for key, value in gunicorn_options(args.bind, args.workers, args.threads, "WARNING").items():
-                self.cfg.set(key, value)
+            apply_options(self.cfg, gunicorn_options(args.bind, args.workers, args.threads, "WARNING"))
 
         def load(self) -> Any:
             return load()
 
     metrics_dir, made = prepare_metrics_dir() if args.kind == "broker" else ("", False)
+    master = os.getpid()
     try:
         App().run()
     finally:
-        if made:
+        if made and os.getpid() == master:  # workers leave through this frame too
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 

@@ -45,8 +45,7 @@ class BrokerServer(BaseApplication):  # type: ignore[misc]
         super().__init__()
 
     def load_config(self) -> None:
-        for key, value in self.options.items():
-            self.cfg.set(key, value)
+        apply_options(self.cfg, self.options)
 
     def load(self) -> Any:
         # Called in each worker after the fork, so each builds its own JWKS refresher thread,
@@ -79,8 +78,18 @@ def gunicorn_options(bind: str, workers: int, threads: int = DEFAULT_THREADS,
         "loglevel": log_level.lower(),
         "logconfig_dict": logs.gunicorn_logconfig(log_level.upper()),
         "proc_name": "ci-broker",
+        # gunicorn's control socket (in $HOME, shared by every instance of the user) would let any
+        # local process of that user resize or reload the broker; it has no use here.
+        "control_socket_disable": True,
         "child_exit": _child_exit,
     }
+
+
+def apply_options(cfg: Any, options: dict[str, Any]) -> None:
+    for key, value in options.items():
+        if key == "control_socket_disable" and key not in cfg.settings:
+            continue  # gunicorn before 25.1 has no control socket to disable
+        cfg.set(key, value)
 
 
 def _child_exit(server: Any, worker: Any) -> None:
@@ -115,9 +124,11 @@ def prepare_metrics_dir() -> tuple[str, bool]:
 def serve(config: Config, bind: str, workers: int, threads: int = DEFAULT_THREADS, *,
           audit_log: str | None = None, log_level: str = "INFO") -> None:
     metrics_dir, made = prepare_metrics_dir()
+    master = os.getpid()
     try:
         BrokerServer(config, gunicorn_options(bind, workers, threads, log_level), audit_log).run()
     finally:
         # gunicorn exits through SystemExit on SIGTERM/SIGINT, so this runs on a graceful stop.
-        if made:
+        # Its workers are forks that leave through this same frame: only the master cleans up.
+        if made and os.getpid() == master:
             shutil.rmtree(metrics_dir, ignore_errors=True)
