@@ -444,25 +444,36 @@ _cib_inputs() {
     if ! _cib_only "$_cib_url" '!-~' || ! _cib_only "$_cib_aud" '!-~'; then
         _cib_die "$_cib_n_url and $_cib_n_aud must be single words of printable ASCII"
     fi
-    case $_cib_url in *'"'* | *\\*) _cib_die "$_cib_n_url contains a quote or a backslash" ;; esac
+    case $_cib_url in *'"'* | *\\*) _cib_die "$_cib_n_url must not contain a quote or a backslash" ;; esac
     _cib_url=${_cib_url%/}
+    _cib_hostport=${_cib_url#*://}
+    _cib_hostport=${_cib_hostport%%[/?#]*}
+    case $_cib_hostport in
+    # Whatever precedes an @ is user information: the real host is what follows it.
+    *@*) _cib_die "$_cib_n_url must not contain user information (an @ before the host)" ;;
+    esac
     case $_cib_url in
     https://*) ;;
     http://*)
         # Plain http only to this machine, exactly as the broker's own config rule.
-        _cib_hostport=${_cib_url#http://}
-        _cib_hostport=${_cib_hostport%%[/?#]*}
+        _cib_port=
         case $_cib_hostport in
-        localhost | localhost:[0-9]* | '[::1]' | '[::1]:'[0-9]*) ;;
+        localhost | '[::1]') ;;
+        localhost:*) _cib_port=${_cib_hostport#localhost:} ;;
+        '[::1]:'*) _cib_port=${_cib_hostport#'[::1]:'} ;;
         127.*)
-            _cib_host=${_cib_hostport%:*}
+            _cib_host=${_cib_hostport%%:*}
+            case $_cib_hostport in *:*) _cib_port=${_cib_hostport#*:} ;; esac
             _cib_dots=$(printf '%s' "$_cib_host" | tr -cd .)
-            if ! _cib_only "$_cib_hostport" '0-9.:' || [ "$_cib_dots" != ... ]; then
+            if ! _cib_only "$_cib_host" '0-9.' || [ "$_cib_dots" != ... ]; then
                 _cib_die "$_cib_n_url must use https:// (http:// is only for loopback addresses)"
             fi
             ;;
         *) _cib_die "$_cib_n_url must use https:// (http:// is only for loopback addresses)" ;;
         esac
+        if [ -n "$_cib_port" ] && ! _cib_only "$_cib_port" '0-9'; then
+            _cib_die "$_cib_n_url must use https:// (http:// is only for loopback addresses)"
+        fi
         ;;
     *) _cib_die "$_cib_n_url must start with https://" ;;
     esac
@@ -778,7 +789,7 @@ unset _cib_c_access_key_id _cib_c_secret_access_key _cib_c_session_token _cib_c_
 unset _cib_attempts _cib_aud _cib_awk_json _cib_body _cib_cloud _cib_delim _cib_detail _cib_dots \
     _cib_dur _cib_err _cib_expires _cib_export _cib_hdr _cib_hdr_rid _cib_host _cib_hostport _cib_http \
     _cib_limit _cib_line _cib_msg _cib_n_aud _cib_n_dur _cib_n_role _cib_n_url _cib_names _cib_nl \
-    _cib_oidc_url _cib_raw _cib_outcreds _cib_p _cib_py_http _cib_rc _cib_req _cib_rest _cib_rid \
+    _cib_oidc_url _cib_raw _cib_outcreds _cib_p _cib_port _cib_py_http _cib_rc _cib_req _cib_rest _cib_rid \
     _cib_role _cib_status _cib_target _cib_tf _cib_tf_dir _cib_token _cib_tool _cib_try _cib_url \
     _cib_v _cib_wait _cib_why
 unset -f _cib_say _cib_clean _cib_die _cib_only _cib_get _cib_pick_http _cib_request \

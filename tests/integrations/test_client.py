@@ -307,12 +307,28 @@ def test_broker_message_cannot_forge_workflow_commands(tmp_path: Path, oidc) -> 
 
 @pytest.mark.parametrize("url", ["http://broker.example.com", "http://127.0.0.1.nip.io:80",
                                  "http://10.0.0.1", "ftp://127.0.0.1", "broker.example.com",
-                                 "http://user@127.0.0.1", 'https://x"y'])
+                                 "http://user@127.0.0.1", 'https://x"y',
+                                 "http://localhost:80@evil.example.com",
+                                 "http://[::1]:80@evil.example.com/v1",
+                                 "http://127.0.0.1:80@evil.example.com",
+                                 "https://broker.example.com@evil.example.com",
+                                 "http://localhost.evil.example.com", "http://localhost:80x",
+                                 "http://127.1.2"])
 def test_plain_http_only_to_loopback(tmp_path: Path, oidc, url: str) -> None:
+    # A token sent in clear text to anything but this machine could be replayed by whoever reads it.
     result = run_github(tmp_path, DASH_CURL, github_env(url, oidc))
     assert result.returncode == 1
-    assert "broker-url" in result.stderr
+    assert "broker-url must" in result.stderr
     assert oidc.audiences == [], "no token may be requested for a URL that will be refused"
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1", "http://127.0.0.1:8080/", "http://localhost:1",
+                                 "http://[::1]:8080", "https://broker.example.com:8443/base"])
+def test_loopback_http_and_any_https_are_accepted(tmp_path: Path, url: str) -> None:
+    result = run_gitlab(tmp_path, DASH_CURL, {"CI_BROKER_URL": url, "CI_BROKER_ROLE": "deploy",
+                                              "CI_BROKER_ID_TOKEN": JWT, "CI_BROKER_MAX_ATTEMPTS": "1"})
+    assert "must" not in result.stderr, result.stderr
+    assert "did not answer" in result.stderr or "HTTP" in result.stderr
 
 
 @pytest.mark.parametrize("role", ["", "-x", "a b", "a/b", "x" * 65, 'r"}', "ré"])
