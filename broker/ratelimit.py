@@ -29,6 +29,7 @@ from limits.errors import StorageError
 from limits.storage import MemoryStorage, RedisStorage, Storage
 from limits.strategies import SlidingWindowCounterRateLimiter
 
+from broker import metrics
 from broker.claims import claim_text
 from broker.config import Config, ProviderConfig, RateLimits
 from broker.errors import RateLimited
@@ -95,6 +96,7 @@ class RateLimiter:
             log.warning("rate limit storage %s failed (%s); request not counted",
                         self.where, type(getattr(exc, "storage_error", exc)).__name__)
             return
+        metrics.rate_limited(f"per_{limit.scope}")
         retry_after = max(1, math.ceil(reset_at - time.time()))
         raise RateLimited("too many requests; retry later", retry_after=retry_after,
                           reason=f"per-{limit.scope} limit {limit.text} reached for {key[:200]!r}")
