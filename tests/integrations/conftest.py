@@ -33,9 +33,7 @@ def served_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxB
     # A sandbox of its own: the session sandbox's port may already hold an in-process broker.
     workdir = tmp_path_factory.mktemp("served-broker")
     with Sandbox(workdir, broker_port=free_port()) as box:
-        # gunicorn keeps a control socket under $HOME; a private HOME keeps parallel runs apart.
-        served = ServedBroker(box.write_config(), f"127.0.0.1:{box.broker_port}", workdir / "serve.log",
-                              extra_env={"HOME": str(workdir)})
+        served = ServedBroker(box.write_config(), f"127.0.0.1:{box.broker_port}", workdir / "serve.log")
         try:
             served.wait_ready()
             yield SandboxBroker(box, served)
