@@ -46,7 +46,7 @@ class CloudKind(Protocol):
     def build_backend(self, role: str, settings: Any, shared: dict[Any, Any]) -> Backend: ...
 
 
-_MODULES = {"aws": "broker.clouds.aws"}
+_MODULES = {"aws": "broker.clouds.aws", "gcp": "broker.clouds.gcp", "azure": "broker.clouds.azure"}
 NAMES = tuple(_MODULES)
 
 

@@ -2,8 +2,10 @@
 
 `Sandbox` is what `ci-broker demo` runs and what the tests build on: a GitHub-like and a
 GitLab-like issuer, an ephemeral signing key, the broker (served in-process, or by `ci-broker
-serve` from the config file it writes), and a local STS that trusts the broker's issuer for the
-sandbox's roles. Nothing here touches the network beyond 127.0.0.1.
+serve` from the config file it writes), and the clouds' endpoints, each trusting the broker's
+issuer for the sandbox's roles: a local AWS STS, a local GCP STS and IAM Credentials, and a local
+Entra ID token endpoint (over https, with a throwaway CA the config names as `ca_bundle`).
+Nothing here touches the network beyond 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -18,11 +20,18 @@ import yaml
 
 from broker.keys import private_key_pem, generate_private_key
 from broker.sandbox.aws import LocalSTS
+from broker.sandbox.azure import LocalEntra
+from broker.sandbox.gcp import LocalGCP
 from broker.sandbox.issuer import LocalIssuer, github_claims, gitlab_claims
 from broker.sandbox.wsgi import LocalServer
 
 DEPLOY_ROLE_ARN = "arn:aws:iam::123456789012:role/deploy-prod"
 GITLAB_ROLE_ARN = "arn:aws:iam::123456789012:role/gitlab-deploy"
+GCP_SERVICE_ACCOUNT = "deployer@ci-broker-demo.iam.gserviceaccount.com"
+AZURE_TENANT_ID = "8d6f1c3e-5b2a-4c7d-9e0f-1a2b3c4d5e6f"
+AZURE_CLIENT_ID = "0f1e2d3c-4b5a-4978-8a9b-acbdcedf0011"
+AZURE_SUBSCRIPTION_ID = "a1b2c3d4-e5f6-4a5b-8c7d-9e0f1a2b3c4d"
+AZURE_SCOPE = "https://management.azure.com/.default"
 
 
 def free_port() -> int:
@@ -41,6 +50,9 @@ class Sandbox:
         self.broker_port = broker_port or free_port()
         self.broker_url = f"http://127.0.0.1:{self.broker_port}"
         self.sts = LocalSTS(self.broker_url)
+        self.gcp = LocalGCP(self.broker_url)
+        self.azure = LocalEntra(self.broker_url)
+        self.ca_path = self.workdir / "sandbox-ca.pem"  # trusted for the local Entra ID endpoint
         self._app: Any = None
         self._broker_server: LocalServer | None = None
         self.key_path = self.workdir / "broker-signing.pem"
@@ -52,6 +64,12 @@ class Sandbox:
         self.sts.start()
         self.sts.trust_role(DEPLOY_ROLE_ARN, "deploy-prod")
         self.sts.trust_role(GITLAB_ROLE_ARN, "gitlab-deploy")
+        self.gcp.start()
+        self.gcp.trust_role("gcp-deploy")
+        self.gcp.bind(GCP_SERVICE_ACCOUNT, "gcp-deploy")
+        self.azure.ca.write_ca(self.ca_path)
+        self.azure.start()
+        self.azure.trust_role(AZURE_TENANT_ID, AZURE_CLIENT_ID, "azure-deploy")
         if not self.key_path.exists():
             self.key_path.write_bytes(private_key_pem(generate_private_key(self.key_alg)))
             self.key_path.chmod(0o600)
@@ -60,6 +78,8 @@ class Sandbox:
     def stop(self) -> None:
         if self._broker_server is not None:
             self._broker_server.stop()
+        self.azure.stop()
+        self.gcp.stop()
         self.sts.stop()
         self.gitlab.stop()
         self.github.stop()
@@ -72,7 +92,13 @@ class Sandbox:
 
     # -- config -----------------------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
-        """The demo policy: one GitHub and one GitLab role, both bound to immutable ids."""
+        """The demo policy, every rule bound to immutable ids: an AWS role for GitHub, one for
+        GitLab, and a GCP and an Azure role each granted to the same GitHub and GitLab projects."""
+        github_rule = {"provider": "github",
+                       "claims": {"repository_id": "892734123", "ref": "refs/heads/main",
+                                  "event_name": ["push", "workflow_dispatch"]}}
+        gitlab_rule = {"provider": "gitlab",
+                       "claims": {"project_id": "20", "ref_protected": "true", "pipeline_source": ["push", "web"]}}
         return {
             "server": {
                 "issuer": self.broker_url,
@@ -104,6 +130,20 @@ class Sandbox:
                         "provider": "gitlab",
                         "claims": {"project_id": "20", "ref_protected": "true", "pipeline_source": ["push", "web"]},
                     }],
+                },
+                "gcp-deploy": {
+                    "cloud": "gcp",
+                    "gcp": {"audience": self.gcp.audience, "service_account": GCP_SERVICE_ACCOUNT,
+                            "scopes": ["https://www.googleapis.com/auth/cloud-platform"], "lifetime": 3600,
+                            "token_url": self.gcp.token_url, "iam_credentials_url": self.gcp.url},
+                    "allow": [copy.deepcopy(github_rule), copy.deepcopy(gitlab_rule)],
+                },
+                "azure-deploy": {
+                    "cloud": "azure",
+                    "azure": {"tenant_id": AZURE_TENANT_ID, "client_id": AZURE_CLIENT_ID, "scope": AZURE_SCOPE,
+                              "subscription_id": AZURE_SUBSCRIPTION_ID, "authority_host": self.azure.url,
+                              "ca_bundle": str(self.ca_path.resolve())},
+                    "allow": [copy.deepcopy(github_rule), copy.deepcopy(gitlab_rule)],
                 },
             },
         }
