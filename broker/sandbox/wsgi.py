@@ -35,7 +35,7 @@ class LocalServer:
     def start(self) -> "LocalServer":
         self._server = make_server(self._host, self._port, self.app, threaded=True,
                                    request_handler=self._handler, ssl_context=self._ssl_context)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
                                         name=f"local-server-{self._server.server_port}")
         self._thread.start()
         return self
