@@ -617,7 +617,7 @@ _cib_read_answer() {
         _cib_c_client_id=$_cib_v
         _cib_cred subscription_id optional plain
         _cib_c_subscription_id=$_cib_v
-        _cib_cred assertion optional secret
+        _cib_cred federated_token optional secret
         _cib_c_assertion=$_cib_v
         _cib_cred authority_host optional plain
         _cib_c_authority_host=$_cib_v
@@ -735,7 +735,7 @@ _cib_outputs() {
     _cib_out tenant-id "$_cib_c_tenant_id"
     _cib_out client-id "$_cib_c_client_id"
     _cib_out subscription-id "$_cib_c_subscription_id"
-    _cib_out assertion "$_cib_c_assertion"
+    _cib_out federated-token "$_cib_c_assertion"
     _cib_out authority-host "$_cib_c_authority_host"
 }
 

@@ -34,7 +34,7 @@ AZURE = {"access_token": "eyJ0eXAiOiJKV1QifQ.eyJhdWQiOiJhcm0ifQ.azure-access-tok
          "token_type": "Bearer", "tenant_id": "00000000-0000-0000-0000-000000000000",
          "client_id": "11111111-1111-1111-1111-111111111111",
          "subscription_id": "22222222-2222-2222-2222-222222222222",
-         "assertion": "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJyb2xlOmF6dXJlLWRlcGxveSJ9.assertion-sig"}
+         "federated_token": "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJyb2xlOmF6dXJlLWRlcGxveSJ9.assertion-sig"}
 
 
 def require_tool(name: str, path: Path | str | None = None) -> str:

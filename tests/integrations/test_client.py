@@ -18,7 +18,7 @@ from clientrun import (FLAVORS, Flavor, Result, busybox_bin, run_github, run_git
 from endpoints import OIDCRequestEndpoint, Reply, ScriptedBroker
 from support import AWS, AZURE, GCP, JWT, assert_no_secret
 
-SECRET_FIELDS = ("access_key_id", "secret_access_key", "session_token", "access_token", "assertion")
+SECRET_FIELDS = ("access_key_id", "secret_access_key", "session_token", "access_token", "federated_token")
 
 FLAVOR_IDS = [f.name for f in FLAVORS]
 DASH_CURL = FLAVORS[0]
@@ -126,7 +126,7 @@ def test_github_azure_exports_ids_and_federated_token_file(tmp_path: Path, oidc)
     with ScriptedBroker(ScriptedBroker.granted("azure", AZURE)) as broker:
         result = run_github(tmp_path, DASH_CURL, github_env(broker.url, oidc))
     assert result.returncode == 0, result.log
-    assert_masked_first(result, [AZURE["access_token"], AZURE["assertion"]])
+    assert_masked_first(result, [AZURE["access_token"], AZURE["federated_token"]])
     for prefix in ("ARM", "AZURE"):
         assert result.env[f"{prefix}_TENANT_ID"] == AZURE["tenant_id"]
         assert result.env[f"{prefix}_CLIENT_ID"] == AZURE["client_id"]
@@ -137,13 +137,13 @@ def test_github_azure_exports_ids_and_federated_token_file(tmp_path: Path, oidc)
     assert result.env["ARM_USE_OIDC"] == "true"
     # Under RUNNER_TEMP, readable by the job's user only, named for the post step to delete.
     assert token_file.parent == tmp_path / "runner" / "temp"
-    assert token_file.read_text() == AZURE["assertion"]
+    assert token_file.read_text() == AZURE["federated_token"]
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     assert result.state == {"federated_token_file": str(token_file)}
 
 
 def test_github_azure_without_assertion_writes_no_file(tmp_path: Path, oidc) -> None:
-    credentials = {k: v for k, v in AZURE.items() if k not in ("assertion", "subscription_id")}
+    credentials = {k: v for k, v in AZURE.items() if k not in ("federated_token", "subscription_id")}
     with ScriptedBroker(ScriptedBroker.granted("azure", credentials)) as broker:
         result = run_github(tmp_path, DASH_CURL, github_env(broker.url, oidc))
     assert result.returncode == 0, result.log
@@ -460,7 +460,7 @@ def test_gitlab_azure_token_file_is_outside_the_project(tmp_path: Path) -> None:
     # GitLab's own per-job temporary directory, beside (not inside) the project directory, so
     # it is never in artifacts or caches; the template's after_script deletes the file.
     assert token_file == Path(f"{project}.tmp") / "ci-broker-azure-federated-token"
-    assert token_file.read_text() == AZURE["assertion"]
+    assert token_file.read_text() == AZURE["federated_token"]
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     assert result.env["ARM_OIDC_TOKEN_FILE_PATH"] == str(token_file)
     assert_no_secret(result.log, secrets_of(AZURE), "the job log")

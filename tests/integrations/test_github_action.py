@@ -225,7 +225,7 @@ def test_azure_federated_token_file_is_removed_by_the_post_step(tmp_path):
     # Post steps run in reverse order: ours, then the watcher's, which must find the file gone.
     assert "ci-broker: removed the federated token file" in lines
     assert "watcher: federated token file gone" in lines, run.output
-    assert_no_secret(run.output, [AZURE["access_token"], AZURE["assertion"]], "act's output")
+    assert_no_secret(run.output, [AZURE["access_token"], AZURE["federated_token"]], "act's output")
 
 
 GCP_AZURE_CHECK = '''
