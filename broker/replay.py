@@ -246,5 +246,8 @@ def open_store(url: str) -> ReplayStore:
     if url == "memory":
         return MemoryReplayStore()
     if url.startswith(("redis://", "rediss://")):
-        return RedisReplayStore(url)
+        try:
+            return RedisReplayStore(url)
+        except ImportError:
+            raise ValueError("replay store: redis:// needs the redis package: pip install 'ci-broker[redis]'") from None
     return SqliteReplayStore(sqlite_path(url))

@@ -236,3 +236,11 @@ def test_a_jti_with_a_lone_surrogate_has_a_key(make_store):
     assert key != replay_key("https://issuer", "\ud801-jti")
     store = make_store()
     assert store.first_use(key, time.time() + 60) and not store.first_use(key, time.time() + 60)
+
+
+def test_a_redis_url_without_the_redis_package_is_a_clear_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "redis", None)  # what an install without the extra looks like
+    with pytest.raises(ValueError, match="ci-broker\\[redis\\]"):
+        open_store("redis://127.0.0.1:6379/0")
