@@ -160,7 +160,7 @@ def test_a_burst_during_a_slow_outage_waits_boundedly_and_fetches_little(sandbox
     assert {status for status, _ in results} == {503}
     slowest = max(elapsed for _, elapsed in results)
     assert slowest < BOUND, f"slowest request waited {slowest:.1f}s"
-    assert flaky.jwks_requests == 1, f"{flaky.jwks_requests} fetches for one burst"
+    assert flaky.jwks_requests <= 2, f"{flaky.jwks_requests} fetches for one burst"  # 1 unless CI stalls a thread past the cooldown
 
 
 def test_a_gzip_encoded_jwks_is_read(sandbox, serve_flaky, flaky):
