@@ -52,6 +52,7 @@ from bench.apps import REGION, ROLE_ARN  # noqa: E402
 from broker.keys import generate_private_key, private_key_pem  # noqa: E402
 from broker.sandbox.issuer import LocalIssuer, b64url, github_claims  # noqa: E402
 from broker.sandbox.stack import free_port  # noqa: E402
+from broker.server import DEFAULT_THREADS  # noqa: E402
 
 LUA = Path(__file__).resolve().parent / "exchange.lua"
 ROLE = "bench-deploy"
@@ -380,7 +381,7 @@ class Bench:
     def thread_sweep(self, report: Report, issuer: LocalIssuer, key: Path, sts_url: str,
                      floor_rps: float) -> None:
         """Threads per worker against an instant STS and one that takes 50 ms (a real round trip)."""
-        for delay, thread_counts in ((0.0, (1, 2, 4, 8)), (0.05, (4, 8, 16, 32))):
+        for delay, thread_counts in ((0.0, (1, 2, 4, 16)), (0.05, (4, 8, 16, 32))):
             sts_port = free_port()
             sts = self.procs.start(f"sts-{sts_port}", [self.python, "-m", "bench.apps", "sts", "--bind",
                                                        f"127.0.0.1:{sts_port}", "--threads", "64",
@@ -409,7 +410,7 @@ class Bench:
         out = out.with_name(out.stem + suffix + out.suffix)
         fmt = {".json": "speedscope", ".txt": "raw"}.get(out.suffix, "flamegraph")
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-        spy = subprocess.Popen([py_spy, "record", "--pid", str(workers[0]), "--rate", "400",
+        spy = subprocess.Popen([py_spy, "record", "--pid", str(workers[0]), "--rate", "1000",
                                 "--duration", str(round(self.args.duration)), "--format", fmt,
                                 "--output", str(out), "--gil"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -475,7 +476,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, help="seconds per measured run (default 15; quick 2)")
     parser.add_argument("--warmup", type=float, help="seconds of warm-up before each run (default 3; quick 1)")
     parser.add_argument("--connections", type=int, default=8, help="wrk connections (default 8)")
-    parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker (default 4)")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                        help=f"gunicorn threads per worker (default {DEFAULT_THREADS}, as ci-broker serve)")
     parser.add_argument("--ready-samples", type=int, help="serve-to-ready measurements (default 3; quick 1)")
     parser.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=None,
                         help="also sweep threads per worker (default: on unless --quick)")

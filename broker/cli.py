@@ -28,7 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--bind", default="127.0.0.1:8080", help="HOST:PORT (default 127.0.0.1:8080)")
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes (default: 1 with the memory replay store, else CPU count)")
-    p.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
+    # 16: enough to overlap a ~50 ms cloud round trip on one core (bench/RESULTS.md).
+    p.add_argument("--threads", type=int, default=16, help="threads per worker (default 16)")
     p.add_argument("--audit-log", default=os.environ.get("CI_BROKER_AUDIT_LOG"),
                    help="append audit events to this file (default: stdout; $CI_BROKER_AUDIT_LOG)")
     p.add_argument("--log-level", default=os.environ.get("CI_BROKER_LOG_LEVEL", "INFO"),
