@@ -10,9 +10,8 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY broker ./broker
-# hadolint ignore=DL3013
 RUN python -m venv /opt/ci-broker \
- && /opt/ci-broker/bin/pip install --no-compile '.[redis]' \
+ && /opt/ci-broker/bin/pip install --no-compile . \
  && /opt/ci-broker/bin/pip uninstall --yes pip setuptools wheel \
  && /opt/ci-broker/bin/python -m compileall -q /opt/ci-broker
 
