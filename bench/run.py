@@ -31,7 +31,6 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import requests
 import yaml
@@ -97,10 +96,10 @@ class Procs:
 
     def start(self, name: str, argv: Sequence[str], role: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         prefix = ["taskset", "-c", self.pin[role]] if self.pin else []
-        proc = subprocess.Popen(
-            [*prefix, *argv], cwd=ROOT, stdin=subprocess.DEVNULL,
-            stdout=(self.workdir / f"{name}.out").open("ab"), stderr=(self.workdir / f"{name}.err").open("ab"),
-            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+        with (self.workdir / f"{name}.out").open("ab") as out, (self.workdir / f"{name}.err").open("ab") as err:
+            proc = subprocess.Popen(
+                [*prefix, *argv], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
         self.running.append(proc)
         return proc
 
@@ -275,11 +274,13 @@ class Bench:
                                                    "--threads", str(threads), *extra], "server")
 
     def serve_broker(self, config: Path, port: int, threads: int) -> tuple[subprocess.Popen[bytes], float]:
+        """`ci-broker serve`, and the seconds from launching it to its first 200 on /readyz."""
+        start = time.monotonic()
         proc = self.procs.start(f"broker-{port}", [*self.ci_broker, "serve", "--config", str(config),
                                                    "--bind", f"127.0.0.1:{port}", "--workers", "1",
                                                    "--threads", str(threads)], "server")
-        ready = wait_http(f"http://127.0.0.1:{port}/readyz", proc, 60, want=200)
-        return proc, ready
+        wait_http(f"http://127.0.0.1:{port}/readyz", proc, 60, want=200)
+        return proc, time.monotonic() - start
 
     def broker_tokens(self, issuer: LocalIssuer, audience: str, rps_hint: float, tag: str) -> tuple[Path, Path]:
         per_second = max(rps_hint, 50) * 1.5
@@ -430,6 +431,8 @@ def summarize(report: Report) -> tuple[list[str], dict[str, Any]]:
         "throughput_vs_hello": broker.rps / hello.rps,
         "floor_vs_hello": floor.rps / hello.rps,
         "p99_vs_floor": broker.p99_ms / floor.p99_ms,
+        "cpu_floor_vs_broker": floor.cpu_ms / broker.cpu_ms if broker.cpu_ms else 0.0,
+        "own_cpu_ms": broker.cpu_ms - floor.cpu_ms,
         "slow_jwks_p50_change": slow.p50_ms / broker.p50_ms - 1,
         "ready_seconds": max(report.ready_seconds),
         "rss_mb": max(report.worker_peak_rss_mb or [0.0]),
@@ -450,13 +453,15 @@ def summarize(report: Report) -> tuple[list[str], dict[str, Any]]:
         f"broker/floor throughput: {figures['throughput_vs_floor']:.3f}  (target >= {TARGETS['throughput_vs_floor']}) "
         f"{ok(figures['throughput_vs_floor'] >= TARGETS['throughput_vs_floor'])}",
         f"broker/hello throughput: {figures['throughput_vs_hello']:.3f}  (floor/hello {figures['floor_vs_hello']:.3f})",
+        f"CPU per exchange, floor/broker: {figures['cpu_floor_vs_broker']:.3f}  "
+        f"(the broker's own work: {figures['own_cpu_ms']:+.3f} ms per exchange)",
         f"broker/floor p99: {figures['p99_vs_floor']:.3f}  (target <= {TARGETS['p99_vs_floor']}) "
         f"{ok(figures['p99_vs_floor'] <= TARGETS['p99_vs_floor'])}",
         f"slow JWKS p50 change: {figures['slow_jwks_p50_change']:+.1%}  (target < {TARGETS['slow_jwks_p50_change']:.0%}) "
         f"{ok(figures['slow_jwks_p50_change'] < TARGETS['slow_jwks_p50_change'])}",
-        f"serve to first 200 on /readyz: " + ", ".join(f"{s:.2f}" for s in report.ready_seconds) +
+        "serve to first 200 on /readyz: " + ", ".join(f"{s:.2f}" for s in report.ready_seconds) +
         f" s  (target < {TARGETS['ready_seconds']}) {ok(figures['ready_seconds'] < TARGETS['ready_seconds'])}",
-        f"peak RSS per worker: " + ", ".join(f"{m:.1f}" for m in report.worker_peak_rss_mb) +
+        "peak RSS per worker: " + ", ".join(f"{m:.1f}" for m in report.worker_peak_rss_mb) +
         f" MB  (target < {TARGETS['rss_mb']:.0f}) {ok(figures['rss_mb'] < TARGETS['rss_mb'])}",
     ]
     if any(load.failures for load in report.loads):

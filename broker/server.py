@@ -31,7 +31,6 @@ from gunicorn.app.base import BaseApplication
 
 from broker import logs
 from broker.config import Config
-from broker.verify import MAX_TOKEN_CHARS
 
 HEADER_FIELD_LIMIT = 64 * 1024
 DEFAULT_THREADS = 16  # the CLI default too; see the module docstring and bench/RESULTS.md
