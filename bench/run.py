@@ -9,10 +9,11 @@ for all three apps:
 3. broker: `ci-broker serve` exchanging real tokens from the local issuer (a fresh jti each) for
    an AWS web_identity role against the same instant STS.
 
-It prints throughput, p50 and p99 for each, the ratios broker/floor and broker/hello, the peak RSS
-of each broker worker, the time from `ci-broker serve` to the first 200 on /readyz, and the
-broker's steady p50 while its issuer's JWKS endpoint takes 2 s to answer (with the key cache
-refreshing every second, so a slow fetch is always in flight).
+It prints throughput, p50 and p99 for each, the ratios broker/floor and broker/hello, the CPU time
+per exchange, the peak RSS of each broker worker, the time from `ci-broker serve` to the first 200
+on /readyz, and the broker's steady p50 while its issuer's JWKS endpoint takes 2 s to answer,
+against the same broker app whose issuer answers at once (both refresh their keys every second,
+so a slow fetch is in flight most of the time; their runs alternate).
 
 On a machine with two or more cores the server is pinned to one core and everything else (wrk,
 the STS, the issuer, this script) to another, so the load generator never steals the server's
@@ -261,11 +262,17 @@ class Bench:
     def warm_and_load(self, name: str, url: str, tokens_warm: Path, tokens: Path, threads: int,
                       connections: int, server: subprocess.Popen[bytes]) -> Load:
         wrk(f"{name} warm-up", url, tokens_warm, self.args.warmup, connections, self.pin)
+        load = self.measure(name, url, tokens, self.args.duration, connections, server)
+        load.threads = threads
+        return load
+
+    def measure(self, name: str, url: str, tokens: Path, seconds: float, connections: int,
+                server: subprocess.Popen[bytes]) -> Load:
+        """One wrk run, with the server workers' CPU time per request."""
         workers = gunicorn_workers(server)
         before = sum(cpu_seconds(pid) for pid in workers)
-        load = wrk(name, url, tokens, self.args.duration, connections, self.pin)
+        load = wrk(name, url, tokens, seconds, connections, self.pin)
         load.cpu_ms = 1000 * (sum(cpu_seconds(pid) for pid in workers) - before) / max(1, load.requests)
-        load.threads = threads
         return load
 
     def serve_app(self, kind: str, port: int, threads: int, *extra: str) -> subprocess.Popen[bytes]:
@@ -282,13 +289,14 @@ class Bench:
         wait_http(f"http://127.0.0.1:{port}/readyz", proc, 60, want=200)
         return proc, time.monotonic() - start
 
+    def tokens(self, issuer: LocalIssuer, audience: str, rps_hint: float, seconds: float, tag: str) -> Path:
+        """Enough fresh tokens for `seconds` of load at up to 1.5 x `rps_hint` requests per second."""
+        count = int(max(rps_hint, 50) * 1.5 * max(1, round(seconds))) + 100
+        return mint_tokens(issuer, audience, count, self.workdir / f"tokens-{tag.replace(' ', '_')}.txt")
+
     def broker_tokens(self, issuer: LocalIssuer, audience: str, rps_hint: float, tag: str) -> tuple[Path, Path]:
-        per_second = max(rps_hint, 50) * 1.5
-        warm = mint_tokens(issuer, audience, int(per_second * max(1, round(self.args.warmup))) + 100,
-                           self.workdir / f"tokens-{tag}-warm.txt")
-        main = mint_tokens(issuer, audience, int(per_second * max(1, round(self.args.duration))) + 100,
-                           self.workdir / f"tokens-{tag}.txt")
-        return warm, main
+        return (self.tokens(issuer, audience, rps_hint, self.args.warmup, f"{tag}-warm"),
+                self.tokens(issuer, audience, rps_hint, self.args.duration, tag))
 
     def run(self) -> Report:
         a = self.args
@@ -358,18 +366,30 @@ class Bench:
                 report.ready_seconds.append(ready)
                 self.procs.stop(proc)
 
-            # Slow JWKS: the same broker app and settings, refreshing its keys every second from
-            # an endpoint that takes 2 s, so a fetch is in flight for most of the measurement.
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            config = write_config(self.workdir / "broker-slow.yaml", url, slow.url, sts_url, key)
-            warm, tokens = self.broker_tokens(issuer, url, floor_rps, "slow")
-            # The tokens name the fast issuer; re-mint them for the slow one (same key).
-            warm, tokens = (mint_tokens(slow, url, len(p.read_text().splitlines()), p) for p in (warm, tokens))
-            proc = self.serve_app("broker", port, threads, "--config", str(config), "--jwks-refresh", "1")
-            wait_http(f"{url}/readyz", proc, 60, want=200)
-            report.loads.append(self.warm_and_load("broker, JWKS takes 2 s", url, warm, tokens, threads, conns, proc))
-            self.procs.stop(proc)
+            # JWKS: the same broker app twice, both refreshing their issuer's keys every second;
+            # one issuer answers at once, the other takes 2 s, so a slow fetch is in flight for
+            # most of the measurement. Their runs alternate, so drift in the machine's load falls
+            # on both alike.
+            pair = {}
+            for label, source in (("broker, JWKS refresh 1 s", issuer), ("broker, JWKS takes 2 s", slow)):
+                port = free_port()
+                url = f"http://127.0.0.1:{port}"
+                config = write_config(self.workdir / f"broker-{port}.yaml", url, source.url, sts_url, key)
+                proc = self.serve_app("broker", port, threads, "--config", str(config), "--jwks-refresh", "1")
+                pair[label] = (source, url, proc)
+            for label, (source, url, proc) in pair.items():
+                wait_http(f"{url}/readyz", proc, 60, want=200)
+                warm = self.tokens(source, url, floor_rps, a.warmup, f"{label}-warm")
+                wrk(f"{label} warm-up", url, warm, a.warmup, conns, self.pin)
+            rounds = 2
+            parts: dict[str, list[Load]] = {label: [] for label in pair}
+            for i in range(rounds):
+                for label, (source, url, proc) in pair.items():
+                    tokens = self.tokens(source, url, floor_rps, a.duration / rounds, f"{label}-{i}")
+                    parts[label].append(self.measure(label, url, tokens, a.duration / rounds, conns, proc))
+            for label, loads in parts.items():
+                report.loads.append(merge(label, loads, threads))
+                self.procs.stop(pair[label][2])
 
             if a.sweep:
                 self.thread_sweep(report, issuer, key, sts_url, floor_rps)
@@ -420,12 +440,24 @@ class Bench:
         print(f"profile written to {out}")
 
 
+def merge(name: str, loads: list[Load], threads: int) -> Load:
+    """Alternating runs of one app as one: summed requests, mean p50, worst p99."""
+    requests_ = sum(load.requests for load in loads)
+    seconds = sum(load.requests / load.rps for load in loads if load.rps)
+    return Load(name=name, rps=requests_ / seconds if seconds else 0.0,
+                p50_ms=sum(load.p50_ms for load in loads) / len(loads),
+                p99_ms=max(load.p99_ms for load in loads), requests=requests_,
+                failures=sum(load.failures for load in loads), threads=threads,
+                connections=loads[0].connections,
+                cpu_ms=sum(load.cpu_ms * load.requests for load in loads) / max(1, requests_))
+
+
 # -- output ---------------------------------------------------------------------------------------
 
 def summarize(report: Report) -> tuple[list[str], dict[str, Any]]:
     by_name = {load.name: load for load in report.loads}
     hello, floor, broker = by_name["hello"], by_name["floor"], by_name["broker"]
-    slow = by_name["broker, JWKS takes 2 s"]
+    fast_jwks, slow = by_name["broker, JWKS refresh 1 s"], by_name["broker, JWKS takes 2 s"]
     figures = {
         "throughput_vs_floor": broker.rps / floor.rps,
         "throughput_vs_hello": broker.rps / hello.rps,
@@ -433,7 +465,7 @@ def summarize(report: Report) -> tuple[list[str], dict[str, Any]]:
         "p99_vs_floor": broker.p99_ms / floor.p99_ms,
         "cpu_floor_vs_broker": floor.cpu_ms / broker.cpu_ms if broker.cpu_ms else 0.0,
         "own_cpu_ms": broker.cpu_ms - floor.cpu_ms,
-        "slow_jwks_p50_change": slow.p50_ms / broker.p50_ms - 1,
+        "slow_jwks_p50_change": slow.p50_ms / fast_jwks.p50_ms - 1,
         "ready_seconds": max(report.ready_seconds),
         "rss_mb": max(report.worker_peak_rss_mb or [0.0]),
     }

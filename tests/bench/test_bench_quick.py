@@ -29,9 +29,10 @@ def test_the_quick_benchmark_runs_and_prints_every_figure(tmp_path):
                             capture_output=True, text=True, timeout=170, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
-    for app in ("hello", "floor", "broker", "broker, JWKS takes 2 s"):
+    apps = ("hello", "floor", "broker", "broker, JWKS refresh 1 s", "broker, JWKS takes 2 s")
+    for app in apps:
         assert any(line.startswith(app + " ") for line in out.splitlines()), out
-    for figure in ("broker/floor throughput:", "broker/hello throughput:", "broker/floor p99:",
+    for figure in ("broker/floor throughput:", "broker/hello throughput:", "CPU per exchange", "broker/floor p99:",
                    "slow JWKS p50 change:", "serve to first 200 on /readyz:", "peak RSS per worker:"):
         assert figure in out, out
     assert "some requests failed" not in out, out
@@ -39,6 +40,6 @@ def test_the_quick_benchmark_runs_and_prints_every_figure(tmp_path):
     import json
 
     data = json.loads(figures.read_text())
-    assert {load["name"] for load in data["loads"]} == {"hello", "floor", "broker", "broker, JWKS takes 2 s"}
+    assert {load["name"] for load in data["loads"]} == set(apps)
     assert all(load["requests"] > 0 and load["failures"] == 0 for load in data["loads"])
     assert data["worker_peak_rss_mb"] and data["ready_seconds"]
