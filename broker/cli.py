@@ -8,9 +8,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from broker.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from broker.keys import SigningKey
 
 EXIT_OK, EXIT_DENY, EXIT_ERROR = 0, 1, 2
 
@@ -113,16 +116,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK if allowed else EXIT_DENY
 
 
-def cmd_keygen(args: argparse.Namespace) -> int:
+def write_new_key(path: str, alg: str) -> "SigningKey | None":
+    """Write a new signing key, or print why not (never overwrites) and return None."""
     from broker.keys import write_private_key
 
     try:
-        key = write_private_key(Path(args.out), args.alg)
+        return write_private_key(Path(path), alg)
     except FileExistsError:
-        print(f"error: {args.out} exists; refusing to overwrite a key", file=sys.stderr)
-        return EXIT_ERROR
+        print(f"error: {path} exists; refusing to overwrite a key", file=sys.stderr)
     except OSError as exc:
-        print(f"error: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+        print(f"error: cannot write {path}: {exc.strerror}", file=sys.stderr)
+    return None
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    key = write_new_key(args.out, args.alg)
+    if key is None:
         return EXIT_ERROR
     print(f"wrote {args.alg} key {args.out} (kid {key.kid})")
     return EXIT_OK

@@ -90,18 +90,13 @@ def _keys_check(args: argparse.Namespace) -> int:
 
 
 def _keys_rotate(args: argparse.Namespace) -> int:
-    from broker.keys import write_private_key
-
     config = _load(args)
     if config is None:
         return EXIT_ERROR
-    try:
-        new = write_private_key(Path(args.new_key), args.alg)
-    except FileExistsError:
-        print(f"error: {args.new_key} exists; refusing to overwrite a key", file=sys.stderr)
-        return EXIT_ERROR
-    except OSError as exc:
-        print(f"error: cannot write {args.new_key}: {exc.strerror}", file=sys.stderr)
+    from broker.cli import write_new_key
+
+    new = write_new_key(args.new_key, args.alg)
+    if new is None:
         return EXIT_ERROR
     old = config.server.signing_keys[0]
     others = [k.kid for k in config.server.signing_keys[1:]]

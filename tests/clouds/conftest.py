@@ -133,3 +133,22 @@ def mint(broker: Any, sandbox: Sandbox) -> Callable[..., str]:
 
 def secrets_in(text: str, secrets: list[str]) -> list[str]:
     return [s[:12] + "..." for s in secrets if s and s in text]
+
+
+def role_config(sandbox: Sandbox, role: str, cloud: str, **changes: Any) -> dict[str, Any]:
+    """The demo config with one role's cloud settings changed (a value of None removes the key)."""
+    config = sandbox.config_dict()
+    settings = config["roles"][role][cloud]
+    for key, value in changes.items():
+        if value is None:
+            settings.pop(key, None)
+        else:
+            settings[key] = value
+    return config
+
+
+def seconds_until(expires_at: str) -> float:
+    from datetime import datetime, timezone
+
+    expires = datetime.strptime(expires_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    return (expires - datetime.now(timezone.utc)).total_seconds()

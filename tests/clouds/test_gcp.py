@@ -23,7 +23,7 @@ import requests
 from broker.config import ConfigError, build_config
 from broker.sandbox.faults import ClosingServer
 from broker.sandbox.stack import GCP_SERVICE_ACCOUNT, Sandbox
-from tests.clouds.conftest import secrets_in
+from tests.clouds.conftest import role_config, seconds_until, secrets_in
 from tests.helpers import assert_refused, last_refusal
 
 ROLE = "gcp-deploy"
@@ -31,20 +31,7 @@ CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 
 
 def gcp_config(sandbox: Sandbox, **changes: Any) -> dict[str, Any]:
-    """The demo config with the gcp role's settings changed (a value of None removes the key)."""
-    config = sandbox.config_dict()
-    settings = config["roles"][ROLE]["gcp"]
-    for key, value in changes.items():
-        if value is None:
-            settings.pop(key, None)
-        else:
-            settings[key] = value
-    return config
-
-
-def seconds_until(expires_at: str) -> float:
-    expires = datetime.strptime(expires_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-    return (expires - datetime.now(timezone.utc)).total_seconds()
+    return role_config(sandbox, ROLE, "gcp", **changes)
 
 
 def sts_calls(sandbox: Sandbox) -> list[dict[str, Any]]:
