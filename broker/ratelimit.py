@@ -32,7 +32,7 @@ from limits.strategies import SlidingWindowCounterRateLimiter
 from broker import metrics
 from broker.claims import claim_text
 from broker.config import Config, ProviderConfig, RateLimits
-from broker.errors import RateLimited
+from broker.errors import RateLimited, Unavailable
 from broker.replay import describe_store, redis_options
 
 log = logging.getLogger("broker.ratelimit")
@@ -91,15 +91,33 @@ class RateLimiter:
         try:
             if self._strategy.hit(limit.item, NAMESPACE, limit.scope, key):
                 return
-            reset_at, _ = self._strategy.get_window_stats(limit.item, NAMESPACE, limit.scope, key)
         except (StorageError, OSError) as exc:
-            log.warning("rate limit storage %s failed (%s); request not counted",
-                        self.where, type(getattr(exc, "storage_error", exc)).__name__)
+            cause = getattr(exc, "storage_error", exc)
+            if not _is_outage(cause):
+                # Anything but an outage (scripts forbidden by an ACL, out of memory, ...) would
+                # switch rate limiting off for good while exchanges still succeed: refuse instead.
+                raise Unavailable("the rate limiter is unavailable",
+                                  reason=f"rate limit storage {self.where}: {type(cause).__name__}") from None
+            # An outage of the shared redis also stops the replay store, which refuses with 503;
+            # counting nothing here costs no grant.
+            log.warning("rate limit storage %s unreachable (%s); request not counted",
+                        self.where, type(cause).__name__)
             return
         metrics.rate_limited(f"per_{limit.scope}")
-        retry_after = max(1, math.ceil(reset_at - time.time()))
+        try:
+            reset_at, _ = self._strategy.get_window_stats(limit.item, NAMESPACE, limit.scope, key)
+            retry_after = max(1, math.ceil(reset_at - time.time()))
+        except (StorageError, OSError):
+            retry_after = limit.item.get_expiry()  # over the limit all the same; wait a window
         raise RateLimited("too many requests; retry later", retry_after=retry_after,
                           reason=f"per-{limit.scope} limit {limit.text} reached for {key[:200]!r}")
+
+
+def _is_outage(cause: BaseException) -> bool:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return isinstance(cause, (OSError, RedisConnectionError, RedisTimeoutError))
 
 
 def identity(provider: ProviderConfig, claims: Mapping[str, Any]) -> str:

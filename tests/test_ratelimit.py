@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import pytest
 
 from broker.config import RateLimits
-from broker.errors import RateLimited
+from broker.errors import RateLimited, Unavailable
 from broker.ratelimit import RateLimiter
 from broker.sandbox.stack import free_port
 from tests.helpers import assert_refused, last_refusal
@@ -140,3 +140,32 @@ def test_each_refusal_is_counted_by_kind():
     with pytest.raises(RateLimited):
         limiter.check_client("192.0.2.50")
     assert count("per_client") == before + 1
+
+
+def test_a_limiter_store_error_that_is_not_an_outage_refuses_with_503(monkeypatch):
+    """Lua scripts forbidden by an ACL must not switch rate limiting off while exchanges succeed."""
+    from limits.errors import StorageError
+
+    limiter = RateLimiter(RateLimits(per_identity=None, per_client="1/minute"), None)
+
+    def forbidden(*args: Any) -> bool:
+        raise StorageError(ValueError("NOPERM no permission to run scripts"))
+
+    monkeypatch.setattr(limiter._strategy, "hit", forbidden)
+    with pytest.raises(Unavailable):
+        limiter.check_client("192.0.2.1")
+
+
+def test_over_the_limit_stays_refused_when_the_window_stats_fail(monkeypatch):
+    from limits.errors import StorageError
+
+    limiter = RateLimiter(RateLimits(per_identity=None, per_client="1/minute"), None)
+    limiter.check_client("192.0.2.9")
+
+    def broken(*args: Any) -> Any:
+        raise StorageError(ConnectionError("gone"))
+
+    monkeypatch.setattr(limiter._strategy, "get_window_stats", broken)
+    with pytest.raises(RateLimited) as refused:
+        limiter.check_client("192.0.2.9")
+    assert refused.value.retry_after == 60
