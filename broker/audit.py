@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from datetime import datetime, timezone
 from typing import Any
 
@@ -17,17 +16,6 @@ AUDIT_LOGGER = "broker.audit"
 
 def rfc3339(dt: datetime) -> str:
     return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def configure_stdout_audit() -> None:
-    """Send audit events as bare JSON lines to stdout unless the operator routed them already."""
-    logger = logging.getLogger(AUDIT_LOGGER)
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
 
 
 def emit(event: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import logging
 import math
 import os
 import secrets
@@ -40,6 +41,8 @@ SQLITE_BUSY_TIMEOUT = 2.0
 SQLITE_PURGE_EVERY = 1000
 # No record needs to outlive this; it keeps an absurd expiry from overflowing a store's types.
 MAX_RECORD_SECONDS = 7 * 86400
+
+log = logging.getLogger("broker.replay")
 
 
 def _bounded(expires_at: float, now: float) -> float:
@@ -122,12 +125,17 @@ class SqliteReplayStore:
                     "WHERE used_tokens.expires_at < ?",
                     (key, expires_at, now))
                 inserted = cursor.rowcount == 1
-                self._writes += 1
-                if self._writes % SQLITE_PURGE_EVERY == 0:
-                    self._conn.execute("DELETE FROM used_tokens WHERE expires_at < ?", (now,))
             except sqlite3.Error as exc:
                 raise Unavailable("the replay store is unavailable",
                                   reason=f"sqlite replay store: {type(exc).__name__}: {exc}") from None
+            self._writes += 1
+            if self._writes % SQLITE_PURGE_EVERY == 0:
+                # The token is already recorded: a busy database here must not turn its first
+                # use into a 503 (the job's retry would then be refused as a replay).
+                try:
+                    self._conn.execute("DELETE FROM used_tokens WHERE expires_at < ?", (now,))
+                except sqlite3.Error as exc:
+                    log.warning("sqlite replay store purge failed: %s", type(exc).__name__)
         return inserted
 
     def close(self) -> None:
@@ -176,12 +184,6 @@ class RedisReplayStore:
                 break
         raise Unavailable("the replay store is unavailable",
                           reason=f"redis replay store {self.where}: {type(last).__name__}") from None
-
-    def ping(self) -> bool:
-        try:
-            return bool(self._client.ping())
-        except self._errors:
-            return False
 
     def close(self) -> None:
         self._client.close()

@@ -112,6 +112,24 @@ def test_sqlite_purges_expired_records(tmp_path, monkeypatch):
     assert rows == [("new",)]
 
 
+def test_a_failed_purge_does_not_turn_a_recorded_first_use_into_a_refusal(tmp_path, monkeypatch):
+    monkeypatch.setattr("broker.replay.SQLITE_PURGE_EVERY", 1)
+    store = SqliteReplayStore(tmp_path / "r.db")
+
+    class BusyOnDelete:
+        def __init__(self, conn):
+            self.conn = conn
+
+        def execute(self, sql, *args):
+            if sql.startswith("DELETE"):
+                raise sqlite3.OperationalError("database is locked")
+            return self.conn.execute(sql, *args)
+
+    store._conn = BusyOnDelete(store._conn)
+    assert store.first_use("k", time.time() + 60) is True
+    assert store.first_use("k", time.time() + 60) is False
+
+
 def test_an_unusable_sqlite_file_is_unavailable_not_a_grant(tmp_path):
     with pytest.raises(Unavailable):
         SqliteReplayStore(tmp_path / "missing-dir" / "r.db")
