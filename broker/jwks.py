@@ -44,6 +44,9 @@ class KeyCacheSettings:
     # With no keys at all, at most one fetch per this many seconds: during an outage a burst of
     # requests gets its 503 at once instead of queueing for one failing fetch after another.
     failure_cooldown: float = 2.0
+    # Keys no fetch has confirmed for this long stop verifying: an issuer that withdrew a key
+    # (after a compromise, say) must not be outvoted forever by whoever blocks the JWKS fetch.
+    max_key_age: float = 24 * 3600.0
     connect_timeout: float = 3.0
     read_timeout: float = 5.0
 
@@ -116,6 +119,11 @@ class KeyCache:
         if key is None:
             self._refresh_on_miss(kid)
             key = self._keys.get(kid)
+        if key is not None and self._fetched_at is not None and \
+                self.clock() - self._fetched_at > self.settings.max_key_age:
+            raise Unavailable("the issuer's signing keys are unavailable",
+                              reason=f"keys for {self.issuer} unconfirmed for over "
+                                     f"{int(self.settings.max_key_age)}s: {self.last_error}")
         if key is None:
             if not self._keys:
                 raise Unavailable("the issuer's signing keys are unavailable",

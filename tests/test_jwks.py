@@ -160,3 +160,43 @@ def test_unusable_keys_in_a_jwks_are_skipped():
     assert list(keys) == [good["kid"]]
     with pytest.raises(FetchError):
         parse_jwks({"keys": [{"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"}]})
+
+
+def test_keys_no_fetch_has_confirmed_for_a_day_stop_verifying(issuer):
+    now = [1000.0]
+    cache = KeyCache(issuer.url, settings=KeyCacheSettings(max_key_age=86400), clock=lambda: now[0])
+    assert cache.refresh()
+    issuer.jwks_hook = lambda r: Response("down", status=500)
+    now[0] += 86000
+    assert cache.get(issuer.key.kid, "RS256")
+    now[0] += 1000
+    assert not cache.refresh()
+    with pytest.raises(Unavailable):
+        cache.get(issuer.key.kid, "RS256")
+    issuer.jwks_hook = None
+    assert cache.refresh()
+    assert cache.get(issuer.key.kid, "RS256")
+
+
+def test_a_key_whose_alg_differs_from_the_tokens_is_not_used():
+    from broker.jwks import IssuerKey
+    key = IssuerKey(kid="k", kty="RSA", alg="RS256", crv=None, key=object())
+    assert key.usable_for("RS256")
+    assert not key.usable_for("PS256")
+    assert not key.usable_for("RS512")
+
+
+def test_an_ec_key_is_used_only_for_its_own_curve():
+    from broker.jwks import IssuerKey
+    p384 = IssuerKey(kid="k", kty="EC", alg=None, crv="P-384", key=object())
+    assert p384.usable_for("ES384")
+    assert not p384.usable_for("ES256")
+
+
+def test_a_jwks_entry_carrying_a_private_key_is_ignored():
+    from broker.sandbox.issuer import IssuerKeyPair
+    from jwt.algorithms import RSAAlgorithm
+    pair = IssuerKeyPair()
+    private = {**RSAAlgorithm.to_jwk(pair.private_key, as_dict=True), "kid": "leaked"}
+    keys = parse_jwks({"keys": [private, pair.public_jwk]})
+    assert list(keys) == [pair.kid]

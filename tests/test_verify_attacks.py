@@ -270,3 +270,8 @@ def test_pyjwt_second_opinion_refuses_what_our_own_checks_would_miss(sandbox, br
     response = sandbox.exchange(sandbox.github_token(iat=now - 900, nbf=now - 900, exp=now - 300))
     assert_refused(response, 401, "invalid_token")
     assert "pyjwt: ExpiredSignatureError" in last_refusal(audit_events)["reason"]
+
+
+@pytest.mark.parametrize("name,value", [("jti", 12345), ("jti", ""), ("sub", ["a"]), ("sub", "")])
+def test_sub_and_jti_must_be_non_empty_strings(sandbox, attack, name, value):
+    attack(sandbox.github_token(**{name: value}), f"{name} is not a non-empty string")
