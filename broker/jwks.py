@@ -192,23 +192,31 @@ class KeyCache:
         return uri
 
     def _get_json(self, url: str) -> Any:
-        # The timeouts bound each socket operation; the deadline bounds the whole fetch, so an
-        # endpoint that trickles its body a byte at a time cannot hold a request for long.
-        deadline = time.monotonic() + self.settings.connect_timeout + self.settings.read_timeout
-        try:
-            with self._session.get(url, timeout=(self.settings.connect_timeout, self.settings.read_timeout),
-                                   allow_redirects=False, stream=True, verify=self._verify,
-                                   headers={"Accept": "application/json"}) as response:
-                if response.status_code != 200:
-                    raise FetchError(f"GET {url} answered {response.status_code}")
-                body = _read_bounded(response.raw, deadline, url)
-        # Reading the raw body raises urllib3's own errors (a read timeout mid-body), not requests'.
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise FetchError(f"GET {url} failed: {type(exc).__name__}") from None
-        try:
-            return json.loads(body)
-        except ValueError:
-            raise FetchError(f"GET {url} did not return JSON") from None
+        return fetch_json(self._session, url, connect_timeout=self.settings.connect_timeout,
+                          read_timeout=self.settings.read_timeout, verify=self._verify)
+
+
+def fetch_json(session: requests.Session, url: str, *, connect_timeout: float, read_timeout: float,
+               verify: str | bool = True) -> Any:
+    """GET a JSON document from an issuer: no redirects, bounded size and total time.
+
+    The timeouts bound each socket operation; the deadline bounds the whole fetch, so an endpoint
+    that trickles its body a byte at a time cannot hold the caller for long. Raises FetchError.
+    """
+    deadline = time.monotonic() + connect_timeout + read_timeout
+    try:
+        with session.get(url, timeout=(connect_timeout, read_timeout), allow_redirects=False,
+                         stream=True, verify=verify, headers={"Accept": "application/json"}) as response:
+            if response.status_code != 200:
+                raise FetchError(f"GET {url} answered {response.status_code}")
+            body = _read_bounded(response.raw, deadline, url)
+    # Reading the raw body raises urllib3's own errors (a read timeout mid-body), not requests'.
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise FetchError(f"GET {url} failed: {type(exc).__name__}") from None
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise FetchError(f"GET {url} did not return JSON") from None
 
 
 def _read_bounded(raw: Any, deadline: float, url: str) -> bytes:

@@ -19,7 +19,6 @@ the key the running broker signs with. `check` refuses both and names the step a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -28,9 +27,9 @@ import requests
 from broker.assertion import MAX_LIFETIME
 from broker.config import ServerConfig
 from broker.discovery import DISCOVERY_PATH
+from broker.jwks import FetchError, fetch_json
 from broker.schema import url_problem
 
-MAX_DOCUMENT_BYTES = 256 * 1024
 # How long to leave between deploys when the clouds' JWKS cache times are not known.
 DEFAULT_WAIT = 3600
 
@@ -91,7 +90,9 @@ def describe(server: ServerConfig) -> list[str]:
 def live_jwks_url(issuer: str, timeout: float = 5.0) -> str:
     """The jwks_uri of the published discovery document: the one the clouds will fetch."""
     document = _get_json(f"{issuer}/{DISCOVERY_PATH}", timeout)
-    uri = document.get("jwks_uri") if isinstance(document, dict) else None
+    if not isinstance(document, dict):
+        raise ValueError("the published discovery document is not a JSON object")
+    uri = document.get("jwks_uri")
     if document.get("issuer") != issuer or not isinstance(uri, str) or url_problem(uri):
         raise ValueError("the published discovery document does not name this issuer and a usable jwks_uri")
     return uri
@@ -110,15 +111,7 @@ def _get_json(url: str, timeout: float) -> Any:
     if problem:
         raise ValueError(f"{url}: {problem}")
     try:
-        with requests.get(url, timeout=timeout, allow_redirects=False, stream=True) as response:
-            if response.status_code != 200:
-                raise ValueError(f"GET {url} answered {response.status_code}")
-            body = response.raw.read(MAX_DOCUMENT_BYTES + 1, decode_content=True)
-    except requests.RequestException as exc:
-        raise ValueError(f"GET {url} failed: {type(exc).__name__}") from None
-    if len(body) > MAX_DOCUMENT_BYTES:
-        raise ValueError(f"GET {url} returned more than {MAX_DOCUMENT_BYTES} bytes")
-    try:
-        return json.loads(body)
-    except ValueError:
-        raise ValueError(f"GET {url} did not return JSON") from None
+        with requests.Session() as session:
+            return fetch_json(session, url, connect_timeout=timeout, read_timeout=timeout)
+    except FetchError as exc:
+        raise ValueError(str(exc)) from None

@@ -130,3 +130,15 @@ def test_keys_rotate_writes_a_private_new_key_and_prints_the_three_steps(sandbox
     for word in ("1. publish", "2. promote", "3. retire", "SECOND", "FIRST"):
         assert word in out
     assert main(["keys", "rotate", "--config", str(config), "--new-key", str(new)]) == 2  # no overwrite
+
+
+def test_keys_check_refuses_a_discovery_document_that_is_not_an_object():
+    import pytest
+    from werkzeug.wrappers import Response
+
+    from broker.keyrotation import live_jwks_url
+    from broker.sandbox.wsgi import LocalServer
+
+    with LocalServer(Response("[]", mimetype="application/json")) as server:
+        with pytest.raises(ValueError, match="not a JSON object"):
+            live_jwks_url(server.url)
