@@ -33,7 +33,7 @@ from broker import metrics
 from broker.claims import claim_text
 from broker.config import Config, ProviderConfig, RateLimits
 from broker.errors import RateLimited, Unavailable
-from broker.replay import describe_store, redis_options
+from broker.replay import describe_store, is_redis_url, redis_options
 
 log = logging.getLogger("broker.ratelimit")
 
@@ -71,7 +71,7 @@ class RateLimiter:
     @classmethod
     def for_config(cls, config: Config) -> "RateLimiter":
         store = config.server.replay_store
-        redis_url = store if store.startswith(("redis://", "rediss://")) else None
+        redis_url = store if is_redis_url(store) else None
         return cls(config.server.rate_limits, redis_url)
 
     def check_client(self, address: str | None) -> None:

@@ -49,6 +49,10 @@ def _bounded(expires_at: float, now: float) -> float:
     return float(min(expires_at, now + MAX_RECORD_SECONDS))
 
 
+def is_redis_url(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://"))
+
+
 def replay_key(issuer: str, jti: str) -> str:
     # Hashed so an attacker-chosen jti cannot bloat keys or inject separators. surrogatepass:
     # JSON may spell a lone surrogate (\ud800), which strict UTF-8 cannot encode.
@@ -200,7 +204,7 @@ def redis_options(url: str, timeout: float = REDIS_TIMEOUT) -> dict[str, Any]:
 
 def describe_store(url: str) -> str:
     """The store's URL without credentials, for logs and audit reasons."""
-    if not url.startswith(("redis://", "rediss://")):
+    if not is_redis_url(url):
         return url
     try:
         parts = urlsplit(url)
@@ -213,7 +217,7 @@ def store_url_problem(url: str) -> str | None:
     """Why `url` names no usable replay store, or None. Never echoes credentials."""
     if url == "memory":
         return None
-    if url.startswith(("redis://", "rediss://")):
+    if is_redis_url(url):
         try:
             parts = urlsplit(url)
             host = parts.hostname
@@ -247,7 +251,7 @@ def open_store(url: str) -> ReplayStore:
         raise ValueError(f"replay store: {problem}")
     if url == "memory":
         return MemoryReplayStore()
-    if url.startswith(("redis://", "rediss://")):
+    if is_redis_url(url):
         try:
             return RedisReplayStore(url)
         except ImportError:
