@@ -41,6 +41,7 @@ def create_app(config: Config, *, broker: Broker | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["broker"] = broker or build_broker(config)
     app.extensions["ratelimit"] = RateLimiter.for_config(config)
+    app.extensions["issuer_documents"] = discovery.documents(config.server)
     app.register_blueprint(api)
     app.before_request(_assign_request_id)
     app.after_request(_tag_response)
@@ -155,16 +156,17 @@ def record_token(event: dict[str, Any], verified: VerifiedToken) -> None:
 
 @api.get("/.well-known/openid-configuration")
 def openid_configuration() -> Response:
-    server = _broker().config.server
-    response = jsonify(discovery.openid_configuration(server))
-    response.cache_control.public = True
-    response.cache_control.max_age = 300
-    return response
+    return _issuer_document(discovery.DISCOVERY_PATH)
 
 
 @api.get("/.well-known/jwks.json")
 def jwks_document() -> Response:
-    response = jsonify(discovery.jwks_document(_broker().config.server))
+    return _issuer_document(discovery.JWKS_PATH)
+
+
+def _issuer_document(path: str) -> Response:
+    # Rendered once at start-up: the same bytes `ci-broker discovery` writes for static hosting.
+    response = Response(current_app.extensions["issuer_documents"][path], mimetype="application/json")
     response.cache_control.public = True
     response.cache_control.max_age = 300
     return response

@@ -38,6 +38,15 @@ def jwks_document(server: ServerConfig) -> dict[str, Any]:
     return jwks(server.signing_keys)
 
 
+def documents(server: ServerConfig) -> dict[str, bytes]:
+    """Both documents rendered once, by their path under the issuer: served and written as is."""
+    return {DISCOVERY_PATH: render(openid_configuration(server)), JWKS_PATH: render(jwks_document(server))}
+
+
+def render(document: dict[str, Any]) -> bytes:
+    return (json.dumps(document, indent=2) + "\n").encode("utf-8")
+
+
 def write_documents(server: ServerConfig, out_dir: Path) -> list[Path]:
     """Write both documents under `out_dir` at the paths the issuer URL expects; returns them.
 
@@ -45,15 +54,13 @@ def write_documents(server: ServerConfig, out_dir: Path) -> list[Path]:
     JWKS. Only public key material is written.
     """
     written = []
-    for relative, document in ((DISCOVERY_PATH, openid_configuration(server)),
-                               (JWKS_PATH, jwks_document(server))):
+    for relative, body in documents(server).items():
         path = out_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(document, out, indent=2)
-                out.write("\n")
+            with os.fdopen(fd, "wb") as out:
+                out.write(body)
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         except BaseException:

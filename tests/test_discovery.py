@@ -142,3 +142,14 @@ def test_keys_check_refuses_a_discovery_document_that_is_not_an_object():
     with LocalServer(Response("[]", mimetype="application/json")) as server:
         with pytest.raises(ValueError, match="not a JSON object"):
             live_jwks_url(server.url)
+
+
+def test_the_written_files_are_byte_for_byte_what_the_broker_serves(sandbox, broker, tmp_path):
+    import requests
+
+    from broker.discovery import DISCOVERY_PATH, JWKS_PATH, write_documents
+
+    write_documents(broker.extensions["broker"].config.server, tmp_path)
+    for path in (DISCOVERY_PATH, JWKS_PATH):
+        served = requests.get(f"{sandbox.broker_url}/{path}", timeout=5).content
+        assert served == (tmp_path / path).read_bytes()
