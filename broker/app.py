@@ -83,7 +83,7 @@ def exchange() -> Response:
     if role is None or not decision.allowed:
         # An unknown role and a denied one look the same to the caller; the log tells them apart.
         raise AccessDenied("no rule of this role grants this token", reason=decision.summary())
-    if duration is not None and duration > (role.max_duration or MAX_DURATION):
+    if duration is not None and role.max_duration is not None and duration > role.max_duration:
         raise InvalidRequest(f"duration must be at most {role.max_duration} for this role")
 
     context = ci_context(verified.provider.name, verified.claims, verified.provider.schema.neutral)

@@ -4,7 +4,6 @@ operator commands discovery and keys (`broker.opscli`)."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path

@@ -19,7 +19,7 @@ from broker.claims import SCHEMAS, ClaimSchema
 from broker.keys import SigningKey, load_signing_key
 from broker.policy import Condition, Rule, compile_condition
 from broker.replay import store_url_problem
-from broker.schema import Finding, Findings, Section, join, url_problem
+from broker.schema import Finding, Findings, Section, join
 
 ROLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 PROVIDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

@@ -217,3 +217,16 @@ def test_a_tag_whose_claim_is_missing_refuses_the_exchange(sandbox, serve_config
     serve_config(config)
     assert_refused(sandbox.exchange(sandbox.github_token()), 403, "access_denied")
     assert "needs claim 'environment_url'" in last_refusal(audit_events)["reason"]
+
+
+def test_an_sts_error_that_echoes_the_assertion_is_withheld(sandbox, broker, audit_events):
+    sandbox.sts.echo_assertion = True
+    try:
+        response = sandbox.exchange(sandbox.github_token())
+    finally:
+        sandbox.sts.echo_assertion = False
+    body = assert_refused(response, 502, "upstream_error")
+    assertion = [c for c in sandbox.sts.calls if c.get("Action") == "AssumeRoleWithWebIdentity"][-1]["WebIdentityToken"]
+    header = assertion.split(".")[0]
+    assert "withheld" in body["message"]
+    assert header not in response.text and header not in json.dumps(audit_events)

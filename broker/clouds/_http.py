@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from broker.errors import UpstreamError
+
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
@@ -77,3 +79,17 @@ def echoes(text: str, secrets: Iterable[str | None]) -> bool:
 
 def first_line(text: str, limit: int = 300) -> str:
     return text.strip().splitlines()[0][:limit] if text.strip() else ""
+
+
+def refusal(service: str, tag: str, code: str, description: str,
+            sent: Iterable[str | None]) -> UpstreamError:
+    """The 502 for a cloud's refusal: its error code and first line, never what was `sent` to it.
+
+    `service` names the cloud endpoint for the caller ("AWS STS"); `tag` prefixes the audit reason
+    ("gcp STS HTTP 400"). The echo check runs on the whole text, before anything is cut short.
+    """
+    if echoes(f"{code} {description}", sent):
+        return UpstreamError(f"{service} refused the exchange: {WITHHELD}", reason=f"{tag}: {WITHHELD}")
+    code = code[:100]
+    return UpstreamError(f"{service} refused the exchange: {code}: {first_line(description)}",
+                         reason=f"{tag} {code}: {' '.join(description.split())[:500]}")

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from broker.clouds import Grant, Issued
+from broker.clouds._http import refusal
 from broker.errors import AccessDenied, UpstreamError
 from broker.schema import Section
 
@@ -183,12 +184,8 @@ class AwsBackend:
                 response = self.sts.assume_role(**params)
         except ClientError as exc:
             error = exc.response.get("Error", {})
-            code = str(error.get("Code", "Unknown"))
-            message = str(error.get("Message", ""))[:300]
-            if "WebIdentityToken" in params and params["WebIdentityToken"] in message:
-                message = "(message withheld: it echoed the assertion)"
-            raise UpstreamError(f"AWS STS refused the exchange: {code}: {message}",
-                                reason=f"sts {code}: {message}") from None
+            raise refusal("AWS STS", "sts", str(error.get("Code", "Unknown")), str(error.get("Message", "")),
+                          [params.get("WebIdentityToken")]) from None
         except BotoCoreError as exc:
             raise UpstreamError("AWS STS could not be reached",
                                 reason=f"sts {type(exc).__name__}") from None

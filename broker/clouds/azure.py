@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from broker.clouds import Grant, Issued
-from broker.clouds._http import DEFAULT_POLICY, WITHHELD, HttpPolicy, echoes, first_line, verify_setting
+from broker.clouds._http import DEFAULT_POLICY, HttpPolicy, refusal, verify_setting
 from broker.errors import UpstreamError
 from broker.schema import Section
 
@@ -243,11 +243,7 @@ def _refusal(exc: Any, assertions: list[str]) -> UpstreamError:
         return UpstreamError(f"Microsoft Entra ID returned an unexpected response (HTTP {status})",
                              reason=f"entra HTTP {status}: {type(exc).__name__}")
     code, description = error
-    if echoes(f"{code} {description}", assertions):
-        return UpstreamError(f"Microsoft Entra ID refused the exchange: {WITHHELD}",
-                             reason=f"entra HTTP {status}: {WITHHELD}")
-    return UpstreamError(f"Microsoft Entra ID refused the exchange: {code}: {first_line(description)}",
-                         reason=f"entra HTTP {status} {code}: {' '.join(description.split())[:600]}")
+    return refusal("Microsoft Entra ID", f"entra HTTP {status}", code, description, assertions)
 
 
 def entra_error(response: Any) -> tuple[str, str] | None:
@@ -264,4 +260,4 @@ def entra_error(response: Any) -> tuple[str, str] | None:
     if not isinstance(description, str) or not description:
         codes = doc.get("error_codes")
         description = f"AADSTS{codes[0]}" if isinstance(codes, list) and codes else ""
-    return doc["error"][:100], description
+    return doc["error"], description

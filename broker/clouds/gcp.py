@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from broker.clouds import Grant, Issued
-from broker.clouds._http import (DEFAULT_POLICY, WITHHELD, HttpPolicy, echoes, first_line,
+from broker.clouds._http import (DEFAULT_POLICY, HttpPolicy, refusal,
                                  requests_session, verify_setting)
 from broker.errors import UpstreamError
 from broker.schema import Section
@@ -259,11 +259,7 @@ class GcpBackend:
             return UpstreamError(f"GCP {step} returned an unexpected response (HTTP {status})",
                                  reason=f"gcp {step} HTTP {status}: {type(exc).__name__}")
         code, description = parsed
-        if echoes(f"{code} {description}", supplier.minted):
-            return UpstreamError(f"GCP {step} refused the exchange: {WITHHELD}",
-                                 reason=f"gcp {step} HTTP {status}: {WITHHELD}")
-        return UpstreamError(f"GCP {step} refused the exchange: {code}: {first_line(description)}",
-                             reason=f"gcp {step} HTTP {status} {code}: {description[:500]}")
+        return refusal(f"GCP {step}", f"gcp {step} HTTP {status}", code, description, supplier.minted)
 
 
 def google_error(body: bytes) -> tuple[str, str] | None:
@@ -276,8 +272,8 @@ def google_error(body: bytes) -> tuple[str, str] | None:
         return None
     error = doc.get("error")
     if isinstance(error, str):  # OAuth 2.0 (STS): {"error": "invalid_grant", "error_description": "..."}
-        return error[:100], str(doc.get("error_description", ""))
+        return error, str(doc.get("error_description", ""))
     if isinstance(error, dict):  # Google APIs: {"error": {"code": 403, "message": "...", "status": "..."}}
         code = error.get("status") or error.get("code") or "UNKNOWN"
-        return str(code)[:100], str(error.get("message", ""))
+        return str(code), str(error.get("message", ""))
     return None

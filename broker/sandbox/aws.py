@@ -32,6 +32,7 @@ class LocalSTS:
         self.trust = FederatedTrust(issuer=broker_issuer, audience="sts.amazonaws.com",
                                     max_lifetime=86400)
         self.calls: list[dict[str, str]] = []  # every STS action seen, with its form parameters
+        self.echo_assertion = False  # answer like a careless upstream that quotes what it got
         self.server = LocalServer(self._wsgi)
 
     @property
@@ -71,6 +72,8 @@ class LocalSTS:
         return self.moto(environ, start_response)
 
     def _check_web_identity(self, form: dict[str, str]) -> tuple[str, str] | None:
+        if self.echo_assertion:
+            return "InvalidIdentityToken", f"Couldn't verify token {form.get('WebIdentityToken', '')}"
         role_arn = form.get("RoleArn", "")
         try:
             claims = self.trust.verify(form.get("WebIdentityToken", ""))
