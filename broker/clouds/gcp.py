@@ -174,6 +174,8 @@ class _Transport:
         self.last_url: str | None = None
         self.last_status: int | None = None
         self.last_body: bytes = b""
+        # Bearer tokens sent (the federated STS token, on the IAM step): never to be echoed back.
+        self.bearers: list[str] = []
 
     def __call__(self, url: str, method: str = "GET", body: bytes | None = None,
                  headers: Any = None, timeout: Any = None, **kwargs: Any) -> _Response:
@@ -181,6 +183,9 @@ class _Transport:
         from google.auth.exceptions import TransportError
 
         self.last_url, self.last_status, self.last_body = url, None, b""
+        authorization = (headers or {}).get("authorization") or (headers or {}).get("Authorization")
+        if isinstance(authorization, str) and authorization.startswith("Bearer "):
+            self.bearers.append(authorization[len("Bearer "):])
         try:
             response = self.session.request(method, url, data=body, headers=headers, timeout=self.timeout,
                                             verify=self.verify, allow_redirects=False)
@@ -259,7 +264,8 @@ class GcpBackend:
             return UpstreamError(f"GCP {step} returned an unexpected response (HTTP {status})",
                                  reason=f"gcp {step} HTTP {status}: {type(exc).__name__}")
         code, description = parsed
-        return refusal(f"GCP {step}", f"gcp {step} HTTP {status}", code, description, supplier.minted)
+        return refusal(f"GCP {step}", f"gcp {step} HTTP {status}", code, description,
+                       supplier.minted + transport.bearers)
 
 
 def google_error(body: bytes) -> tuple[str, str] | None:

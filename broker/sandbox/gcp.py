@@ -73,6 +73,7 @@ class LocalGCP:
         self.extended_lifetime: set[str] = set()  # accounts the lifetime-extension policy lists
         self.fractional_expire_time = False  # answer expireTime with fractional seconds (a trap test)
         self.echo_subject_token = False  # refuse with an error that quotes the subject token
+        self.echo_bearer = False  # IAM refuses with an error that quotes the federated token
         self.faults = Faults()
         self.calls: list[dict[str, Any]] = []  # every request: path and non-secret fields
         self.subject_tokens: list[str] = []  # every subject token received, for leak tests
@@ -213,6 +214,8 @@ class LocalGCP:
             body = None
         self.calls.append({"path": request.path, "service_account": service_account,
                            "body": body if isinstance(body, dict) else None})
+        if self.echo_bearer:
+            return _google_error(401, "UNAUTHENTICATED", f"Request had invalid credentials: {bearer}")
         if project != "-":
             return _google_error(400, "INVALID_ARGUMENT",
                                  "The - wildcard character is required for the project in the resource name.")

@@ -46,6 +46,7 @@ def reset_endpoints(sandbox: Sandbox) -> Iterator[None]:
     sandbox.azure.faults.clear()
     sandbox.gcp.fractional_expire_time = False
     sandbox.gcp.echo_subject_token = False
+    sandbox.gcp.echo_bearer = False
     sandbox.azure.echo_assertion = False
 
 

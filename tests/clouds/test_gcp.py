@@ -227,6 +227,16 @@ def test_an_sts_error_that_echoes_the_assertion_is_withheld(sandbox, broker, aud
     assert not secrets_in(response.text + json.dumps(event) + logs.text(), sandbox.gcp.subject_tokens)
 
 
+def test_an_iam_error_that_echoes_the_federated_token_is_withheld(sandbox, broker, audit_events):
+    sandbox.gcp.echo_bearer = True
+    response = sandbox.exchange(sandbox.github_token(), role=ROLE)
+    body = assert_refused(response, 502, "upstream_error")
+    assert body["message"] == "GCP IAM Credentials refused the exchange: (message withheld: it echoed a credential)"
+    federated = [t for t, info in sandbox.gcp._tokens.items() if info.kind == "federated"]
+    assert federated
+    assert not secrets_in(response.text + json.dumps(audit_events), federated)
+
+
 # -- one token per grant --------------------------------------------------------------------------
 
 def test_each_exchange_gets_its_own_token_from_its_own_assertion(sandbox, broker):
