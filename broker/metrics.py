@@ -221,14 +221,18 @@ class _TimedBackend:
         self.cloud = cloud
 
     def issue(self, grant: Any) -> Any:
+        from broker.errors import UpstreamError
+
         start = time.perf_counter()
-        result = "error"
         try:
             issued = self.inner.issue(grant)
-            result = "ok"
-            return issued
-        finally:
-            get().upstream_latency.labels(self.cloud, result).observe(time.perf_counter() - start)
+        except UpstreamError:
+            get().upstream_latency.labels(self.cloud, "error").observe(time.perf_counter() - start)
+            raise
+        # Other refusals (a session tag whose claim is missing) happen before any cloud call and
+        # are not upstream latency.
+        get().upstream_latency.labels(self.cloud, "ok").observe(time.perf_counter() - start)
+        return issued
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

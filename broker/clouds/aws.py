@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from broker.clouds import Grant, Issued
-from broker.clouds._http import refusal
+from broker.clouds._http import DEFAULT_POLICY, refusal
 from broker.errors import AccessDenied, UpstreamError
 from broker.schema import Section
 
@@ -212,9 +212,11 @@ def _sts_client(settings: AwsSettings, shared: dict[Any, Any]) -> Any:
         from botocore import UNSIGNED
         from botocore.config import Config
 
+        # The same timeouts and attempt count as every other cloud call (broker.clouds._http);
+        # botocore's standard mode adds its own jittered backoff for throttling and 5xx.
         config = Config(
-            connect_timeout=5, read_timeout=10,
-            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=DEFAULT_POLICY.connect_timeout, read_timeout=DEFAULT_POLICY.read_timeout,
+            retries={"total_max_attempts": DEFAULT_POLICY.retries + 1, "mode": "standard"},
             signature_version=UNSIGNED if settings.mode == "web_identity" else None,
         )
         session = boto3.session.Session(botocore_session=_botocore_session())

@@ -15,13 +15,14 @@ from urllib.parse import parse_qs
 import pytest
 from werkzeug.wrappers import Request, Response
 
+from broker.clouds._http import DEFAULT_POLICY
 from broker.sandbox.aws import ERROR_XML
 from broker.sandbox.wsgi import LocalServer
 from tests.helpers import assert_refused, last_refusal
 
-# broker.clouds.aws sets retries={"max_attempts": 3, "mode": "standard"}; in that dict botocore
-# counts retries, so a call is tried 4 times in all, with backoff of at most 1 + 2 + 4 s.
-ATTEMPTS = 4
+# broker.clouds.aws allows DEFAULT_POLICY.retries + 1 attempts in all (botocore's
+# total_max_attempts), the same bound as the GCP and Azure calls.
+ATTEMPTS = DEFAULT_POLICY.retries + 1
 
 
 class ThrottlingSTS:
