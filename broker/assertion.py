@@ -6,13 +6,14 @@ cloud trusts one exact subject per role, and carries non-secret CI context for t
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from typing import Any, Callable, Mapping
 
 import jwt
 
-from broker.keys import SigningKey
+from broker.keys import SigningKey, b64url
 
 MAX_LIFETIME = 300
 
@@ -24,7 +25,11 @@ class AssertionSigner:
         self.key = key
         self.lifetime = min(lifetime, MAX_LIFETIME)
         self.clock = clock
-        self._headers = {"kid": key.kid, "typ": "JWT"}
+        # PyJWT's own algorithm signs (ES256 as raw r||s, RS256 as PKCS#1 v1.5), as it verifies CI
+        # tokens; the header never changes, so it is encoded once rather than on every exchange.
+        self._algorithm = jwt.get_algorithm_by_name(key.alg)
+        header = {"alg": key.alg, "kid": key.kid, "typ": "JWT"}
+        self._header_b64 = b64url(json.dumps(header, separators=(",", ":")).encode())
 
     def mint(self, role: str, audience: str, context: Mapping[str, str],
              extra: Mapping[str, Any] | None = None) -> str:
@@ -36,7 +41,12 @@ class AssertionSigner:
             "iss": self.issuer, "sub": f"role:{role}", "aud": audience,
             "iat": now, "nbf": now, "exp": now + self.lifetime, "jti": secrets.token_urlsafe(18),
         })
-        return jwt.encode(claims, self.key.private_key, algorithm=self.key.alg, headers=self._headers)
+        signing_input = f"{self._header_b64}.{b64url(_encode(claims).encode())}"
+        signature = self._algorithm.sign(signing_input.encode("ascii"), self.key.private_key)
+        return f"{signing_input}.{b64url(signature)}"
+
+
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def ci_context(provider: str, claims: Mapping[str, Any], neutral: Mapping[str, str]) -> dict[str, str]:

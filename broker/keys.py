@@ -30,7 +30,7 @@ class SigningKey:
     public_jwk: dict[str, str]
 
 
-def _b64url(data: bytes) -> str:
+def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
@@ -38,7 +38,7 @@ def thumbprint(jwk: dict[str, Any]) -> str:
     """RFC 7638 JWK thumbprint (SHA-256) over the required members only."""
     members = ("crv", "kty", "x", "y") if jwk["kty"] == "EC" else ("e", "kty", "n")
     canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
-    return _b64url(hashlib.sha256(canonical.encode()).digest())
+    return b64url(hashlib.sha256(canonical.encode()).digest())
 
 
 def signing_key_from_private(private_key: Any) -> SigningKey:
