@@ -53,6 +53,13 @@ class Condition:
             return self.compiled.fullmatch(text) is not None
         return text in self.values
 
+    def holds(self, claims: Mapping[str, Any], schema: ClaimSchema) -> bool:
+        """`check` without its reason: what a granted exchange needs."""
+        if self.claim not in claims:
+            return False
+        text = claim_text(claims[self.claim])
+        return text is not None and self.matches_text(schema.normalize(self.claim, text))
+
     def check(self, claims: Mapping[str, Any], schema: ClaimSchema) -> tuple[bool, str]:
         if self.claim not in claims:
             return False, f"{self.claim}: absent from the token (wanted {self.describe()})"
@@ -131,7 +138,17 @@ class Decision:
 
 
 def evaluate(role: str, rules: tuple[Rule, ...], provider: str, schema: ClaimSchema,
-             claims: Mapping[str, Any]) -> Decision:
+             claims: Mapping[str, Any], *, trace: bool = True) -> Decision:
+    """The decision, with every rule's reasons (`trace`), or for a grant only the matched rule.
+
+    Without `trace` a token that some rule grants gets a decision with no rule results (its
+    summary needs none); a refusal always carries the full trace, for the audit log.
+    """
+    if not trace:
+        for rule in rules:
+            if rule.provider == provider and rule.conditions and \
+                    all(c.holds(claims, schema) for c in rule.conditions):
+                return Decision(role, True, rule.index, ())
     results: list[RuleResult] = []
     matched: int | None = None
     for rule in rules:

@@ -15,7 +15,11 @@ def rule(provider="github", schema=GITHUB, **conditions):
 
 
 def allows(r: Rule, claims: dict, schema=GITHUB, provider="github") -> bool:
-    return evaluate("role", (r,), provider, schema, claims).allowed
+    """The traced decision, after checking the untraced one (the request path's) agrees with it."""
+    traced = evaluate("role", (r,), provider, schema, claims)
+    fast = evaluate("role", (r,), provider, schema, claims, trace=False)
+    assert (fast.allowed, fast.matched_rule) == (traced.allowed, traced.matched_rule)
+    return traced.allowed
 
 
 def test_a_string_is_an_exact_match():
@@ -92,8 +96,22 @@ def test_every_condition_of_a_rule_must_hold():
 
 def test_any_rule_may_grant():
     rules = (rule(ref="refs/heads/a"), Rule(1, "github", (compile_condition("ref", "refs/heads/b", GITHUB),)))
-    decision = evaluate("role", rules, "github", GITHUB, {"ref": "refs/heads/b"})
-    assert decision.allowed and decision.matched_rule == 1
+    for trace in (True, False):
+        decision = evaluate("role", rules, "github", GITHUB, {"ref": "refs/heads/b"}, trace=trace)
+        assert decision.allowed and decision.matched_rule == 1
+
+
+def test_a_rule_without_conditions_grants_nothing_on_either_path():
+    # The loader refuses such a rule; evaluation must not read "no conditions" as "all hold".
+    empty = Rule(0, "github", ())
+    assert not allows(empty, {"ref": "refs/heads/main"})
+
+
+def test_an_untraced_refusal_still_says_why():
+    r = rule(ref="refs/heads/main")
+    decision = evaluate("role", (r,), "github", GITHUB, {"ref": "refs/heads/dev"}, trace=False)
+    assert not decision.allowed
+    assert decision.summary() == "rule 0: ref: 'refs/heads/dev' does not match == 'refs/heads/main'"
 
 
 def test_a_rule_for_another_provider_never_grants():

@@ -220,6 +220,8 @@ def test_any_condition_compiles_or_is_refused_and_any_claims_evaluate(raw: Any, 
         return
     decision = evaluate("r", (Rule(0, "p", (condition,)),), "p", SCHEMAS[schema], claims)
     assert decision.allowed == condition.check(claims, SCHEMAS[schema])[0]
+    assert decision.allowed == condition.holds(claims, SCHEMAS[schema])
+    assert evaluate("r", (Rule(0, "p", (condition,)),), "p", SCHEMAS[schema], claims, trace=False).allowed == decision.allowed
     decision.summary()
 
 
