@@ -56,13 +56,18 @@ def urllib3_retry(policy: HttpPolicy) -> Any:
     )
 
 
+# Connections kept per cloud endpoint: at least the threads a worker runs (`serve` defaults to 16),
+# so concurrent exchanges reuse connections instead of each opening (and then discarding) one.
+POOL_SIZE = 32
+
+
 def requests_session(policy: HttpPolicy) -> Any:
     """A pooled session whose adapter retries per `policy`; shared by every role that uses it."""
     import requests
     from requests.adapters import HTTPAdapter
 
     session = requests.Session()
-    adapter = HTTPAdapter(max_retries=urllib3_retry(policy), pool_maxsize=32)
+    adapter = HTTPAdapter(max_retries=urllib3_retry(policy), pool_maxsize=POOL_SIZE)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from broker.clouds import Grant, Issued
-from broker.clouds._http import DEFAULT_POLICY, refusal
+from broker.clouds._http import DEFAULT_POLICY, POOL_SIZE, refusal
 from broker.errors import AccessDenied, UpstreamError
 from broker.schema import Section
 
@@ -218,6 +218,12 @@ def _sts_client(settings: AwsSettings, shared: dict[Any, Any]) -> Any:
             connect_timeout=DEFAULT_POLICY.connect_timeout, read_timeout=DEFAULT_POLICY.read_timeout,
             retries={"total_max_attempts": DEFAULT_POLICY.retries + 1, "mode": "standard"},
             signature_version=UNSIGNED if settings.mode == "web_identity" else None,
+            # botocore's client-side check of types and minimum lengths re-checks what the broker
+            # built itself from a validated config (ARN, bounded duration, session name and tags
+            # already cut to AWS's alphabet and sizes) on every call; STS validates everything
+            # server-side regardless.
+            parameter_validation=False,
+            max_pool_connections=POOL_SIZE,
         )
         session = boto3.session.Session(botocore_session=_botocore_session())
         shared[key] = session.client("sts", region_name=settings.region or "us-east-1",

@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from broker.clouds import Grant, Issued
-from broker.clouds._http import DEFAULT_POLICY, HttpPolicy, refusal, verify_setting
+from broker.clouds._http import DEFAULT_POLICY, POOL_SIZE, HttpPolicy, refusal, verify_setting
 from broker.errors import UpstreamError
 from broker.schema import Section
 
@@ -225,9 +225,14 @@ def _transport(policy: HttpPolicy, ca_bundle: str | None, shared: dict[Any, Any]
     if key not in shared:
         import requests
         from azure.core.pipeline.transport import RequestsTransport
+        from requests.adapters import HTTPAdapter
 
+        session = requests.Session()
+        adapter = HTTPAdapter(pool_maxsize=POOL_SIZE)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
         shared[key] = RequestsTransport(
-            session=requests.Session(), session_owner=False,
+            session=session, session_owner=False,
             connection_timeout=policy.connect_timeout, read_timeout=policy.read_timeout,
             connection_verify=verify_setting(ca_bundle),
         )
