@@ -7,15 +7,15 @@ a `BrokerError` rendered as one JSON shape; nothing else reaches the caller.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-import secrets
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from broker import audit, discovery, metrics, strictjson
+from broker import audit, discovery, metrics, requestid, strictjson
 from broker.assertion import ci_context
 from broker.clouds import Grant
 from broker.config import Config
@@ -23,6 +23,7 @@ from broker.errors import (AccessDenied, BrokerError, InvalidRequest, InvalidTok
                            UnsupportedMediaType)
 from broker.policy import Decision, evaluate
 from broker.ratelimit import RateLimiter
+from broker.requestid import RequestIds
 from broker.service import Broker, build_broker
 from broker.verify import MAX_TOKEN_CHARS, VerifiedToken
 
@@ -30,7 +31,6 @@ log = logging.getLogger("broker.app")
 
 MAX_BODY_BYTES = 4 * 1024
 MAX_DURATION = 43200
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,64}")
 _BEARER = re.compile(r"Bearer +([^ ]+) *", re.IGNORECASE)
 
 api = Blueprint("api", __name__)
@@ -43,12 +43,11 @@ def create_app(config: Config, *, broker: Broker | None = None) -> Flask:
     app.extensions["ratelimit"] = RateLimiter.for_config(config)
     app.extensions["issuer_documents"] = discovery.documents(config.server)
     app.register_blueprint(api)
-    app.before_request(_assign_request_id)
-    app.after_request(_tag_response)
     app.register_error_handler(BrokerError, _render_broker_error)
     app.register_error_handler(HTTPException, _render_http_error)
     app.register_error_handler(Exception, _render_unexpected)
     metrics.instrument(app)
+    app.wsgi_app = RequestIds(app.wsgi_app)  # type: ignore[method-assign]
     return app
 
 
@@ -60,11 +59,13 @@ def _broker() -> Broker:
 
 @api.post("/v1/exchange")
 def exchange() -> Response:
-    broker = _broker()
-    event: dict[str, Any] = {"request_id": g.request_id, "client": request.remote_addr}
+    extensions = current_app.extensions
+    broker: Broker = extensions["broker"]
+    limiter: RateLimiter = extensions["ratelimit"]
+    client = request.remote_addr
+    event: dict[str, Any] = {"request_id": requestid.current(), "client": client}
     g.audit_event = event
-    limiter: RateLimiter = current_app.extensions["ratelimit"]
-    limiter.check_client(request.remote_addr)  # before any parsing or crypto: floods stay cheap
+    limiter.check_client(client)  # before any parsing or crypto: floods stay cheap
     token = bearer_token()
     role_name, duration = exchange_body()
     event["role"] = role_name
@@ -78,7 +79,7 @@ def exchange() -> Response:
     else:
         event["cloud"] = role.cloud
         decision = evaluate(role_name, role.rules, verified.provider.name, verified.provider.schema,
-                            verified.claims)
+                            verified.claims, trace=False)
     event["matched_rule"] = decision.matched_rule
     if role is None or not decision.allowed:
         # An unknown role and a denied one look the same to the caller; the log tells them apart.
@@ -96,8 +97,24 @@ def exchange() -> Response:
 
     expires_at = audit.rfc3339(issued.expires_at)
     event.update(outcome="granted", reason=decision.summary(), expires_at=expires_at)
+    finish(event)
+    return json_response({"role": role.name, "cloud": role.cloud, "expires_at": expires_at,
+                          "credentials": issued.credentials})
+
+
+def json_response(body: dict[str, Any], status: int = 200) -> Response:
+    # Flask's jsonify sorts keys and looks up the app's JSON provider on every call; the bodies
+    # here are fixed shapes of strings.
+    return Response(_encode_json(body), status=status, mimetype="application/json")
+
+
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def finish(event: dict[str, Any]) -> None:
+    """An exchange has its outcome: write its audit event and count it, together."""
     audit.emit(event)
-    return jsonify(role=role.name, cloud=role.cloud, expires_at=expires_at, credentials=issued.credentials)
+    metrics.exchange_finished(event, _broker().config.roles)
 
 
 def bearer_token() -> str:
@@ -112,16 +129,17 @@ def bearer_token() -> str:
 
 
 def exchange_body() -> tuple[str, int | None]:
-    mimetype = request.mimetype
-    if mimetype != "application/json":
-        raise UnsupportedMediaType("the body must be application/json")
-    charset = request.mimetype_params.get("charset", "utf-8").lower()
-    if charset not in ("utf-8", "utf8"):
-        raise UnsupportedMediaType("the body must be UTF-8 JSON")
+    # The exact spelling every client sends skips werkzeug's header parsing; any other is parsed.
+    if request.environ.get("CONTENT_TYPE") != "application/json":
+        if request.mimetype != "application/json":
+            raise UnsupportedMediaType("the body must be application/json")
+        charset = request.mimetype_params.get("charset", "utf-8").lower()
+        if charset not in ("utf-8", "utf8"):
+            raise UnsupportedMediaType("the body must be UTF-8 JSON")
     data = request.get_data(cache=False)
     # werkzeug cuts a chunked body (no Content-Length) at the limit without complaint; one that
     # fills it was longer.
-    if request.content_length is None and len(data) >= MAX_BODY_BYTES:
+    if len(data) >= MAX_BODY_BYTES and request.content_length is None:
         raise PayloadTooLarge(f"the body is larger than {MAX_BODY_BYTES} bytes")
     try:
         body = strictjson.loads(data)
@@ -183,30 +201,17 @@ def readyz() -> tuple[Response, int]:
     return jsonify(status="ready" if ready else "not ready", providers=providers), 200 if ready else 503
 
 
-# -- request ids, errors --------------------------------------------------------------------------
-
-def _assign_request_id() -> None:
-    incoming = request.headers.get("X-Request-Id", "")
-    g.request_id = incoming if REQUEST_ID.fullmatch(incoming) else secrets.token_hex(12)
-
-
-def _tag_response(response: Response) -> Response:
-    response.headers["X-Request-Id"] = g.get("request_id", "")
-    response.headers["Cache-Control"] = response.headers.get("Cache-Control", "no-store")
-    return response
-
+# -- errors ---------------------------------------------------------------------------------------
 
 def _error_response(status: int, code: str, message: str) -> Response:
-    response = jsonify(error=code, message=message, request_id=g.get("request_id", ""))
-    response.status_code = status
-    return response
+    return json_response({"error": code, "message": message, "request_id": requestid.current()}, status)
 
 
 def _render_broker_error(exc: BrokerError) -> Response:
     event = g.get("audit_event")
     if event is not None:
         event.update(outcome="refused", error=exc.code, reason=exc.reason)
-        audit.emit(event)
+        finish(event)
     response = _error_response(exc.status, exc.code, exc.message)
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
@@ -223,10 +228,10 @@ def _render_http_error(exc: HTTPException) -> Response:
 
 def _render_unexpected(exc: Exception) -> Response:
     # The traceback goes to the operator's log; the caller gets no detail it could probe with.
-    log.error("unexpected error in request %s: %s", g.get("request_id"), type(exc).__name__,
+    log.error("unexpected error in request %s: %s", requestid.current(), type(exc).__name__,
               exc_info=True)
     event = g.get("audit_event")
     if event is not None:
         event.update(outcome="refused", error="internal_error", reason=type(exc).__name__)
-        audit.emit(event)
+        finish(event)
     return _error_response(500, "internal_error", "internal error")

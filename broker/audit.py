@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import datetime, timezone
 from typing import Any
 
 AUDIT_LOGGER = "broker.audit"
+_logger = logging.getLogger(AUDIT_LOGGER)
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
 def rfc3339(dt: datetime) -> str:
@@ -19,5 +22,9 @@ def rfc3339(dt: datetime) -> str:
 
 
 def emit(event: dict[str, Any]) -> None:
-    event = {"event": "exchange", "time": rfc3339(datetime.now(timezone.utc)), **event}
-    logging.getLogger(AUDIT_LOGGER).info(json.dumps(event, separators=(",", ":"), default=str))
+    if not _logger.isEnabledFor(logging.INFO):
+        return
+    line = _encode({"event": "exchange", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **event})
+    # What Logger.info does, less its walk up the stack for the caller's file and line: no audit
+    # handler prints them, and the walk is a measurable part of an exchange's own CPU time.
+    _logger.handle(_logger.makeRecord(AUDIT_LOGGER, logging.INFO, __file__, 0, line, None, None))

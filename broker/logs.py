@@ -13,9 +13,9 @@ import logging.handlers
 import sys
 from typing import IO, Any
 
-from flask import g, has_request_context
 from pythonjsonlogger.json import JsonFormatter
 
+from broker import requestid
 from broker.audit import AUDIT_LOGGER
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -25,7 +25,7 @@ class RequestIdFilter(logging.Filter):
     """Adds the current request's id (or None) to every record a handler formats."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = g.get("request_id") if has_request_context() else None
+        record.request_id = requestid.current()
         return True
 
 
@@ -72,6 +72,13 @@ def configure(level: str = "INFO", stream: IO[str] | None = None) -> None:
     root.setLevel(level)
 
 
+class EventLineFormatter(logging.Formatter):
+    """An audit record's message is already its whole JSON line; nothing is added to it."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return record.getMessage()
+
+
 def configure_audit(path: str | None = None, stream: IO[str] | None = None) -> logging.Handler:
     """Route audit events to `path` (appended; reopened if logrotate moves it) or to stdout.
 
@@ -89,7 +96,7 @@ def configure_audit(path: str | None = None, stream: IO[str] | None = None) -> l
         handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
     else:
         handler = logging.StreamHandler(stream or sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))  # the event is already a JSON object
+    handler.setFormatter(EventLineFormatter())
     handler._ci_broker = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

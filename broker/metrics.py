@@ -16,9 +16,11 @@ import os
 import re
 import threading
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Container, Iterable, Iterator, Mapping
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response
+
+from broker.errors import UpstreamError
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 UNKNOWN_ROLE = "(unknown)"  # cannot collide with a configured role: role names start with [A-Za-z0-9]
@@ -80,9 +82,9 @@ def get() -> Metrics:
     return _metrics
 
 
-_ENDPOINTS = {"api.exchange": "exchange", "api.openid_configuration": "discovery",
-              "api.jwks_document": "jwks", "api.healthz": "healthz", "api.readyz": "readyz",
-              "metrics": "metrics"}
+ENDPOINT_PATHS = {"/v1/exchange": "exchange", "/.well-known/openid-configuration": "discovery",
+                  "/.well-known/jwks.json": "jwks", "/healthz": "healthz", "/readyz": "readyz",
+                  "/metrics": "metrics"}
 
 
 # -- hooks other modules call ---------------------------------------------------------------------
@@ -107,10 +109,11 @@ def replay_refused() -> None:
 # -- the Flask side -------------------------------------------------------------------------------
 
 def instrument(app: Flask) -> None:
-    """Time every request, count every exchange, time the cloud calls, serve `/metrics`.
+    """Time every request, time the cloud calls, serve `/metrics`.
 
     Wraps the broker's replay store and back ends (built once at start-up) rather than adding
     timing code to the request path; an app that shares a Broker with another is wrapped once.
+    Exchanges are counted by `exchange_finished`, at the moment their audit event is written.
     """
     broker = app.extensions["broker"]
     if not broker.extras.get("metrics_instrumented"):
@@ -120,33 +123,51 @@ def instrument(app: Flask) -> None:
                            for name, backend in broker.backends.items()}
         for i, key in enumerate(broker.config.server.signing_keys):
             get().signing_key.labels(key.kid, key.alg, "true" if i == 0 else "false").set(1)
-    roles = frozenset(broker.config.roles)
-    app.before_request(_start_timer)
-    app.after_request(lambda response: _observe(response, roles))
     app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
+    app.wsgi_app = _TimedWSGI(app.wsgi_app)  # type: ignore[method-assign]
 
 
-def _start_timer() -> None:
-    g.metrics_start = time.perf_counter()
+class _TimedWSGI:
+    """Request latency by endpoint, measured around the whole Flask app.
+
+    A WSGI wrapper rather than before/after-request hooks: it costs two clock reads per request,
+    and the endpoint label comes from the path alone, so it stays bounded by `ENDPOINT_PATHS`.
+    """
+
+    def __init__(self, wsgi_app: Any) -> None:
+        self.wsgi_app = wsgi_app
+        self._children: dict[str, Any] = {}
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return self.wsgi_app(environ, start_response)
+        finally:
+            endpoint = ENDPOINT_PATHS.get(environ.get("PATH_INFO", ""), "other")
+            child = self._children.get(endpoint)
+            if child is None:
+                child = self._children[endpoint] = get().request_latency.labels(endpoint)
+            child.observe(time.perf_counter() - start)
 
 
-def _observe(response: Response, roles: frozenset[str]) -> Response:
-    start = g.get("metrics_start")
-    if start is not None:
-        rule = request.url_rule
-        endpoint = _ENDPOINTS.get(rule.endpoint if rule is not None else "", "other")
-        get().request_latency.labels(endpoint).observe(time.perf_counter() - start)
-    event = g.get("audit_event")
-    if event is not None and "outcome" in event:
-        role = event.get("role")
-        get().exchanges.labels(
-            event["outcome"],
-            _code(event.get("error")),
-            event.get("provider") or "",  # a configured provider name, set only once verified
-            event.get("cloud") or "",
-            "" if role is None else (role if role in roles else UNKNOWN_ROLE),
-        ).inc()
-    return response
+def exchange_finished(event: Mapping[str, Any], roles: Container[str]) -> None:
+    """Count one exchange by its audit event's outcome, error code, provider, cloud and role."""
+    role = event.get("role")
+    labels = (
+        event["outcome"],
+        _code(event.get("error")),
+        event.get("provider") or "",  # a configured provider name, set only once verified
+        event.get("cloud") or "",
+        "" if role is None else (role if role in roles else UNKNOWN_ROLE),
+    )
+    # Every label is bounded (see the module's docstring), so this cache is too.
+    child = _exchange_counters.get(labels)
+    if child is None:
+        child = _exchange_counters[labels] = get().exchanges.labels(*labels)
+    child.inc()
+
+
+_exchange_counters: dict[tuple[str, ...], Any] = {}
 
 
 def _code(error: Any) -> str:
@@ -219,20 +240,25 @@ class _TimedBackend:
     def __init__(self, inner: Any, cloud: str) -> None:
         self.inner = inner
         self.cloud = cloud
+        self._latency: dict[str, Any] = {}  # result -> histogram child, looked up once
 
     def issue(self, grant: Any) -> Any:
-        from broker.errors import UpstreamError
-
         start = time.perf_counter()
         try:
             issued = self.inner.issue(grant)
         except UpstreamError:
-            get().upstream_latency.labels(self.cloud, "error").observe(time.perf_counter() - start)
+            self._observe("error", time.perf_counter() - start)
             raise
         # Other refusals (a session tag whose claim is missing) happen before any cloud call and
         # are not upstream latency.
-        get().upstream_latency.labels(self.cloud, "ok").observe(time.perf_counter() - start)
+        self._observe("ok", time.perf_counter() - start)
         return issued
+
+    def _observe(self, result: str, seconds: float) -> None:
+        child = self._latency.get(result)
+        if child is None:
+            child = self._latency[result] = get().upstream_latency.labels(self.cloud, result)
+        child.observe(seconds)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -7,11 +7,13 @@ from typing import Any
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key[:50]!r}")
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):  # a repeated key collapsed; name it (the slow path runs only here)
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key[:50]!r}")
+            seen.add(key)
     return out
 
 
@@ -19,11 +21,16 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# Built once: `json.loads` with hooks would build a decoder and its scanner on every call.
+# One decoder serves every thread, as json's own default decoder does.
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+
+
 def loads(data: bytes | str) -> Any:
     """Parse JSON strictly; raises ValueError (including for bad UTF-8 and deep nesting)."""
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        return _DECODER.decode(text)
     except RecursionError:
         raise ValueError("nested too deeply") from None
     except UnicodeDecodeError:
