@@ -9,8 +9,9 @@ for all three apps:
 3. broker: `ci-broker serve` exchanging real tokens from the local issuer (a fresh jti each) for
    an AWS web_identity role against the same instant STS.
 
-It prints throughput, p50 and p99 for each, the ratios broker/floor and broker/hello, the CPU time
-per exchange, the peak RSS of each broker worker, the time from `ci-broker serve` to the first 200
+The floor and the broker are measured in alternating slices (four in a full run), so drift in the
+machine's load falls on both alike. It prints throughput, p50 and p99 for each, the ratios
+broker/floor and broker/hello, the CPU time per exchange, the peak RSS of each broker worker, the time from `ci-broker serve` to the first 200
 on /readyz, and the broker's steady p50 while its issuer's JWKS endpoint takes 2 s to answer,
 against the same broker app whose issuer answers at once (both refresh their keys every second,
 so a slow fetch is in flight most of the time; their runs alternate).
@@ -337,29 +338,43 @@ class Bench:
             # hello and floor reuse one token set: neither checks jti.
             threads, conns = a.threads, a.connections
             shared_tokens = mint_tokens(issuer, "http://127.0.0.1", 2000, self.workdir / "tokens-shared.txt")
-            for kind, extra in (("hello", ()), ("floor", ("--issuer-public-key", str(issuer_pub),
-                                                         "--signing-key", str(key), "--sts-url", sts_url))):
-                port = free_port()
-                proc = self.serve_app(kind, port, threads, *extra)
-                url = f"http://127.0.0.1:{port}"
-                wait_http(url, proc, 60)
-                report.loads.append(self.warm_and_load(kind, url, shared_tokens, shared_tokens, threads, conns, proc))
-                if a.profile and kind == "floor":
-                    self.profile(proc, lambda: (shared_tokens, shared_tokens), url, conns, "-floor")
-                self.procs.stop(proc)
-            floor_rps = report.loads[-1].rps
+            port = free_port()
+            proc = self.serve_app("hello", port, threads)
+            url = f"http://127.0.0.1:{port}"
+            wait_http(url, proc, 60)
+            report.loads.append(self.warm_and_load("hello", url, shared_tokens, shared_tokens, threads, conns, proc))
+            self.procs.stop(proc)
 
-            # The broker, as operators run it.
+            # The floor and the broker (`ci-broker serve`, as operators run it) are up together and
+            # measured in alternating slices (floor first, then broker first, ...), so drift in the
+            # machine's load falls on both alike; the idle one costs nothing meanwhile.
+            floor_port = free_port()
+            floor_url = f"http://127.0.0.1:{floor_port}"
+            floor = self.serve_app("floor", floor_port, threads, "--issuer-public-key", str(issuer_pub),
+                                   "--signing-key", str(key), "--sts-url", sts_url)
+            wait_http(floor_url, floor, 60)
+            floor_rps = wrk("floor warm-up", floor_url, shared_tokens, a.warmup, conns, self.pin).rps
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             config = write_config(self.workdir / "broker.yaml", url, issuer.url, sts_url, key)
-            warm, tokens = self.broker_tokens(issuer, url, floor_rps, "broker")
             proc, ready = self.serve_broker(config, port, threads)
             report.ready_seconds.append(ready)
-            report.loads.append(self.warm_and_load("broker", url, warm, tokens, threads, conns, proc))
+            wrk("broker warm-up", url, self.tokens(issuer, url, floor_rps, a.warmup, "broker-warm"), a.warmup,
+                conns, self.pin)
+            rounds = 2 if a.quick else 4
+            piece = a.duration / rounds
+            broker_tokens = [self.tokens(issuer, url, floor_rps, piece, f"broker-{i}") for i in range(rounds)]
+            slices: dict[str, list[Load]] = {"floor": [], "broker": []}
+            for i in range(rounds):
+                runs = [("floor", floor_url, shared_tokens, floor), ("broker", url, broker_tokens[i], proc)]
+                for name, target, tokens, server in runs if i % 2 == 0 else reversed(runs):
+                    slices[name].append(self.measure(name, target, tokens, piece, conns, server))
+            report.loads += [merge(name, loads, threads) for name, loads in slices.items()]
             report.worker_peak_rss_mb = [peak_rss_mb(pid) for pid in gunicorn_workers(proc)]
             if a.profile:
+                self.profile(floor, lambda: (shared_tokens, shared_tokens), floor_url, conns, "-floor")
                 self.profile(proc, lambda: self.broker_tokens(issuer, url, floor_rps, "profile"), url, conns)
+            self.procs.stop(floor)
             self.procs.stop(proc)
             for _ in range(a.ready_samples - 1):
                 proc, ready = self.serve_broker(config, port, threads)
