@@ -137,9 +137,9 @@ class _PyJWTClaims(jwt.PyJWT):
                "strict_aud": False}
 
     def validate(self, claims: dict[str, Any], *, audience: str, issuer: str, leeway: int) -> None:
-        # The same two steps `PyJWT.decode_complete` runs after its signature check.
-        options = self._merge_options(self.OPTIONS)  # type: ignore[arg-type]
-        self._validate_claims(claims, options, audience=audience, issuer=issuer, leeway=leeway)
+        # The claim step `PyJWT.decode_complete` runs after its signature check, with the options
+        # merged once, at construction.
+        self._validate_claims(claims, self.options, audience=audience, issuer=issuer, leeway=leeway)
 
 
-_PYJWT_CLAIMS = _PyJWTClaims()
+_PYJWT_CLAIMS = _PyJWTClaims(options=_PyJWTClaims.OPTIONS)  # type: ignore[arg-type]
