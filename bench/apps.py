@@ -3,7 +3,8 @@
 - `hello`: a Flask POST endpoint that does nothing (the HTTP floor).
 - `floor`: the irreducible work of one exchange and nothing else: one RS256 verify of the CI token
   against a preloaded key, one ES256 sign of a small assertion, one boto3
-  `assume_role_with_web_identity` (client built once) to the instant STS.
+  `assume_role_with_web_identity` (client built once) to the instant STS; with
+  `--brokers-sts-client`, through the broker's own STS client instead of the SDK's defaults.
 - `sts`: an STS that answers every call at once with a canned AssumeRoleWithWebIdentity response
   (optionally after `--delay` seconds, to stand in for a real round trip to AWS).
 - `broker`: the broker app, built like `ci-broker serve` builds it but with a chosen JWKS refresh
@@ -77,7 +78,12 @@ def hello_app() -> Any:
     return app
 
 
-def floor_app(issuer_public_pem: bytes, signing_key_pem: bytes, sts_url: str) -> Any:
+def floor_app(issuer_public_pem: bytes, signing_key_pem: bytes, sts_url: str, brokers_client: bool = False) -> Any:
+    """The floor; with `brokers_client`, its STS call goes through the broker's own STS client.
+
+    The broker's client is cheaper per call than the SDK's defaults (see `broker.clouds.aws`), so
+    the floor built with it isolates the cost of the broker's own steps from that saving.
+    """
     import boto3
     import jwt
     from botocore import UNSIGNED
@@ -88,10 +94,16 @@ def floor_app(issuer_public_pem: bytes, signing_key_pem: bytes, sts_url: str) ->
 
     public_key = serialization.load_pem_public_key(issuer_public_pem)
     signing_key = serialization.load_pem_private_key(signing_key_pem, password=None)
-    sts = boto3.session.Session().client(
-        "sts", region_name=REGION, endpoint_url=sts_url,
-        config=Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 3, "mode": "standard"},
-                      signature_version=UNSIGNED))
+    if brokers_client:
+        from broker.clouds.aws import AwsSettings, _sts_client
+
+        sts = _sts_client(AwsSettings(role_arn=ROLE_ARN, region=REGION, duration=3600, mode="web_identity",
+                                      session_tags=(), session_policy=None, sts_endpoint=sts_url), {})
+    else:
+        sts = boto3.session.Session().client(
+            "sts", region_name=REGION, endpoint_url=sts_url,
+            config=Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 3, "mode": "standard"},
+                          signature_version=UNSIGNED))
     app = Flask("floor")
 
     @app.post("/v1/exchange")
@@ -135,6 +147,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("kind", choices=("hello", "floor", "sts", "broker"))
+    parser.add_argument("--brokers-sts-client", action="store_true", help="floor: use the broker's STS client")
     parser.add_argument("--bind", required=True)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=4)
@@ -153,7 +166,7 @@ def main() -> None:
             return sts_app(args.delay)
         if args.kind == "floor":
             with open(args.issuer_public_key, "rb") as f, open(args.signing_key, "rb") as k:
-                return floor_app(f.read(), k.read(), args.sts_url)
+                return floor_app(f.read(), k.read(), args.sts_url, args.brokers_sts_client)
         return broker_app(args.config, args.jwks_refresh)
 
     class App(BaseApplication):  # type: ignore[misc]

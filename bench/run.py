@@ -58,6 +58,7 @@ from broker.server import DEFAULT_THREADS  # noqa: E402
 LUA = Path(__file__).resolve().parent / "exchange.lua"
 ROLE = "bench-deploy"
 SLOW_JWKS_SECONDS = 2.0
+FLOOR_BROKER_SDK = "floor, broker's STS client"
 TARGETS = {"throughput_vs_floor": 0.9, "p99_vs_floor": 1.5, "slow_jwks_p50_change": 0.05,
            "ready_seconds": 1.5, "rss_mb": 100.0}
 
@@ -352,8 +353,14 @@ class Bench:
             floor_url = f"http://127.0.0.1:{floor_port}"
             floor = self.serve_app("floor", floor_port, threads, "--issuer-public-key", str(issuer_pub),
                                    "--signing-key", str(key), "--sts-url", sts_url)
+            floor_sdk_port = free_port()
+            floor_sdk_url = f"http://127.0.0.1:{floor_sdk_port}"
+            floor_sdk = self.serve_app("floor", floor_sdk_port, threads, "--issuer-public-key", str(issuer_pub),
+                                       "--signing-key", str(key), "--sts-url", sts_url, "--brokers-sts-client")
             wait_http(floor_url, floor, 60)
+            wait_http(floor_sdk_url, floor_sdk, 60)
             floor_rps = wrk("floor warm-up", floor_url, shared_tokens, a.warmup, conns, self.pin).rps
+            wrk("floor warm-up", floor_sdk_url, shared_tokens, a.warmup, conns, self.pin)
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             config = write_config(self.workdir / "broker.yaml", url, issuer.url, sts_url, key)
@@ -364,9 +371,11 @@ class Bench:
             rounds = 2 if a.quick else 4
             piece = a.duration / rounds
             broker_tokens = [self.tokens(issuer, url, floor_rps, piece, f"broker-{i}") for i in range(rounds)]
-            slices: dict[str, list[Load]] = {"floor": [], "broker": []}
+            slices: dict[str, list[Load]] = {"floor": [], FLOOR_BROKER_SDK: [], "broker": []}
             for i in range(rounds):
-                runs = [("floor", floor_url, shared_tokens, floor), ("broker", url, broker_tokens[i], proc)]
+                runs = [("floor", floor_url, shared_tokens, floor),
+                        (FLOOR_BROKER_SDK, floor_sdk_url, shared_tokens, floor_sdk),
+                        ("broker", url, broker_tokens[i], proc)]
                 for name, target, tokens, server in runs if i % 2 == 0 else reversed(runs):
                     slices[name].append(self.measure(name, target, tokens, piece, conns, server))
             report.loads += [merge(name, loads, threads) for name, loads in slices.items()]
@@ -375,6 +384,7 @@ class Bench:
                 self.profile(floor, lambda: (shared_tokens, shared_tokens), floor_url, conns, "-floor")
                 self.profile(proc, lambda: self.broker_tokens(issuer, url, floor_rps, "profile"), url, conns)
             self.procs.stop(floor)
+            self.procs.stop(floor_sdk)
             self.procs.stop(proc)
             for _ in range(a.ready_samples - 1):
                 proc, ready = self.serve_broker(config, port, threads)
@@ -472,6 +482,7 @@ def merge(name: str, loads: list[Load], threads: int) -> Load:
 def summarize(report: Report) -> tuple[list[str], dict[str, Any]]:
     by_name = {load.name: load for load in report.loads}
     hello, floor, broker = by_name["hello"], by_name["floor"], by_name["broker"]
+    floor_sdk = by_name[FLOOR_BROKER_SDK]
     fast_jwks, slow = by_name["broker, JWKS refresh 1 s"], by_name["broker, JWKS takes 2 s"]
     figures = {
         "throughput_vs_floor": broker.rps / floor.rps,
@@ -480,6 +491,8 @@ def summarize(report: Report) -> tuple[list[str], dict[str, Any]]:
         "p99_vs_floor": broker.p99_ms / floor.p99_ms,
         "cpu_floor_vs_broker": floor.cpu_ms / broker.cpu_ms if broker.cpu_ms else 0.0,
         "own_cpu_ms": broker.cpu_ms - floor.cpu_ms,
+        "throughput_vs_floor_broker_sdk": broker.rps / floor_sdk.rps,
+        "own_steps_cpu_ms": broker.cpu_ms - floor_sdk.cpu_ms,
         "slow_jwks_p50_change": slow.p50_ms / fast_jwks.p50_ms - 1,
         "ready_seconds": max(report.ready_seconds),
         "rss_mb": max(report.worker_peak_rss_mb or [0.0]),
@@ -502,6 +515,8 @@ def summarize(report: Report) -> tuple[list[str], dict[str, Any]]:
         f"broker/hello throughput: {figures['throughput_vs_hello']:.3f}  (floor/hello {figures['floor_vs_hello']:.3f})",
         f"CPU per exchange, floor/broker: {figures['cpu_floor_vs_broker']:.3f}  "
         f"(the broker's own work: {figures['own_cpu_ms']:+.3f} ms per exchange)",
+        f"broker/floor with the broker's STS client: {figures['throughput_vs_floor_broker_sdk']:.3f}  "
+        f"(the broker's own steps alone: {figures['own_steps_cpu_ms']:+.3f} ms per exchange; no target)",
         f"broker/floor p99: {figures['p99_vs_floor']:.3f}  (target <= {TARGETS['p99_vs_floor']}) "
         f"{ok(figures['p99_vs_floor'] <= TARGETS['p99_vs_floor'])}",
         f"slow JWKS p50 change: {figures['slow_jwks_p50_change']:+.1%}  (target < {TARGETS['slow_jwks_p50_change']:.0%}) "
