@@ -6,7 +6,7 @@ field limit sits well above the broker's own token cap, and only headers over 64
 gunicorn's refusal instead of ours.
 
 Tuning (figures in bench/RESULTS.md): an exchange is CPU work (token verify, assertion sign, the
-SDK's request building and XML parsing, about 2 ms) around one network round trip to the cloud.
+SDK's request building and XML parsing, about 1.7 ms) around one network round trip to the cloud.
 Python runs one thread at a time per process, so throughput scales with processes (one per core)
 and threads only overlap the cloud's round trip: against an instant STS 2-4 threads already keep
 the core busy, against one that takes 50 ms it takes 16-32. 16 threads cost up to 10% more CPU
