@@ -7,7 +7,6 @@ a `BrokerError` rendered as one JSON shape; nothing else reaches the caller.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from typing import Any
@@ -105,10 +104,7 @@ def exchange() -> Response:
 def json_response(body: dict[str, Any], status: int = 200) -> Response:
     # Flask's jsonify sorts keys and looks up the app's JSON provider on every call; the bodies
     # here are fixed shapes of strings.
-    return Response(_encode_json(body), status=status, mimetype="application/json")
-
-
-_encode_json = json.JSONEncoder(separators=(",", ":")).encode
+    return Response(strictjson.dumps(body), status=status, mimetype="application/json")
 
 
 def finish(event: dict[str, Any]) -> None:

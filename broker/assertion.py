@@ -6,13 +6,13 @@ cloud trusts one exact subject per role, and carries non-secret CI context for t
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from typing import Any, Callable, Mapping
 
 import jwt
 
+from broker import strictjson
 from broker.keys import SigningKey, b64url
 
 MAX_LIFETIME = 300
@@ -29,7 +29,7 @@ class AssertionSigner:
         # tokens; the header never changes, so it is encoded once rather than on every exchange.
         self._algorithm = jwt.get_algorithm_by_name(key.alg)
         header = {"alg": key.alg, "kid": key.kid, "typ": "JWT"}
-        self._header_b64 = b64url(json.dumps(header, separators=(",", ":")).encode())
+        self._header_b64 = b64url(strictjson.dumps(header).encode())
 
     def mint(self, role: str, audience: str, context: Mapping[str, str],
              extra: Mapping[str, Any] | None = None) -> str:
@@ -41,12 +41,9 @@ class AssertionSigner:
             "iss": self.issuer, "sub": f"role:{role}", "aud": audience,
             "iat": now, "nbf": now, "exp": now + self.lifetime, "jti": secrets.token_urlsafe(18),
         })
-        signing_input = f"{self._header_b64}.{b64url(_encode(claims).encode())}"
+        signing_input = f"{self._header_b64}.{b64url(strictjson.dumps(claims).encode())}"
         signature = self._algorithm.sign(signing_input.encode("ascii"), self.key.private_key)
         return f"{signing_input}.{b64url(signature)}"
-
-
-_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def ci_context(provider: str, claims: Mapping[str, Any], neutral: Mapping[str, str]) -> dict[str, str]:

@@ -20,6 +20,7 @@ from typing import Any, Container, Iterable, Iterator, Mapping
 
 from flask import Flask, Response
 
+from broker.discovery import DISCOVERY_PATH, JWKS_PATH
 from broker.errors import UpstreamError
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -82,9 +83,8 @@ def get() -> Metrics:
     return _metrics
 
 
-ENDPOINT_PATHS = {"/v1/exchange": "exchange", "/.well-known/openid-configuration": "discovery",
-                  "/.well-known/jwks.json": "jwks", "/healthz": "healthz", "/readyz": "readyz",
-                  "/metrics": "metrics"}
+ENDPOINT_PATHS = {"/v1/exchange": "exchange", f"/{DISCOVERY_PATH}": "discovery", f"/{JWKS_PATH}": "jwks",
+                  "/healthz": "healthz", "/readyz": "readyz", "/metrics": "metrics"}
 
 
 # -- hooks other modules call ---------------------------------------------------------------------
@@ -136,7 +136,6 @@ class _TimedWSGI:
 
     def __init__(self, wsgi_app: Any) -> None:
         self.wsgi_app = wsgi_app
-        self._children: dict[str, Any] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         start = time.perf_counter()
@@ -144,30 +143,36 @@ class _TimedWSGI:
             return self.wsgi_app(environ, start_response)
         finally:
             endpoint = ENDPOINT_PATHS.get(environ.get("PATH_INFO", ""), "other")
-            child = self._children.get(endpoint)
-            if child is None:
-                child = self._children[endpoint] = get().request_latency.labels(endpoint)
-            child.observe(time.perf_counter() - start)
+            _child("request_latency", endpoint).observe(time.perf_counter() - start)
 
 
 def exchange_finished(event: Mapping[str, Any], roles: Container[str]) -> None:
     """Count one exchange by its audit event's outcome, error code, provider, cloud and role."""
     role = event.get("role")
-    labels = (
+    _child(
+        "exchanges",
         event["outcome"],
         _code(event.get("error")),
         event.get("provider") or "",  # a configured provider name, set only once verified
         event.get("cloud") or "",
         "" if role is None else (role if role in roles else UNKNOWN_ROLE),
-    )
-    # Every label is bounded (see the module's docstring), so this cache is too.
-    child = _exchange_counters.get(labels)
+    ).inc()
+
+
+_children: dict[tuple[str, ...], Any] = {}
+
+
+def _child(metric: str, *labels: str) -> Any:
+    """The metric's child for these label values, looked up once per process.
+
+    prometheus_client's `labels()` takes a lock and checks every value on each call; the request
+    path calls this instead. The cache is as bounded as the label values (see the docstring).
+    """
+    key = (metric, *labels)
+    child = _children.get(key)
     if child is None:
-        child = _exchange_counters[labels] = get().exchanges.labels(*labels)
-    child.inc()
-
-
-_exchange_counters: dict[tuple[str, ...], Any] = {}
+        child = _children[key] = getattr(get(), metric).labels(*labels)
+    return child
 
 
 def _code(error: Any) -> str:
@@ -240,25 +245,18 @@ class _TimedBackend:
     def __init__(self, inner: Any, cloud: str) -> None:
         self.inner = inner
         self.cloud = cloud
-        self._latency: dict[str, Any] = {}  # result -> histogram child, looked up once
 
     def issue(self, grant: Any) -> Any:
         start = time.perf_counter()
         try:
             issued = self.inner.issue(grant)
         except UpstreamError:
-            self._observe("error", time.perf_counter() - start)
+            _child("upstream_latency", self.cloud, "error").observe(time.perf_counter() - start)
             raise
         # Other refusals (a session tag whose claim is missing) happen before any cloud call and
         # are not upstream latency.
-        self._observe("ok", time.perf_counter() - start)
+        _child("upstream_latency", self.cloud, "ok").observe(time.perf_counter() - start)
         return issued
-
-    def _observe(self, result: str, seconds: float) -> None:
-        child = self._latency.get(result)
-        if child is None:
-            child = self._latency[result] = get().upstream_latency.labels(self.cloud, result)
-        child.observe(seconds)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -1,4 +1,5 @@
-"""JSON parsing that refuses what lenient parsers quietly accept: duplicate keys, NaN, Infinity."""
+"""JSON parsing that refuses what lenient parsers quietly accept (duplicate keys, NaN, Infinity),
+and the compact encoding the broker writes."""
 
 from __future__ import annotations
 
@@ -35,3 +36,8 @@ def loads(data: bytes | str) -> Any:
         raise ValueError("nested too deeply") from None
     except UnicodeDecodeError:
         raise ValueError("not UTF-8") from None
+
+
+# What the broker writes (assertion claims, response bodies): compact, and NaN or Infinity raise
+# rather than produce text that is not JSON.
+dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
