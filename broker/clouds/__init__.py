@@ -30,6 +30,28 @@ class Grant:
     mint_assertion: MintAssertion
 
 
+class Assertions:
+    """The broker's assertion for one grant, minted whenever the cloud's library asks for one.
+
+    Every assertion minted is remembered, only so that an upstream error message echoing one is
+    withheld rather than repeated. Serves as azure-identity's client-assertion callback (a call)
+    and as google-auth's `identity_pool.SubjectTokenSupplier` (`get_subject_token`).
+    """
+
+    def __init__(self, grant: Grant, audience: str) -> None:
+        self.grant = grant
+        self.audience = audience
+        self.minted: list[str] = []
+
+    def __call__(self) -> str:
+        assertion = self.grant.mint_assertion(self.audience, {})
+        self.minted.append(assertion)
+        return assertion
+
+    def get_subject_token(self, context: Any, request: Any) -> str:
+        return self()
+
+
 @dataclass(frozen=True)
 class Issued:
     expires_at: datetime

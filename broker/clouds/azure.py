@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from broker.clouds import Grant, Issued
+from broker.clouds import Assertions, Grant, Issued
 from broker.clouds._http import DEFAULT_POLICY, POOL_SIZE, HttpPolicy, refusal, verify_setting
 from broker.errors import UpstreamError
 from broker.schema import Section
@@ -153,21 +153,6 @@ def _retry_policy_class(max_retry_after: float) -> type:
     return CappedRetryPolicy
 
 
-class _Assertions:
-    """The client-assertion callback for one grant; remembers what it minted so an upstream
-    message that echoes an assertion is never repeated."""
-
-    def __init__(self, grant: Grant, audience: str) -> None:
-        self.grant = grant
-        self.audience = audience
-        self.minted: list[str] = []
-
-    def __call__(self) -> str:
-        assertion = self.grant.mint_assertion(self.audience, {})
-        self.minted.append(assertion)
-        return assertion
-
-
 class AzureBackend:
     def __init__(self, role: str, settings: AzureSettings, shared: dict[Any, Any]) -> None:
         # Imported here, at start-up, so `ci-broker check` never loads the SDK.
@@ -192,7 +177,7 @@ class AzureBackend:
         from azure.core.exceptions import AzureError, ClientAuthenticationError
 
         s = self.settings
-        assertions = _Assertions(grant, s.assertion_audience)
+        assertions = Assertions(grant, s.assertion_audience)
         # One credential per exchange: it caches the token it fetched and would hand a token
         # obtained with one job's assertion to the next job. Building it is plain Python; the
         # transport (HTTP session and connection pool) is shared by every role.

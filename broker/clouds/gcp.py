@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from broker.clouds import Grant, Issued
+from broker.clouds import Assertions, Grant, Issued
 from broker.clouds._http import (DEFAULT_POLICY, HttpPolicy, refusal,
                                  requests_session, verify_setting)
 from broker.errors import UpstreamError
@@ -136,21 +136,6 @@ class GcpKind:
 KIND = GcpKind()
 
 
-class _AssertionSupplier:
-    """google-auth's `identity_pool.SubjectTokenSupplier` interface: the subject token is the
-    broker's assertion for this one grant, minted when google-auth asks for it."""
-
-    def __init__(self, grant: Grant, audience: str) -> None:
-        self.grant = grant
-        self.audience = audience
-        self.minted: list[str] = []  # kept only to scrub upstream messages that echo them
-
-    def get_subject_token(self, context: Any, request: Any) -> str:
-        assertion = self.grant.mint_assertion(self.audience, {})
-        self.minted.append(assertion)
-        return assertion
-
-
 class _Response:
     """google-auth's `transport.Response` interface."""
 
@@ -214,7 +199,7 @@ class GcpBackend:
         from google.auth import exceptions
 
         s = self.settings
-        supplier = _AssertionSupplier(grant, s.audience)
+        supplier = Assertions(grant, s.audience)
         transport = _Transport(self.session, self.policy, self.verify)
         # One Credentials object per exchange: it caches the token it fetched, and a token minted
         # for one grant (its assertion names that job's run) must never be handed to another. It
@@ -238,7 +223,7 @@ class GcpBackend:
         # google-auth keeps expiry as a naive UTC datetime.
         return Issued(expires_at=expiry.replace(tzinfo=timezone.utc), credentials=credentials_out)
 
-    def _credentials(self, supplier: _AssertionSupplier, grant: Grant) -> Any:
+    def _credentials(self, supplier: Assertions, grant: Grant) -> Any:
         s = self.settings
         options = None
         if s.service_account:
@@ -254,7 +239,7 @@ class GcpBackend:
             return "STS"
         return "IAM Credentials"
 
-    def _refusal(self, transport: _Transport, supplier: _AssertionSupplier, exc: Exception) -> UpstreamError:
+    def _refusal(self, transport: _Transport, supplier: Assertions, exc: Exception) -> UpstreamError:
         step = self._step(transport)
         status = transport.last_status
         parsed = google_error(transport.last_body)
