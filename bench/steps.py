@@ -1,0 +1,194 @@
+"""What each of the broker's own steps costs, measured in process.
+
+Calls the WSGI apps of `bench/apps.py` directly on one thread (no HTTP server, no load generator),
+against the same instant STS as `bench/run.py`, and reports CPU time per exchange:
+
+- floor, and the floor with the broker's STS client;
+- the broker as `serve` builds it (prometheus multiprocess mode, audit to a file);
+- the broker with one of its steps switched off at a time (diagnostic only: each variant is the
+  same app with one function replaced for the duration of its rounds).
+
+The apps run in interleaved rounds and each variant is compared with the broker round by round
+(paired differences), so drift in a shared machine's load cancels out. A step's figure is what
+it costs among everything else an exchange does, usually several times what the same step costs
+in a tight loop of its own.
+
+    python bench/steps.py            # 30 rounds of 300 exchanges per app (a few minutes)
+    python bench/steps.py --quick    # proves the script works (CI); its figures mean nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import logging.handlers
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Callable, Iterator
+from unittest import mock
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+Patches = Callable[[], list[Any]]
+
+
+def variants() -> dict[str, Patches]:
+    """Each of the broker's own steps, switched off; imported late (after the metrics set-up)."""
+    import broker.app as app
+    import broker.replay as replay
+    import broker.verify as verify
+    from broker.policy import Decision
+
+    granted = Decision("bench-deploy", True, 0, ())
+    return {
+        "no audit event": lambda: [mock.patch.object(app.audit, "emit", lambda event: None)],
+        "no body checks": lambda: [mock.patch.object(app, "exchange_body", lambda: ("bench-deploy", None))],
+        "no claim checks": lambda: [mock.patch.object(verify.TokenVerifier, "_check_claims", lambda *a: None),
+                                    mock.patch.object(verify.TokenVerifier, "_check_with_pyjwt", lambda *a: None)],
+        "no policy": lambda: [mock.patch.object(app, "evaluate", lambda *a, **k: granted)],
+        "no replay record": lambda: [mock.patch.object(replay.MemoryReplayStore, "first_use", lambda *a: True)],
+        "no exchange counter": lambda: [mock.patch.object(app.metrics, "exchange_finished", lambda *a: None)],
+    }
+
+
+def environ(token: str, body: bytes) -> dict[str, Any]:
+    return {"REQUEST_METHOD": "POST", "PATH_INFO": "/v1/exchange", "SCRIPT_NAME": "", "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8080", "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "40000", "HTTP_HOST": "127.0.0.1:8080",
+            "HTTP_AUTHORIZATION": f"Bearer {token}", "CONTENT_TYPE": "application/json",
+            "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body), "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
+            "wsgi.run_once": False, "wsgi.version": (1, 0)}
+
+
+def exchange_all(app: Any, tokens: list[str], body: bytes) -> None:
+    """Every token through the app; raises unless each exchange was granted."""
+    for token in tokens:
+        statuses: list[str] = []
+        result = app(environ(token, body), lambda status, headers, exc_info=None: statuses.append(status))
+        b"".join(result)
+        getattr(result, "close", lambda: None)()
+        if not statuses[0].startswith("200"):
+            raise RuntimeError(f"exchange refused: {statuses[0]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 20 exchanges")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 30)")
+    parser.add_argument("--exchanges", type=int, help="exchanges per app per round (default 300)")
+    args = parser.parse_args(argv)
+    rounds = args.rounds or (2 if args.quick else 30)
+    per_round = args.exchanges or (20 if args.quick else 300)
+
+    with tempfile.TemporaryDirectory(prefix="ci-broker-steps-") as tmp:
+        work = Path(tmp)
+        # As under `serve`: metric samples in files, set before prometheus_client is imported.
+        (work / "metrics").mkdir()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(work / "metrics")
+        with measured_apps(work) as (apps, mint):
+            steps = variants()
+            names = [*apps, *steps]
+            tokens = mint(len(names) * (rounds * per_round + 20))
+            body = json.dumps({"role": "bench-deploy"}).encode()
+            cpu: dict[str, list[float]] = {name: [] for name in names}
+            for round_ in range(-1, rounds):  # round -1 warms every app up and is not counted
+                for name in names:
+                    app = apps.get(name, apps["broker"])
+                    batch = [next(tokens) for _ in range(per_round if round_ >= 0 else 20)]
+                    with ExitStack() as patched:
+                        for patch in steps[name]() if name in steps else []:
+                            patched.enter_context(patch)
+                        start = time.thread_time()
+                        exchange_all(app, batch, body)
+                        spent = time.thread_time() - start
+                    if round_ >= 0:
+                        cpu[name].append(spent / len(batch) * 1e6)
+    print(report(cpu, rounds, per_round))
+    return 0
+
+
+class measured_apps:
+    """The floor, the floor with the broker's STS client and the broker, with their STS and issuer."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.stack = ExitStack()
+
+    def __enter__(self) -> tuple[dict[str, Any], Callable[[int], Iterator[str]]]:
+        from cryptography.hazmat.primitives import serialization
+
+        from bench.apps import broker_app, floor_app
+        from bench.run import mint_tokens, wait_http, write_config
+        from broker.keys import generate_private_key, private_key_pem
+        from broker.sandbox.issuer import LocalIssuer
+        from broker.sandbox.stack import free_port
+
+        # As in run.py: the measured apps on the last core, the STS on the others.
+        cores = os.cpu_count() or 1
+        pin = ["taskset", "-c", ",".join(str(c) for c in range(cores - 1))] \
+            if cores >= 2 and shutil.which("taskset") else []
+        port = free_port()
+        sts = subprocess.Popen([*pin, sys.executable, "-m", "bench.apps", "sts", "--bind", f"127.0.0.1:{port}",
+                                "--threads", "4"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+        self.stack.callback(lambda: (sts.terminate(), sts.wait(30)))
+        sts_url = f"http://127.0.0.1:{port}"
+        wait_http(sts_url, sts, 60)
+        issuer = LocalIssuer().start()
+        self.stack.callback(issuer.stop)
+        key = self.work / "signing.pem"
+        key.write_bytes(private_key_pem(generate_private_key("ES256")))
+        key.chmod(0o600)
+        audience = "http://127.0.0.1:8080"
+        config = write_config(self.work / "broker.yaml", audience, issuer.url, sts_url, key)
+        public = issuer.key.private_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        apps = {
+            "floor": floor_app(public, key.read_bytes(), sts_url),
+            "floor, broker's STS client": floor_app(public, key.read_bytes(), sts_url, brokers_client=True),
+            "broker": broker_app(str(config), 300.0),
+        }
+        # The audit events to a file, as an operator's --audit-log does (and not onto our output).
+        audit = logging.getLogger("broker.audit")
+        audit.handlers = [logging.handlers.WatchedFileHandler(self.work / "audit.log")]
+
+        def mint(count: int) -> Iterator[str]:
+            path = mint_tokens(issuer, audience, count, self.work / "tokens.txt")
+            return iter(path.read_text().split())
+
+        if pin:
+            os.sched_setaffinity(0, {cores - 1})
+        return apps, mint
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stack.close()
+
+
+def report(cpu: dict[str, list[float]], rounds: int, per_round: int) -> str:
+    broker = cpu["broker"]
+    lines = [f"CPU per exchange, in process: {rounds} interleaved rounds of {per_round} exchanges per app",
+             "", f"{'app':<30}{'median us':>11}{'vs broker us':>14}{'+-':>7}"]
+    for name, values in cpu.items():
+        paired = [v - b for v, b in zip(values, broker)]
+        spread = statistics.stdev(paired) / math.sqrt(len(paired)) if len(paired) > 1 else 0.0
+        lines.append(f"{name:<30}{statistics.median(values):>11.0f}{statistics.mean(paired):>+14.0f}{spread:>7.0f}")
+    lines += ["", "vs broker: mean paired difference per exchange (+- its standard error); a step switched",
+              "off shows what it costs the broker."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
