@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         # As under `serve`: metric samples in files, set before prometheus_client is imported.
         (work / "metrics").mkdir()
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(work / "metrics")
-        with measured_apps(work) as (apps, mint):
+        with MeasuredApps(work) as (apps, mint):
             steps = variants()
             names = [*apps, *steps]
             tokens = mint(len(names) * (rounds * per_round + 20))
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-class measured_apps:
+class MeasuredApps:
     """The floor, the floor with the broker's STS client and the broker, with their STS and issuer."""
 
     def __init__(self, work: Path) -> None:

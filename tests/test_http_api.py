@@ -106,3 +106,16 @@ def test_not_ready_while_an_issuers_keys_were_never_fetched(sandbox, serve_confi
 def test_responses_are_not_cacheable(sandbox, broker):
     response = sandbox.exchange(sandbox.github_token())
     assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_every_response_carries_a_request_id_and_refusals_are_not_cacheable_either(sandbox, broker):
+    for response in (sandbox.exchange(None), requests.get(f"{sandbox.broker_url}/no-such-path", timeout=5)):
+        assert response.headers["Cache-Control"] == "no-store"
+        assert len(response.headers["X-Request-Id"]) >= 8
+
+
+def test_the_issuer_documents_keep_their_own_caching(sandbox, broker):
+    # The clouds cache the broker's keys; the no-store default must not override the views' choice.
+    response = requests.get(f"{sandbox.broker_url}/.well-known/jwks.json", timeout=5)
+    assert response.headers["Cache-Control"] == "public, max-age=300"
+    assert len(response.headers["X-Request-Id"]) >= 8
