@@ -9,7 +9,6 @@ stdout or to a file the operator names, so they can be routed and retained apart
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import sys
 from typing import IO, Any
 
@@ -17,6 +16,7 @@ from pythonjsonlogger.json import JsonFormatter
 
 from broker import requestid
 from broker.audit import AUDIT_LOGGER
+from broker.auditsink import AuditSink
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -72,14 +72,7 @@ def configure(level: str = "INFO", stream: IO[str] | None = None) -> None:
     root.setLevel(level)
 
 
-class EventLineFormatter(logging.Formatter):
-    """An audit record's message is already its whole JSON line; nothing is added to it."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return record.getMessage()
-
-
-def configure_audit(path: str | None = None, stream: IO[str] | None = None) -> logging.Handler:
+def configure_audit(path: str | None = None, stream: IO[str] | None = None) -> AuditSink:
     """Route audit events to `path` (appended; reopened if logrotate moves it) or to stdout.
 
     Replaces a handler this function installed before, leaves any other (an operator's or a
@@ -90,13 +83,7 @@ def configure_audit(path: str | None = None, stream: IO[str] | None = None) -> l
         if getattr(old, "_ci_broker", False):
             logger.removeHandler(old)
             old.close()
-    handler: logging.Handler
-    if path:
-        # O_APPEND with one write per line keeps lines whole when several workers share the file.
-        handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
-    else:
-        handler = logging.StreamHandler(stream or sys.stdout)
-    handler.setFormatter(EventLineFormatter())
+    handler = AuditSink(path) if path else AuditSink(stream=stream or sys.stdout)
     handler._ci_broker = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
