@@ -197,3 +197,31 @@ def test_the_metrics_directory_is_private_and_removed_when_the_server_stops(two_
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(40) == 0
     assert not dirs[0].exists()
+
+
+def test_a_forked_process_writes_its_samples_to_its_own_file(tmp_path):
+    # The broker caches its process id for prometheus_client (which would otherwise ask the kernel
+    # on every sample); after a fork the child must still be told apart from its parent, or both
+    # would write into one file through two mappings.
+    script = """
+import os, sys
+from broker import metrics
+from prometheus_client import CollectorRegistry, multiprocess
+metrics.replay_refused()
+child = os.fork()
+if child == 0:
+    metrics.replay_refused()
+    metrics.replay_refused()
+    os._exit(0)
+os.waitpid(child, 0)
+registry = CollectorRegistry()
+multiprocess.MultiProcessCollector(registry)
+total = registry.get_sample_value("ci_broker_replay_refusals_total")
+print(os.getpid(), child, total)
+"""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    parent, child, total = out.stdout.split()
+    assert float(total) == 3.0
+    assert {p.name for p in tmp_path.glob("counter_*.db")} == {f"counter_{parent}.db", f"counter_{child}.db"}
