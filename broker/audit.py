@@ -23,10 +23,22 @@ def rfc3339(dt: datetime) -> str:
     return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_clock_text: tuple[int, str] = (0, "")
+
+
+def _now_text() -> str:
+    """The current UTC second in RFC 3339, formatted once per second rather than per event."""
+    global _clock_text
+    second = int(time.time())
+    if _clock_text[0] != second:
+        _clock_text = (second, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second)))
+    return _clock_text[1]
+
+
 def emit(event: dict[str, Any]) -> None:
     if not _logger.isEnabledFor(logging.INFO):
         return
-    line = _encode({"event": "exchange", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **event})
+    line = _encode({"event": "exchange", "time": _now_text(), **event})
     sink = direct_sink(_logger)
     if sink is not None:
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import string
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from broker import strictjson
 from broker.errors import InvalidToken
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+_BITS = {char: value for value, char in enumerate(string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_")}
 # Header parameters that would let the token choose its own key or change how it is processed.
 # No CI provider sends them, so their presence is itself a sign of an attack.
 FORBIDDEN_HEADER = frozenset({"jwk", "jku", "x5u", "x5c", "crit", "cty", "enc", "zip", "b64"})
@@ -33,17 +35,17 @@ class ParsedToken:
 
 def b64url_decode(segment: str, what: str) -> bytes:
     """Decode unpadded base64url, refusing any non-canonical spelling (malleability)."""
-    if not _SEGMENT.fullmatch(segment) or len(segment) % 4 == 1:
+    tail = len(segment) % 4
+    if not _SEGMENT.fullmatch(segment) or tail == 1:
         raise InvalidToken("malformed token", reason=f"{what} is not unpadded base64url")
-    padded = segment + "=" * (-len(segment) % 4)
+    # The last character's unused low bits (4 of its 6 after two characters, 2 after three) must
+    # be zero, or two spellings would decode to the same bytes.
+    if tail and _BITS[segment[-1]] & (0b1111 if tail == 2 else 0b11):
+        raise InvalidToken("malformed token", reason=f"{what} is not canonical base64url")
     try:
-        data = base64.urlsafe_b64decode(padded)
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
     except (binascii.Error, ValueError):
         raise InvalidToken("malformed token", reason=f"{what} is not base64url") from None
-    # Unused trailing bits must be zero, or two spellings would decode to the same bytes.
-    if base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii") != segment:
-        raise InvalidToken("malformed token", reason=f"{what} is not canonical base64url")
-    return data
 
 
 def strict_json_object(data: bytes, what: str) -> dict[str, Any]:

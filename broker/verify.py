@@ -49,6 +49,7 @@ class TokenVerifier:
         self.caches = caches  # by provider name
         self.replay = replay
         self.clock = clock
+        self._required = {p.name: REQUIRED + tuple(sorted(p.schema.required)) for p in config.providers.values()}
 
     def verify(self, token: str, admit: Callable[[ProviderConfig, dict[str, Any]], None] | None = None) -> VerifiedToken:
         if len(token) > MAX_TOKEN_CHARS:
@@ -86,7 +87,7 @@ class TokenVerifier:
         return VerifiedToken(provider=provider, claims=claims, sha256=token_sha256(token))
 
     def _check_claims(self, claims: dict[str, Any], provider: ProviderConfig) -> None:
-        for name in REQUIRED + tuple(sorted(provider.schema.required)):
+        for name in self._required[provider.name]:
             if name not in claims:
                 raise InvalidToken("token lacks a required claim", reason=f"missing claim {name!r}")
         for name in TIME_CLAIMS:
