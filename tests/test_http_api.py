@@ -119,3 +119,21 @@ def test_the_issuer_documents_keep_their_own_caching(sandbox, broker):
     response = requests.get(f"{sandbox.broker_url}/.well-known/jwks.json", timeout=5)
     assert response.headers["Cache-Control"] == "public, max-age=300"
     assert len(response.headers["X-Request-Id"]) >= 8
+
+
+def test_a_body_shorter_than_its_content_length_is_400(broker):
+    client = broker.test_client()
+    response = client.post("/v1/exchange", data=b'{"role":"deploy-prod"}', content_type="application/json",
+                           headers={"Authorization": "Bearer a.b.c"},
+                           environ_overrides={"CONTENT_LENGTH": "40"})
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "invalid_request"
+
+
+def test_a_content_length_that_is_not_a_plain_number_is_not_trusted(broker):
+    client = broker.test_client()
+    for declared in ("+22", "2\u00b2", " 22", "0x16", "9" * 5000):
+        response = client.post("/v1/exchange", data=b'{"role":"deploy-prod"}', content_type="application/json",
+                               headers={"Authorization": "Bearer a.b.c"},
+                               environ_overrides={"CONTENT_LENGTH": declared})
+        assert 400 <= response.status_code < 500, (declared, response.status_code)

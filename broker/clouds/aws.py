@@ -161,6 +161,9 @@ class AwsBackend:
         self.role = role
         self.settings = settings
         self.sts = _sts_client(settings, shared)
+        from botocore.exceptions import BotoCoreError, ClientError  # botocore is loaded by now
+
+        self._client_error, self._sdk_error = ClientError, BotoCoreError
 
     def issue(self, grant: Grant) -> Issued:
         s = self.settings
@@ -170,8 +173,6 @@ class AwsBackend:
                                   "DurationSeconds": duration}
         if s.session_policy:
             params["Policy"] = s.session_policy
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:
             if s.mode == "web_identity":
                 extra = {TAGS_CLAIM: {"principal_tags": {k: [v] for k, v in tags.items()}}} if tags else {}
@@ -182,11 +183,11 @@ class AwsBackend:
                     params["Tags"] = [{"Key": k, "Value": v} for k, v in tags.items()]
                 params["SourceIdentity"] = params["RoleSessionName"]
                 response = self.sts.assume_role(**params)
-        except ClientError as exc:
+        except self._client_error as exc:
             error = exc.response.get("Error", {})
             raise refusal("AWS STS", "sts", str(error.get("Code", "Unknown")), str(error.get("Message", "")),
                           [params.get("WebIdentityToken")]) from None
-        except BotoCoreError as exc:
+        except self._sdk_error as exc:
             raise UpstreamError("AWS STS could not be reached",
                                 reason=f"sts {type(exc).__name__}") from None
         creds = response["Credentials"]
