@@ -1,9 +1,10 @@
-"""JSON parsing that refuses what lenient parsers quietly accept (duplicate keys, NaN, Infinity),
-and the compact encoding the broker writes."""
+"""JSON parsing that refuses what lenient parsers quietly accept (duplicate keys, NaN, Infinity,
+numbers too large for a float), and the compact encoding the broker writes."""
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 
@@ -22,9 +23,19 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    # 1e400 is valid JSON text but becomes Infinity in Python, which no JSON encoder can write
+    # back (an audit line would carry `Infinity` and stop being JSON).
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
 # Built once: `json.loads` with hooks would build a decoder and its scanner on every call.
 # One decoder serves every thread, as json's own default decoder does.
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant,
+                            parse_float=_finite_float)
 
 
 def loads(data: bytes | str) -> Any:

@@ -38,6 +38,13 @@ def test_infinity_and_nan_are_not_json():
         jose.parse(token(b'{"alg":"RS256","kid":"k"}', b'{"exp": Infinity}'))
 
 
+def test_a_number_too_large_for_a_float_is_refused_not_turned_into_infinity():
+    for number in (b"1e400", b"-1e400", b"1" + b"0" * 400 + b".0"):
+        with pytest.raises(InvalidToken, match="malformed"):
+            jose.parse(token(b'{"alg":"RS256","kid":"k"}', b'{"run_id": ' + number + b'}'))
+    assert jose.parse(token(b'{"alg":"RS256","kid":"k"}', b'{"n": 1.5e300}')).claims["n"] == 1.5e300
+
+
 def test_invalid_utf8_is_refused():
     with pytest.raises(InvalidToken):
         jose.parse(token(b'{"alg":"RS256","kid":"k"}', b'{"sub": "\xff"}'))
