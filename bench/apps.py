@@ -8,7 +8,9 @@
 - `sts`: an STS that answers every call at once with a canned AssumeRoleWithWebIdentity response
   (optionally after `--delay` seconds, to stand in for a real round trip to AWS).
 - `broker`: the broker app, built like `ci-broker serve` builds it but with a chosen JWKS refresh
-  interval (the slow-JWKS run needs refreshes to happen while it measures).
+  interval (the slow-JWKS run needs refreshes to happen while it measures); with
+  `--without-listed`, with policy, replay, audit, logging and metrics switched off (a diagnostic:
+  the broker against it is what those steps cost, the share the issue caps at 10%).
 
 Run as `python -m bench.apps KIND --bind HOST:PORT [...]`.
 """
@@ -127,7 +129,7 @@ def floor_app(issuer_public_pem: bytes, signing_key_pem: bytes, sts_url: str, br
     return app
 
 
-def broker_app(config_path: str, jwks_refresh: float) -> Any:
+def broker_app(config_path: str, jwks_refresh: float, without_listed: bool = False) -> Any:
     from broker.app import create_app
     from broker.config import load_config
     from broker.jwks import KeyCacheSettings
@@ -137,7 +139,13 @@ def broker_app(config_path: str, jwks_refresh: float) -> Any:
     configure_audit(None)
     config = load_config(config_path)
     broker = build_broker(config, key_settings=KeyCacheSettings(refresh_interval=jwks_refresh))
-    return create_app(config, broker=broker)
+    app = create_app(config, broker=broker)
+    if without_listed:
+        from bench.steps import LISTED, variants
+
+        for patch in variants()[LISTED]():
+            patch.start()  # for the life of this worker
+    return app
 
 
 def main() -> None:
@@ -157,6 +165,8 @@ def main() -> None:
     parser.add_argument("--sts-url")
     parser.add_argument("--config")
     parser.add_argument("--jwks-refresh", type=float, default=300.0)
+    parser.add_argument("--without-listed", action="store_true",
+                        help="broker: policy, replay, audit, logging and metrics off (diagnostic)")
     args = parser.parse_args()
 
     def load() -> Any:
@@ -167,7 +177,7 @@ def main() -> None:
         if args.kind == "floor":
             with open(args.issuer_public_key, "rb") as f, open(args.signing_key, "rb") as k:
                 return floor_app(f.read(), k.read(), args.sts_url, args.brokers_sts_client)
-        return broker_app(args.config, args.jwks_refresh)
+        return broker_app(args.config, args.jwks_refresh, args.without_listed)
 
     class App(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:

@@ -29,12 +29,13 @@ def test_the_quick_benchmark_runs_and_prints_every_figure(tmp_path):
                             capture_output=True, text=True, timeout=170, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
-    apps = ("hello", "floor", "floor, broker's STS client", "broker", "broker, JWKS refresh 1 s",
-            "broker, JWKS takes 2 s")
+    apps = ("hello", "floor", "floor, broker's STS client", "broker", "broker, listed steps off",
+            "broker, JWKS refresh 1 s", "broker, JWKS takes 2 s")
     for app in apps:
         assert any(line.startswith(app + " ") for line in out.splitlines()), out
     for figure in ("broker/floor throughput:", "broker/hello throughput:", "CPU per exchange",
-                   "broker/floor with the broker's STS client:", "broker/floor p99:",
+                   "broker/floor with the broker's STS client:",
+                   "policy, replay, audit, logging and metrics:", "broker/floor p99:",
                    "slow JWKS p50 change:", "serve to first 200 on /readyz:", "peak RSS per worker:"):
         assert figure in out, out
     assert "some requests failed" not in out, out
