@@ -160,10 +160,11 @@ def request_body(environ: dict[str, Any]) -> bytes:
     # A plain Content-Length (what every client sends) is read directly: werkzeug's stream
     # wrappers cost more than the rest of the body checks together.
     if 0 < len(declared) <= 9 and declared.isascii() and declared.isdigit():
-        if int(declared) > MAX_BODY_BYTES:
+        length = int(declared)
+        if length > MAX_BODY_BYTES:
             raise PayloadTooLarge(f"the body is larger than {MAX_BODY_BYTES} bytes")
-        data = environ["wsgi.input"].read(int(declared))
-        if len(data) != int(declared):
+        data = environ["wsgi.input"].read(length)
+        if len(data) != length:
             raise InvalidRequest("the body is shorter than its Content-Length")
         return data
     data = request.get_data(cache=False)

@@ -19,7 +19,8 @@ from broker import strictjson
 from broker.errors import InvalidToken
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
-_BITS = {char: value for value, char in enumerate(string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_")}
+_BITS = {char: value for value, char in
+         enumerate(string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_")}
 # Header parameters that would let the token choose its own key or change how it is processed.
 # No CI provider sends them, so their presence is itself a sign of an attack.
 FORBIDDEN_HEADER = frozenset({"jwk", "jku", "x5u", "x5c", "crit", "cty", "enc", "zip", "b64"})

@@ -20,13 +20,13 @@ from broker.auditsink import FILE_MODE, AuditSink, direct_sink
 @pytest.fixture
 def audit_logger() -> Iterator[logging.Logger]:
     logger = logging.getLogger(audit.AUDIT_LOGGER)
-    saved = (list(logger.handlers), list(logger.filters), logger.level, logger.propagate)
+    saved = (list(logger.handlers), list(logger.filters), logger.level, logger.propagate, logger.disabled)
     logger.handlers, logger.filters = [], []
     yield logger
     for handler in logger.handlers:
         if handler not in saved[0]:
             handler.close()
-    logger.handlers, logger.filters, logger.level, logger.propagate = saved[0], saved[1], saved[2], saved[3]
+    logger.handlers, logger.filters, logger.level, logger.propagate, logger.disabled = saved
 
 
 def lines(path: Path) -> list[dict[str, object]]:
@@ -71,6 +71,9 @@ def test_a_filter_or_a_raised_level_is_obeyed_as_logging_would(tmp_path, audit_l
     audit_logger.setLevel(logging.WARNING)
     audit.emit({"request_id": "below the logger's level"})
     audit_logger.setLevel(logging.INFO)
+    audit_logger.disabled = True  # what logging.config does to loggers it was not told about
+    audit.emit({"request_id": "from a disabled logger"})
+    audit_logger.disabled = False
     audit.emit({"request_id": "kept"})
     assert [e["request_id"] for e in lines(path)] == ["kept"]
 
