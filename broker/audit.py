@@ -40,12 +40,16 @@ def emit(event: dict[str, Any]) -> None:
         return
     line = _encode({"event": "exchange", "time": _now_text(), **event})
     sink = direct_sink(_logger)
-    if sink is not None:
-        try:
-            sink.write_line(line)
-            return
-        except (OSError, ValueError):  # ValueError: a closed stream
-            pass  # the logging path below retries once and reports the failure as logging does
-    # What Logger.info does, less its walk up the stack for the caller's file and line: no audit
+    if sink is None:
+        _logger.handle(_record(line))
+        return
+    try:
+        sink.write_line(line)
+    except Exception:  # reported as the handler's emit would report it; the exchange goes on
+        sink.handleError(_record(line))
+
+
+def _record(line: str) -> logging.LogRecord:
+    # What Logger.info builds, less its walk up the stack for the caller's file and line: no audit
     # handler prints them, and the walk is a measurable part of an exchange's own CPU time.
-    _logger.handle(_logger.makeRecord(AUDIT_LOGGER, logging.INFO, __file__, 0, line, None, None))
+    return _logger.makeRecord(AUDIT_LOGGER, logging.INFO, __file__, 0, line, None, None)

@@ -16,7 +16,7 @@ from pythonjsonlogger.json import JsonFormatter
 
 from broker import requestid
 from broker.audit import AUDIT_LOGGER
-from broker.auditsink import AuditSink
+from broker.auditsink import AuditFile, AuditSink, AuditStream
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -83,7 +83,7 @@ def configure_audit(path: str | None = None, stream: IO[str] | None = None) -> A
         if getattr(old, "_ci_broker", False):
             logger.removeHandler(old)
             old.close()
-    handler = AuditSink(path) if path else AuditSink(stream=stream or sys.stdout)
+    handler: AuditSink = AuditFile(path) if path else AuditStream(stream or sys.stdout)
     handler._ci_broker = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

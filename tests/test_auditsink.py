@@ -14,7 +14,7 @@ from typing import Iterator
 import pytest
 
 from broker import audit, logs
-from broker.auditsink import FILE_MODE, AuditSink, direct_sink
+from broker.auditsink import FILE_MODE, AuditFile, direct_sink
 
 
 @pytest.fixture
@@ -134,16 +134,24 @@ def test_a_failed_write_is_reported_as_logging_reports_it_and_the_caller_goes_on
     assert "Logging error" in capsys.readouterr().err
 
 
-def test_a_sink_writes_to_a_path_or_a_stream_not_both(tmp_path):
-    with pytest.raises(ValueError):
-        AuditSink()
-    with pytest.raises(ValueError):
-        AuditSink(str(tmp_path / "a.log"), io.StringIO())
+def test_an_event_propagated_to_the_root_logger_reaches_its_handlers_too(tmp_path, audit_logger):
+    path = tmp_path / "audit.log"
+    logs.configure_audit(str(path))
+    root_capture = Capture()
+    root = logging.getLogger()
+    root.addHandler(root_capture)
+    try:
+        audit_logger.propagate = True  # an operator who wants audit events in the main log too
+        audit.emit({"request_id": "both"})
+    finally:
+        root.removeHandler(root_capture)
+    assert [e["request_id"] for e in lines(path)] == ["both"]
+    assert [json.loads(m)["request_id"] for m in root_capture.messages] == ["both"]
 
 
 def test_closing_the_sink_releases_its_file(tmp_path):
-    sink = AuditSink(str(tmp_path / "audit.log"))
-    fd = sink._fd
+    sink = AuditFile(str(tmp_path / "audit.log"))
+    fd = sink.stream.fileno()
     sink.close()
     with pytest.raises(OSError):
         os.fstat(fd)
