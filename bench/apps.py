@@ -23,8 +23,9 @@ import os
 import secrets
 import shutil
 import time
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 STS_XML = """<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
   <AssumeRoleWithWebIdentityResult>
@@ -50,12 +51,16 @@ REGION = "eu-west-1"
 
 
 def sts_app(delay: float = 0.0) -> Callable[..., Iterable[bytes]]:
-    expiration = (datetime.now(timezone.utc) + timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    expiration = (datetime.now(UTC) + timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%SZ")
     # A session token of realistic size (AWS's are several hundred bytes), so parsing costs the same.
-    body = STS_XML.format(session_token=base64.b64encode(secrets.token_bytes(600)).decode(),
-                          expiration=expiration).encode()
-    headers = [("Content-Type", "text/xml"), ("Content-Length", str(len(body))),
-               ("x-amzn-RequestId", "00000000-0000-0000-0000-000000000000")]
+    body = STS_XML.format(
+        session_token=base64.b64encode(secrets.token_bytes(600)).decode(), expiration=expiration
+    ).encode()
+    headers = [
+        ("Content-Type", "text/xml"),
+        ("Content-Length", str(len(body))),
+        ("x-amzn-RequestId", "00000000-0000-0000-0000-000000000000"),
+    ]
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -80,7 +85,9 @@ def hello_app() -> Any:
     return app
 
 
-def floor_app(issuer_public_pem: bytes, signing_key_pem: bytes, sts_url: str, brokers_client: bool = False) -> Any:
+def floor_app(
+    issuer_public_pem: bytes, signing_key_pem: bytes, sts_url: str, brokers_client: bool = False
+) -> Any:
     """The floor; with `brokers_client`, its STS call goes through the broker's own STS client.
 
     The broker's client is cheaper per call than the SDK's defaults (see `broker.clouds.aws`), so
@@ -99,32 +106,70 @@ def floor_app(issuer_public_pem: bytes, signing_key_pem: bytes, sts_url: str, br
     if brokers_client:
         from broker.clouds.aws import AwsSettings, _sts_client
 
-        sts = _sts_client(AwsSettings(role_arn=ROLE_ARN, region=REGION, duration=3600, mode="web_identity",
-                                      session_tags=(), session_policy=None, sts_endpoint=sts_url), {})
+        sts = _sts_client(
+            AwsSettings(
+                role_arn=ROLE_ARN,
+                region=REGION,
+                duration=3600,
+                mode="web_identity",
+                session_tags=(),
+                session_policy=None,
+                sts_endpoint=sts_url,
+            ),
+            {},
+        )
     else:
         sts = boto3.session.Session().client(
-            "sts", region_name=REGION, endpoint_url=sts_url,
-            config=Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 3, "mode": "standard"},
-                          signature_version=UNSIGNED))
+            "sts",
+            region_name=REGION,
+            endpoint_url=sts_url,
+            config=Config(
+                connect_timeout=5,
+                read_timeout=10,
+                retries={"max_attempts": 3, "mode": "standard"},
+                signature_version=UNSIGNED,
+            ),
+        )
     app = Flask("floor")
 
     @app.post("/v1/exchange")
     def exchange() -> Any:
-        token = request.headers["Authorization"][len("Bearer "):]
+        token = request.headers["Authorization"][len("Bearer ") :]
         signing_input, _, signature = token.rpartition(".")
-        public_key.verify(base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)),  # type: ignore[union-attr]
-                          signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+        public_key.verify(
+            base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)),  # type: ignore[union-attr]
+            signing_input.encode(),
+            padding.PKCS1v15(),
+            hashes.SHA256(),
+        )
         now = int(time.time())
-        assertion = jwt.encode({"iss": "http://127.0.0.1", "sub": "role:bench-deploy",
-                                "aud": "sts.amazonaws.com", "iat": now, "nbf": now, "exp": now + 300,
-                                "jti": secrets.token_urlsafe(18)}, signing_key, algorithm="ES256")
+        assertion = jwt.encode(
+            {
+                "iss": "http://127.0.0.1",
+                "sub": "role:bench-deploy",
+                "aud": "sts.amazonaws.com",
+                "iat": now,
+                "nbf": now,
+                "exp": now + 300,
+                "jti": secrets.token_urlsafe(18),
+            },
+            signing_key,
+            algorithm="ES256",
+        )
         creds = sts.assume_role_with_web_identity(
-            RoleArn=ROLE_ARN, RoleSessionName="bench", WebIdentityToken=assertion,
-            DurationSeconds=3600)["Credentials"]
-        return jsonify(role="bench-deploy", cloud="aws", expires_at=creds["Expiration"].isoformat(),
-                       credentials={"access_key_id": creds["AccessKeyId"],
-                                    "secret_access_key": creds["SecretAccessKey"],
-                                    "session_token": creds["SessionToken"], "region": REGION})
+            RoleArn=ROLE_ARN, RoleSessionName="bench", WebIdentityToken=assertion, DurationSeconds=3600
+        )["Credentials"]
+        return jsonify(
+            role="bench-deploy",
+            cloud="aws",
+            expires_at=creds["Expiration"].isoformat(),
+            credentials={
+                "access_key_id": creds["AccessKeyId"],
+                "secret_access_key": creds["SecretAccessKey"],
+                "session_token": creds["SessionToken"],
+                "region": REGION,
+            },
+        )
 
     return app
 
@@ -155,7 +200,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("kind", choices=("hello", "floor", "sts", "broker"))
-    parser.add_argument("--brokers-sts-client", action="store_true", help="floor: use the broker's STS client")
+    parser.add_argument(
+        "--brokers-sts-client", action="store_true", help="floor: use the broker's STS client"
+    )
     parser.add_argument("--bind", required=True)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=4)
@@ -165,8 +212,11 @@ def main() -> None:
     parser.add_argument("--sts-url")
     parser.add_argument("--config")
     parser.add_argument("--jwks-refresh", type=float, default=300.0)
-    parser.add_argument("--without-listed", action="store_true",
-                        help="broker: policy, replay, audit, logging and metrics off (diagnostic)")
+    parser.add_argument(
+        "--without-listed",
+        action="store_true",
+        help="broker: policy, replay, audit, logging and metrics off (diagnostic)",
+    )
     args = parser.parse_args()
 
     def load() -> Any:

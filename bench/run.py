@@ -41,9 +41,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import requests
 import yaml
@@ -63,8 +64,14 @@ ROLE = "bench-deploy"
 SLOW_JWKS_SECONDS = 2.0
 FLOOR_BROKER_SDK = "floor, broker's STS client"
 BROKER_WITHOUT_LISTED = "broker, listed steps off"
-TARGETS = {"throughput_vs_floor": 0.9, "p99_vs_floor": 1.5, "slow_jwks_p50_change": 0.05,
-           "ready_seconds": 1.5, "rss_mb": 100.0, "listed_share": 0.10}
+TARGETS = {
+    "throughput_vs_floor": 0.9,
+    "p99_vs_floor": 1.5,
+    "slow_jwks_p50_change": 0.05,
+    "ready_seconds": 1.5,
+    "rss_mb": 100.0,
+    "listed_share": 0.10,
+}
 
 
 @dataclass
@@ -93,6 +100,7 @@ class Report:
 
 # -- processes ------------------------------------------------------------------------------------
 
+
 class Procs:
     """Every process this run starts, stopped (SIGTERM, then SIGKILL) when the run ends."""
 
@@ -101,12 +109,22 @@ class Procs:
         self.pin = pin
         self.running: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str, argv: Sequence[str], role: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, argv: Sequence[str], role: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         prefix = ["taskset", "-c", self.pin[role]] if self.pin else []
-        with (self.workdir / f"{name}.out").open("ab") as out, (self.workdir / f"{name}.err").open("ab") as err:
+        with (
+            (self.workdir / f"{name}.out").open("ab") as out,
+            (self.workdir / f"{name}.err").open("ab") as err,
+        ):
             proc = subprocess.Popen(
-                [*prefix, *argv], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+                [*prefix, *argv],
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+            )
         self.running.append(proc)
         return proc
 
@@ -175,6 +193,7 @@ def gunicorn_workers(master: subprocess.Popen[bytes]) -> list[int]:
 
 # -- tokens -----------------------------------------------------------------------------------------
 
+
 def _mint(job: tuple[bytes, str, str, str, int]) -> list[str]:
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import padding
@@ -205,50 +224,97 @@ def mint_tokens(issuer: LocalIssuer, audience: str, count: int, path: Path) -> P
 
 # -- load -----------------------------------------------------------------------------------------
 
+
 def wrk(name: str, url: str, tokens: Path, seconds: float, connections: int, pin: dict[str, str]) -> Load:
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
-            "-s", str(LUA), url]
+    argv = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(LUA),
+        url,
+    ]
     if pin:
         argv = ["taskset", "-c", pin["load"], *argv]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60,
-                         env={**os.environ, "BENCH_TOKENS": str(tokens), "BENCH_WRK_THREADS": "1",
-                              "BENCH_ROLE": ROLE})
+    out = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        env={**os.environ, "BENCH_TOKENS": str(tokens), "BENCH_WRK_THREADS": "1", "BENCH_ROLE": ROLE},
+    )
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
     if out.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip()[:500]}")
-    data = json.loads(line[len("BENCH_JSON "):])
+    data = json.loads(line[len("BENCH_JSON ") :])
     failures = data["status"] + data["connect"] + data["read"] + data["write"] + data["timeout"]
-    return Load(name=name, rps=data["requests"] / (data["duration_us"] / 1e6), p50_ms=data["p50_us"] / 1000,
-                p99_ms=data["p99_us"] / 1000, requests=data["requests"], failures=failures,
-                connections=connections)
+    return Load(
+        name=name,
+        rps=data["requests"] / (data["duration_us"] / 1e6),
+        p50_ms=data["p50_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        requests=data["requests"],
+        failures=failures,
+        connections=connections,
+    )
 
 
 # -- the run --------------------------------------------------------------------------------------
 
+
 def machine() -> dict[str, Any]:
     model = "unknown"
     try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
-            "kernel": platform.release(), "wrk": wrk_version.strip()}
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "wrk": wrk_version.strip(),
+    }
 
 
 def write_config(path: Path, broker_url: str, issuer_url: str, sts_url: str, key: Path) -> Path:
     config = {
-        "server": {"issuer": broker_url, "signing_keys": [key.name], "replay_store": "memory",
-                   "token_max_age": 900, "leeway": 60, "rate_limits": "off"},
+        "server": {
+            "issuer": broker_url,
+            "signing_keys": [key.name],
+            "replay_store": "memory",
+            "token_max_age": 900,
+            "leeway": 60,
+            "rate_limits": "off",
+        },
         "providers": {"github": {"issuer": issuer_url, "type": "github"}},
-        "roles": {ROLE: {
-            "cloud": "aws",
-            "aws": {"role_arn": ROLE_ARN, "region": REGION, "duration": 3600, "sts_endpoint": sts_url},
-            "allow": [{"provider": "github", "claims": {
-                "repository_id": "892734123", "ref": "refs/heads/main", "environment": ["production", "prod"],
-                "job_workflow_ref": {"glob": "octo-org/octo-repo/.github/workflows/*.yml@refs/heads/main"}}}],
-        }},
+        "roles": {
+            ROLE: {
+                "cloud": "aws",
+                "aws": {"role_arn": ROLE_ARN, "region": REGION, "duration": 3600, "sts_endpoint": sts_url},
+                "allow": [
+                    {
+                        "provider": "github",
+                        "claims": {
+                            "repository_id": "892734123",
+                            "ref": "refs/heads/main",
+                            "environment": ["production", "prod"],
+                            "job_workflow_ref": {
+                                "glob": "octo-org/octo-repo/.github/workflows/*.yml@refs/heads/main"
+                            },
+                        },
+                    }
+                ],
+            }
+        },
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -259,21 +325,39 @@ class Bench:
         self.args = args
         self.workdir = workdir
         cores = os.cpu_count() or 1
-        self.pin = {} if args.no_pin or cores < 2 or not shutil.which("taskset") else \
-            {"server": str(cores - 1), "load": ",".join(str(c) for c in range(cores - 1))}
+        self.pin = (
+            {}
+            if args.no_pin or cores < 2 or not shutil.which("taskset")
+            else {"server": str(cores - 1), "load": ",".join(str(c) for c in range(cores - 1))}
+        )
         self.procs = Procs(workdir, self.pin)
         self.python = sys.executable
         self.ci_broker = [self.python, "-m", "broker"]
 
-    def warm_and_load(self, name: str, url: str, tokens_warm: Path, tokens: Path, threads: int,
-                      connections: int, server: subprocess.Popen[bytes]) -> Load:
+    def warm_and_load(
+        self,
+        name: str,
+        url: str,
+        tokens_warm: Path,
+        tokens: Path,
+        threads: int,
+        connections: int,
+        server: subprocess.Popen[bytes],
+    ) -> Load:
         wrk(f"{name} warm-up", url, tokens_warm, self.args.warmup, connections, self.pin)
         load = self.measure(name, url, tokens, self.args.duration, connections, server)
         load.threads = threads
         return load
 
-    def measure(self, name: str, url: str, tokens: Path, seconds: float, connections: int,
-                server: subprocess.Popen[bytes]) -> Load:
+    def measure(
+        self,
+        name: str,
+        url: str,
+        tokens: Path,
+        seconds: float,
+        connections: int,
+        server: subprocess.Popen[bytes],
+    ) -> Load:
         """One wrk run, with the server workers' CPU time per request."""
         workers = gunicorn_workers(server)
         before = sum(cpu_seconds(pid) for pid in workers)
@@ -282,16 +366,43 @@ class Bench:
         return load
 
     def serve_app(self, kind: str, port: int, threads: int, *extra: str) -> subprocess.Popen[bytes]:
-        return self.procs.start(f"{kind}-{port}", [self.python, "-m", "bench.apps", kind, "--bind",
-                                                   f"127.0.0.1:{port}", "--workers", "1",
-                                                   "--threads", str(threads), *extra], "server")
+        return self.procs.start(
+            f"{kind}-{port}",
+            [
+                self.python,
+                "-m",
+                "bench.apps",
+                kind,
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "1",
+                "--threads",
+                str(threads),
+                *extra,
+            ],
+            "server",
+        )
 
     def serve_broker(self, config: Path, port: int, threads: int) -> tuple[subprocess.Popen[bytes], float]:
         """`ci-broker serve`, and the seconds from launching it to its first 200 on /readyz."""
         start = time.monotonic()
-        proc = self.procs.start(f"broker-{port}", [*self.ci_broker, "serve", "--config", str(config),
-                                                   "--bind", f"127.0.0.1:{port}", "--workers", "1",
-                                                   "--threads", str(threads)], "server")
+        proc = self.procs.start(
+            f"broker-{port}",
+            [
+                *self.ci_broker,
+                "serve",
+                "--config",
+                str(config),
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "1",
+                "--threads",
+                str(threads),
+            ],
+            "server",
+        )
         wait_http(f"http://127.0.0.1:{port}/readyz", proc, 60, want=200)
         return proc, time.monotonic() - start
 
@@ -300,16 +411,29 @@ class Bench:
         count = int(max(rps_hint, 50) * 1.5 * max(1, round(seconds))) + 100
         return mint_tokens(issuer, audience, count, self.workdir / f"tokens-{tag.replace(' ', '_')}.txt")
 
-    def broker_tokens(self, issuer: LocalIssuer, audience: str, rps_hint: float, tag: str) -> tuple[Path, Path]:
-        return (self.tokens(issuer, audience, rps_hint, self.args.warmup, f"{tag}-warm"),
-                self.tokens(issuer, audience, rps_hint, self.args.duration, tag))
+    def broker_tokens(
+        self, issuer: LocalIssuer, audience: str, rps_hint: float, tag: str
+    ) -> tuple[Path, Path]:
+        return (
+            self.tokens(issuer, audience, rps_hint, self.args.warmup, f"{tag}-warm"),
+            self.tokens(issuer, audience, rps_hint, self.args.duration, tag),
+        )
 
     def run(self) -> Report:
         a = self.args
-        report = Report(machine=machine(), settings={
-            "quick": a.quick, "duration_s": a.duration, "warmup_s": a.warmup, "connections": a.connections,
-            "threads": a.threads, "workers": 1, "pinning": self.pin or "none",
-            "gunicorn": "broker.server.gunicorn_options (gthread)"})
+        report = Report(
+            machine=machine(),
+            settings={
+                "quick": a.quick,
+                "duration_s": a.duration,
+                "warmup_s": a.warmup,
+                "connections": a.connections,
+                "threads": a.threads,
+                "workers": 1,
+                "pinning": self.pin or "none",
+                "gunicorn": "broker.server.gunicorn_options (gthread)",
+            },
+        )
         if self.pin:
             os.sched_setaffinity(0, {int(c) for c in self.pin["load"].split(",")})
         issuer = LocalIssuer().start()
@@ -320,14 +444,27 @@ class Bench:
             from werkzeug.wrappers import Response
 
             time.sleep(SLOW_JWKS_SECONDS)
-            return Response(json.dumps({"keys": [k.public_jwk for k in slow.keys]}),
-                            mimetype="application/json")
+            return Response(
+                json.dumps({"keys": [k.public_jwk for k in slow.keys]}), mimetype="application/json"
+            )
 
         slow.jwks_hook = slow_jwks
         try:
             sts_port = free_port()
-            sts = self.procs.start("sts", [self.python, "-m", "bench.apps", "sts", "--bind",
-                                           f"127.0.0.1:{sts_port}", "--threads", "16"], "load")
+            sts = self.procs.start(
+                "sts",
+                [
+                    self.python,
+                    "-m",
+                    "bench.apps",
+                    "sts",
+                    "--bind",
+                    f"127.0.0.1:{sts_port}",
+                    "--threads",
+                    "16",
+                ],
+                "load",
+            )
             sts_url = f"http://127.0.0.1:{sts_port}"
             wait_http(sts_url, sts, 30)
 
@@ -337,8 +474,11 @@ class Bench:
             issuer_pub = self.workdir / "issuer-public.pem"
             from cryptography.hazmat.primitives import serialization
 
-            issuer_pub.write_bytes(issuer.key.private_key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+            issuer_pub.write_bytes(
+                issuer.key.private_key.public_key().public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+            )
 
             # hello and floor reuse one token set: neither checks jti.
             threads, conns = a.threads, a.connections
@@ -347,7 +487,9 @@ class Bench:
             proc = self.serve_app("hello", port, threads)
             url = f"http://127.0.0.1:{port}"
             wait_http(url, proc, 60)
-            report.loads.append(self.warm_and_load("hello", url, shared_tokens, shared_tokens, threads, conns, proc))
+            report.loads.append(
+                self.warm_and_load("hello", url, shared_tokens, shared_tokens, threads, conns, proc)
+            )
             self.procs.stop(proc)
 
             # The floor and the broker (`ci-broker serve`, as operators run it) are up together and
@@ -355,12 +497,31 @@ class Bench:
             # machine's load falls on both alike; the idle one costs nothing meanwhile.
             floor_port = free_port()
             floor_url = f"http://127.0.0.1:{floor_port}"
-            floor = self.serve_app("floor", floor_port, threads, "--issuer-public-key", str(issuer_pub),
-                                   "--signing-key", str(key), "--sts-url", sts_url)
+            floor = self.serve_app(
+                "floor",
+                floor_port,
+                threads,
+                "--issuer-public-key",
+                str(issuer_pub),
+                "--signing-key",
+                str(key),
+                "--sts-url",
+                sts_url,
+            )
             floor_sdk_port = free_port()
             floor_sdk_url = f"http://127.0.0.1:{floor_sdk_port}"
-            floor_sdk = self.serve_app("floor", floor_sdk_port, threads, "--issuer-public-key", str(issuer_pub),
-                                       "--signing-key", str(key), "--sts-url", sts_url, "--brokers-sts-client")
+            floor_sdk = self.serve_app(
+                "floor",
+                floor_sdk_port,
+                threads,
+                "--issuer-public-key",
+                str(issuer_pub),
+                "--signing-key",
+                str(key),
+                "--sts-url",
+                sts_url,
+                "--brokers-sts-client",
+            )
             wait_http(floor_url, floor, 60)
             wait_http(floor_sdk_url, floor_sdk, 60)
             floor_rps = wrk("floor warm-up", floor_url, shared_tokens, a.warmup, conns, self.pin).rps
@@ -376,20 +537,39 @@ class Bench:
             bare_url = f"http://127.0.0.1:{bare_port}"
             bare = self.serve_app("broker", bare_port, threads, "--config", str(config), "--without-listed")
             wait_http(f"{bare_url}/readyz", bare, 60, want=200)
-            wrk("broker warm-up", url, self.tokens(issuer, url, floor_rps, a.warmup, "broker-warm"), a.warmup,
-                conns, self.pin)
-            wrk("broker warm-up", bare_url, self.tokens(issuer, url, floor_rps, a.warmup, "bare-warm"), a.warmup,
-                conns, self.pin)
+            wrk(
+                "broker warm-up",
+                url,
+                self.tokens(issuer, url, floor_rps, a.warmup, "broker-warm"),
+                a.warmup,
+                conns,
+                self.pin,
+            )
+            wrk(
+                "broker warm-up",
+                bare_url,
+                self.tokens(issuer, url, floor_rps, a.warmup, "bare-warm"),
+                a.warmup,
+                conns,
+                self.pin,
+            )
             rounds = 2 if a.quick else 4
             piece = a.duration / rounds
             broker_tokens = [self.tokens(issuer, url, floor_rps, piece, f"broker-{i}") for i in range(rounds)]
             bare_tokens = [self.tokens(issuer, url, floor_rps, piece, f"bare-{i}") for i in range(rounds)]
-            slices: dict[str, list[Load]] = {"floor": [], FLOOR_BROKER_SDK: [], "broker": [], BROKER_WITHOUT_LISTED: []}
+            slices: dict[str, list[Load]] = {
+                "floor": [],
+                FLOOR_BROKER_SDK: [],
+                "broker": [],
+                BROKER_WITHOUT_LISTED: [],
+            }
             for i in range(rounds):
-                runs = [("floor", floor_url, shared_tokens, floor),
-                        (FLOOR_BROKER_SDK, floor_sdk_url, shared_tokens, floor_sdk),
-                        ("broker", url, broker_tokens[i], proc),
-                        (BROKER_WITHOUT_LISTED, bare_url, bare_tokens[i], bare)]
+                runs = [
+                    ("floor", floor_url, shared_tokens, floor),
+                    (FLOOR_BROKER_SDK, floor_sdk_url, shared_tokens, floor_sdk),
+                    ("broker", url, broker_tokens[i], proc),
+                    (BROKER_WITHOUT_LISTED, bare_url, bare_tokens[i], bare),
+                ]
                 for name, target, tokens, server in runs if i % 2 == 0 else reversed(runs):
                     slices[name].append(self.measure(name, target, tokens, piece, conns, server))
             report.loads += [merge(name, loads, threads) for name, loads in slices.items()]
@@ -439,14 +619,28 @@ class Bench:
             slow.stop()
         return report
 
-    def thread_sweep(self, report: Report, issuer: LocalIssuer, key: Path, sts_url: str,
-                     floor_rps: float) -> None:
+    def thread_sweep(
+        self, report: Report, issuer: LocalIssuer, key: Path, sts_url: str, floor_rps: float
+    ) -> None:
         """Threads per worker against an instant STS and one that takes 50 ms (a real round trip)."""
         for delay, thread_counts in ((0.0, (1, 2, 4, 16)), (0.05, (4, 8, 16, 32))):
             sts_port = free_port()
-            sts = self.procs.start(f"sts-{sts_port}", [self.python, "-m", "bench.apps", "sts", "--bind",
-                                                       f"127.0.0.1:{sts_port}", "--threads", "64",
-                                                       "--delay", str(delay)], "load")
+            sts = self.procs.start(
+                f"sts-{sts_port}",
+                [
+                    self.python,
+                    "-m",
+                    "bench.apps",
+                    "sts",
+                    "--bind",
+                    f"127.0.0.1:{sts_port}",
+                    "--threads",
+                    "64",
+                    "--delay",
+                    str(delay),
+                ],
+                "load",
+            )
             url_sts = f"http://127.0.0.1:{sts_port}"
             wait_http(url_sts, sts, 30)
             for threads in thread_counts:
@@ -462,8 +656,9 @@ class Bench:
                 self.procs.stop(proc)
             self.procs.stop(sts)
 
-    def profile(self, proc: subprocess.Popen[bytes], make_tokens: Any, url: str, conns: int,
-                suffix: str = "") -> None:
+    def profile(
+        self, proc: subprocess.Popen[bytes], make_tokens: Any, url: str, conns: int, suffix: str = ""
+    ) -> None:
         """py-spy on the worker under load; only samples holding the GIL, so it shows CPU."""
         workers = gunicorn_workers(proc)
         _, tokens = make_tokens()
@@ -471,10 +666,25 @@ class Bench:
         out = out.with_name(out.stem + suffix + out.suffix)
         fmt = {".json": "speedscope", ".txt": "raw"}.get(out.suffix, "flamegraph")
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-        spy = subprocess.Popen([py_spy, "record", "--pid", str(workers[0]), "--rate", "1000",
-                                "--duration", str(round(self.args.duration)), "--format", fmt,
-                                "--output", str(out), "--gil"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spy = subprocess.Popen(
+            [
+                py_spy,
+                "record",
+                "--pid",
+                str(workers[0]),
+                "--rate",
+                "1000",
+                "--duration",
+                str(round(self.args.duration)),
+                "--format",
+                fmt,
+                "--output",
+                str(out),
+                "--gil",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wrk("profiled", url, tokens, self.args.duration, conns, self.pin)
         spy.wait(60)
         print(f"profile written to {out}")
@@ -484,15 +694,21 @@ def merge(name: str, loads: list[Load], threads: int) -> Load:
     """Alternating runs of one app as one: summed requests, mean p50, worst p99."""
     requests_ = sum(load.requests for load in loads)
     seconds = sum(load.requests / load.rps for load in loads if load.rps)
-    return Load(name=name, rps=requests_ / seconds if seconds else 0.0,
-                p50_ms=sum(load.p50_ms for load in loads) / len(loads),
-                p99_ms=max(load.p99_ms for load in loads), requests=requests_,
-                failures=sum(load.failures for load in loads), threads=threads,
-                connections=loads[0].connections,
-                cpu_ms=sum(load.cpu_ms * load.requests for load in loads) / max(1, requests_))
+    return Load(
+        name=name,
+        rps=requests_ / seconds if seconds else 0.0,
+        p50_ms=sum(load.p50_ms for load in loads) / len(loads),
+        p99_ms=max(load.p99_ms for load in loads),
+        requests=requests_,
+        failures=sum(load.failures for load in loads),
+        threads=threads,
+        connections=loads[0].connections,
+        cpu_ms=sum(load.cpu_ms * load.requests for load in loads) / max(1, requests_),
+    )
 
 
 # -- output ---------------------------------------------------------------------------------------
+
 
 def summarize(report: Report) -> tuple[list[str], dict[str, Any]]:
     by_name = {load.name: load for load in report.loads}
@@ -515,16 +731,20 @@ def summarize(report: Report) -> tuple[list[str], dict[str, Any]]:
         "ready_seconds": max(report.ready_seconds),
         "rss_mb": max(report.worker_peak_rss_mb or [0.0]),
     }
-    lines = [f"machine: {report.machine['cpu']}, {report.machine['cores']} cores, Python "
-             f"{report.machine['python']}, {report.machine['wrk']}",
-             f"settings: 1 worker x {report.settings['threads']} threads (gthread), "
-             f"{report.settings['connections']} connections, {report.settings['duration_s']} s per run, "
-             f"pinning {report.settings['pinning']}",
-             "",
-             f"{'app':<26}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'CPU ms/req':>12}{'requests':>10}{'failed':>8}"]
+    lines = [
+        f"machine: {report.machine['cpu']}, {report.machine['cores']} cores, Python "
+        f"{report.machine['python']}, {report.machine['wrk']}",
+        f"settings: 1 worker x {report.settings['threads']} threads (gthread), "
+        f"{report.settings['connections']} connections, {report.settings['duration_s']} s per run, "
+        f"pinning {report.settings['pinning']}",
+        "",
+        f"{'app':<26}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'CPU ms/req':>12}{'requests':>10}{'failed':>8}",
+    ]
     for load in report.loads:
-        lines.append(f"{load.name:<26}{load.rps:>10.1f}{load.p50_ms:>10.2f}{load.p99_ms:>10.2f}"
-                     f"{load.cpu_ms:>12.3f}{load.requests:>10}{load.failures:>8}")
+        lines.append(
+            f"{load.name:<26}{load.rps:>10.1f}{load.p50_ms:>10.2f}{load.p99_ms:>10.2f}"
+            f"{load.cpu_ms:>12.3f}{load.requests:>10}{load.failures:>8}"
+        )
     ok = lambda passed: "ok" if passed else "MISSED"  # noqa: E731
     lines += [
         "",
@@ -542,33 +762,52 @@ def summarize(report: Report) -> tuple[list[str], dict[str, Any]]:
         f"{ok(figures['p99_vs_floor'] <= TARGETS['p99_vs_floor'])}",
         f"slow JWKS p50 change: {figures['slow_jwks_p50_change']:+.1%}  (target < {TARGETS['slow_jwks_p50_change']:.0%}) "
         f"{ok(figures['slow_jwks_p50_change'] < TARGETS['slow_jwks_p50_change'])}",
-        "serve to first 200 on /readyz: " + ", ".join(f"{s:.2f}" for s in report.ready_seconds) +
-        f" s  (target < {TARGETS['ready_seconds']}) {ok(figures['ready_seconds'] < TARGETS['ready_seconds'])}",
-        "peak RSS per worker: " + ", ".join(f"{m:.1f}" for m in report.worker_peak_rss_mb) +
-        f" MB  (target < {TARGETS['rss_mb']:.0f}) {ok(figures['rss_mb'] < TARGETS['rss_mb'])}",
+        "serve to first 200 on /readyz: "
+        + ", ".join(f"{s:.2f}" for s in report.ready_seconds)
+        + f" s  (target < {TARGETS['ready_seconds']}) {ok(figures['ready_seconds'] < TARGETS['ready_seconds'])}",
+        "peak RSS per worker: "
+        + ", ".join(f"{m:.1f}" for m in report.worker_peak_rss_mb)
+        + f" MB  (target < {TARGETS['rss_mb']:.0f}) {ok(figures['rss_mb'] < TARGETS['rss_mb'])}",
     ]
     if any(load.failures for load in report.loads):
         lines.append("WARNING: some requests failed; the figures of those runs are not comparable")
     if report.sweep:
-        lines += ["", "threads per worker (connections = 2 x threads):",
-                  f"{'STS delay':>10}{'threads':>9}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'CPU ms/req':>12}{'failed':>8}"]
+        lines += [
+            "",
+            "threads per worker (connections = 2 x threads):",
+            f"{'STS delay':>10}{'threads':>9}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'CPU ms/req':>12}{'failed':>8}",
+        ]
         for load in report.sweep:
-            lines.append(f"{load.sts_delay_ms:>8.0f}ms{load.threads:>9}{load.rps:>10.1f}{load.p50_ms:>10.2f}"
-                         f"{load.p99_ms:>10.2f}{load.cpu_ms:>12.3f}{load.failures:>8}")
+            lines.append(
+                f"{load.sts_delay_ms:>8.0f}ms{load.threads:>9}{load.rps:>10.1f}{load.p50_ms:>10.2f}"
+                f"{load.p99_ms:>10.2f}{load.cpu_ms:>12.3f}{load.failures:>8}"
+            )
     return lines, figures
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="short runs, one readiness sample, no sweep")
     parser.add_argument("--duration", type=float, help="seconds per measured run (default 15; quick 2)")
-    parser.add_argument("--warmup", type=float, help="seconds of warm-up before each run (default 3; quick 1)")
+    parser.add_argument(
+        "--warmup", type=float, help="seconds of warm-up before each run (default 3; quick 1)"
+    )
     parser.add_argument("--connections", type=int, default=8, help="wrk connections (default 8)")
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                        help=f"gunicorn threads per worker (default {DEFAULT_THREADS}, as ci-broker serve)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        help=f"gunicorn threads per worker (default {DEFAULT_THREADS}, as ci-broker serve)",
+    )
     parser.add_argument("--ready-samples", type=int, help="serve-to-ready measurements (default 3; quick 1)")
-    parser.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=None,
-                        help="also sweep threads per worker (default: on unless --quick)")
+    parser.add_argument(
+        "--sweep",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also sweep threads per worker (default: on unless --quick)",
+    )
     parser.add_argument("--profile", help="also record a py-spy profile of the broker worker to this file")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the server and the load to cores")
     parser.add_argument("--json", help="write the raw figures here")

@@ -30,9 +30,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 from unittest import mock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,12 +47,11 @@ LISTED = "no policy/replay/audit/logs/metrics"
 def variants() -> dict[str, Patches]:
     """Each of the broker's own steps, switched off; imported late (after the metrics set-up)."""
     import broker.app as app
+    import broker.metrics as metrics
     import broker.replay as replay
+    import broker.requestid as requestid
     import broker.verify as verify
     from broker.policy import Decision
-
-    import broker.metrics as metrics
-    import broker.requestid as requestid
 
     granted = Decision("bench-deploy", True, 0, ())
 
@@ -63,8 +63,12 @@ def variants() -> dict[str, Patches]:
             mock.patch.object(app, "evaluate", lambda *a, **k: granted),
             mock.patch.object(metrics._CountingReplayStore, "first_use", lambda *a: True),
             mock.patch.object(app.audit, "emit", lambda event: None),
-            mock.patch.object(requestid.RequestIds, "__call__", lambda self, env, start: self.wsgi_app(env, start)),
-            mock.patch.object(metrics._TimedWSGI, "__call__", lambda self, env, start: self.wsgi_app(env, start)),
+            mock.patch.object(
+                requestid.RequestIds, "__call__", lambda self, env, start: self.wsgi_app(env, start)
+            ),
+            mock.patch.object(
+                metrics._TimedWSGI, "__call__", lambda self, env, start: self.wsgi_app(env, start)
+            ),
             mock.patch.object(metrics._TimedBackend, "issue", lambda self, grant: self.inner.issue(grant)),
             mock.patch.object(app.metrics, "exchange_finished", lambda *a: None),
         ]
@@ -72,30 +76,57 @@ def variants() -> dict[str, Patches]:
     return {
         LISTED: listed,
         "no audit event": lambda: [mock.patch.object(app.audit, "emit", lambda event: None)],
-        "no body checks": lambda: [mock.patch.object(app, "exchange_body", lambda environ: ("bench-deploy", None))],
-        "no claim checks": lambda: [mock.patch.object(verify.TokenVerifier, "_check_claims", lambda *a: None),
-                                    mock.patch.object(verify.TokenVerifier, "_check_with_pyjwt", lambda *a: None)],
+        "no body checks": lambda: [
+            mock.patch.object(app, "exchange_body", lambda environ: ("bench-deploy", None))
+        ],
+        "no claim checks": lambda: [
+            mock.patch.object(verify.TokenVerifier, "_check_claims", lambda *a: None),
+            mock.patch.object(verify.TokenVerifier, "_check_with_pyjwt", lambda *a: None),
+        ],
         "no policy": lambda: [mock.patch.object(app, "evaluate", lambda *a, **k: granted)],
-        "no replay record": lambda: [mock.patch.object(replay.MemoryReplayStore, "first_use", lambda *a: True)],
+        "no replay record": lambda: [
+            mock.patch.object(replay.MemoryReplayStore, "first_use", lambda *a: True)
+        ],
         "no exchange counter": lambda: [mock.patch.object(app.metrics, "exchange_finished", lambda *a: None)],
     }
 
 
 def environ(token: str, body: bytes) -> dict[str, Any]:
-    return {"REQUEST_METHOD": "POST", "PATH_INFO": "/v1/exchange", "SCRIPT_NAME": "", "QUERY_STRING": "",
-            "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8080", "SERVER_PROTOCOL": "HTTP/1.1",
-            "REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "40000", "HTTP_HOST": "127.0.0.1:8080",
-            "HTTP_AUTHORIZATION": f"Bearer {token}", "CONTENT_TYPE": "application/json",
-            "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body), "wsgi.url_scheme": "http",
-            "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
-            "wsgi.run_once": False, "wsgi.version": (1, 0)}
+    return {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/v1/exchange",
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8080",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_PORT": "40000",
+        "HTTP_HOST": "127.0.0.1:8080",
+        "HTTP_AUTHORIZATION": f"Bearer {token}",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "wsgi.version": (1, 0),
+    }
 
 
 def exchange_all(app: Any, tokens: list[str], body: bytes) -> None:
     """Every token through the app; raises unless each exchange was granted."""
     for token in tokens:
         statuses: list[str] = []
-        result = app(environ(token, body), lambda status, headers, exc_info=None: statuses.append(status))
+
+        def start_response(
+            status: str, headers: Any, exc_info: Any = None, seen: list[str] = statuses
+        ) -> None:
+            seen.append(status)
+
+        result = app(environ(token, body), start_response)
         b"".join(result)
         getattr(result, "close", lambda: None)()
         if not statuses[0].startswith("200"):
@@ -103,7 +134,9 @@ def exchange_all(app: Any, tokens: list[str], body: bytes) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="2 rounds of 20 exchanges")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 30)")
     parser.add_argument("--exchanges", type=int, help="exchanges per app per round (default 300)")
@@ -157,12 +190,29 @@ class MeasuredApps:
 
         # As in run.py: the measured apps on the last core, the STS on the others.
         cores = os.cpu_count() or 1
-        pin = ["taskset", "-c", ",".join(str(c) for c in range(cores - 1))] \
-            if cores >= 2 and shutil.which("taskset") else []
+        pin = (
+            ["taskset", "-c", ",".join(str(c) for c in range(cores - 1))]
+            if cores >= 2 and shutil.which("taskset")
+            else []
+        )
         port = free_port()
-        sts = subprocess.Popen([*pin, sys.executable, "-m", "bench.apps", "sts", "--bind", f"127.0.0.1:{port}",
-                                "--threads", "4"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+        sts = subprocess.Popen(
+            [
+                *pin,
+                sys.executable,
+                "-m",
+                "bench.apps",
+                "sts",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--threads",
+                "4",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         self.stack.callback(lambda: (sts.terminate(), sts.wait(30)))
         sts_url = f"http://127.0.0.1:{port}"
         wait_http(sts_url, sts, 60)
@@ -174,7 +224,8 @@ class MeasuredApps:
         audience = "http://127.0.0.1:8080"
         config = write_config(self.work / "broker.yaml", audience, issuer.url, sts_url, key)
         public = issuer.key.private_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         apps = {
             "floor": floor_app(public, key.read_bytes(), sts_url),
             "floor, broker's STS client": floor_app(public, key.read_bytes(), sts_url, brokers_client=True),
@@ -200,21 +251,32 @@ class MeasuredApps:
 
 def report(cpu: dict[str, list[float]], rounds: int, per_round: int) -> str:
     broker = cpu["broker"]
-    lines = [f"CPU per exchange, in process: {rounds} interleaved rounds of {per_round} exchanges per app",
-             "", f"{'app':<38}{'median us':>11}{'vs broker us':>14}{'+-':>7}"]
+    lines = [
+        f"CPU per exchange, in process: {rounds} interleaved rounds of {per_round} exchanges per app",
+        "",
+        f"{'app':<38}{'median us':>11}{'vs broker us':>14}{'+-':>7}",
+    ]
     for name, values in cpu.items():
-        paired = [v - b for v, b in zip(values, broker)]
+        paired = [v - b for v, b in zip(values, broker, strict=True)]
         spread = statistics.stdev(paired) / math.sqrt(len(paired)) if len(paired) > 1 else 0.0
-        lines.append(f"{name:<38}{statistics.median(values):>11.0f}{statistics.mean(paired):>+14.0f}{spread:>7.0f}")
-    lines += ["", "vs broker: mean paired difference per exchange (+- its standard error); a step switched",
-              "off shows what it costs the broker."]
+        lines.append(
+            f"{name:<38}{statistics.median(values):>11.0f}{statistics.mean(paired):>+14.0f}{spread:>7.0f}"
+        )
+    lines += [
+        "",
+        "vs broker: mean paired difference per exchange (+- its standard error); a step switched",
+        "off shows what it costs the broker.",
+    ]
     if LISTED in cpu:
         floor = statistics.median(cpu["floor, broker's STS client"])
-        listed = -statistics.mean(v - b for v, b in zip(cpu[LISTED], broker))
+        listed = -statistics.mean(v - b for v, b in zip(cpu[LISTED], broker, strict=True))
         own = statistics.median(broker) - floor
-        lines += ["", f"policy, replay, audit, logging and metrics together: {listed:.0f} us per exchange, "
-                      f"{listed / floor:.1%} of the floor with the broker's STS client",
-                  f"all of the broker's own steps: {own:.0f} us, {own / floor:.1%} of that floor"]
+        lines += [
+            "",
+            f"policy, replay, audit, logging and metrics together: {listed:.0f} us per exchange, "
+            f"{listed / floor:.1%} of the floor with the broker's STS client",
+            f"all of the broker's own steps: {own:.0f} us, {own / floor:.1%} of that floor",
+        ]
     return "\n".join(lines)
 
 

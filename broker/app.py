@@ -18,8 +18,14 @@ from broker import audit, discovery, metrics, requestid, strictjson
 from broker.assertion import ci_context
 from broker.clouds import Grant
 from broker.config import Config
-from broker.errors import (AccessDenied, BrokerError, InvalidRequest, InvalidToken, PayloadTooLarge,
-                           UnsupportedMediaType)
+from broker.errors import (
+    AccessDenied,
+    BrokerError,
+    InvalidRequest,
+    InvalidToken,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from broker.policy import Decision, evaluate
 from broker.ratelimit import RateLimiter
 from broker.requestid import RequestIds
@@ -56,6 +62,7 @@ def _broker() -> Broker:
 
 # -- the exchange ---------------------------------------------------------------------------------
 
+
 @api.post("/v1/exchange")
 def exchange() -> Response:
     # The WSGI environ is read directly: each access through Flask's request proxy costs more
@@ -80,8 +87,14 @@ def exchange() -> Response:
         decision = Decision(role_name, False, None, ())
     else:
         event["cloud"] = role.cloud
-        decision = evaluate(role_name, role.rules, verified.provider.name, verified.provider.schema,
-                            verified.claims, trace=False)
+        decision = evaluate(
+            role_name,
+            role.rules,
+            verified.provider.name,
+            verified.provider.schema,
+            verified.claims,
+            trace=False,
+        )
     event["matched_rule"] = decision.matched_rule
     if role is None or not decision.allowed:
         # An unknown role and a denied one look the same to the caller; the log tells them apart.
@@ -91,7 +104,10 @@ def exchange() -> Response:
 
     context = ci_context(verified.provider.name, verified.claims, verified.provider.schema.neutral)
     grant = Grant(
-        role=role.name, provider=verified.provider.name, claims=verified.claims, context=context,
+        role=role.name,
+        provider=verified.provider.name,
+        claims=verified.claims,
+        context=context,
         duration=duration,
         mint_assertion=lambda audience, extra: broker.signer.mint(role.name, audience, context, extra),
     )
@@ -100,8 +116,9 @@ def exchange() -> Response:
     expires_at = audit.rfc3339(issued.expires_at)
     event.update(outcome="granted", reason=decision.summary(), expires_at=expires_at)
     finish(event)
-    return json_response({"role": role.name, "cloud": role.cloud, "expires_at": expires_at,
-                          "credentials": issued.credentials})
+    return json_response(
+        {"role": role.name, "cloud": role.cloud, "expires_at": expires_at, "credentials": issued.credentials}
+    )
 
 
 def json_response(body: dict[str, Any], status: int = 200) -> Response:
@@ -122,8 +139,9 @@ def bearer_token(environ: dict[str, Any]) -> str:
         raise PayloadTooLarge(f"token longer than {MAX_TOKEN_CHARS} characters")
     match = _BEARER.fullmatch(header)
     if not match:
-        raise InvalidToken("an Authorization: Bearer <CI OIDC token> header is required",
-                           reason="no bearer token")
+        raise InvalidToken(
+            "an Authorization: Bearer <CI OIDC token> header is required", reason="no bearer token"
+        )
     return match.group(1)
 
 
@@ -148,8 +166,9 @@ def exchange_body(environ: dict[str, Any]) -> tuple[str, int | None]:
     if not isinstance(role, str) or not role or len(role) > 256:
         raise InvalidRequest("role must be a non-empty string")
     duration = body.get("duration")
-    if duration is not None and (isinstance(duration, bool) or not isinstance(duration, int)
-                                 or not 1 <= duration <= MAX_DURATION):
+    if duration is not None and (
+        isinstance(duration, bool) or not isinstance(duration, int) or not 1 <= duration <= MAX_DURATION
+    ):
         raise InvalidRequest(f"duration must be an integer number of seconds from 1 to {MAX_DURATION}")
     return role, duration
 
@@ -179,13 +198,17 @@ def record_token(event: dict[str, Any], verified: VerifiedToken) -> None:
     claims = verified.claims
     schema = verified.provider.schema
     event.update(
-        provider=verified.provider.name, issuer=claims["iss"], subject=claims["sub"], jti=claims["jti"],
+        provider=verified.provider.name,
+        issuer=claims["iss"],
+        subject=claims["sub"],
+        jti=claims["jti"],
         token_sha256=verified.sha256,
         claims={name: claims[name] for name in schema.audited if name in claims},
     )
 
 
 # -- the broker as an OIDC issuer, and health -----------------------------------------------------
+
 
 @api.get("/.well-known/openid-configuration")
 def openid_configuration() -> Response:
@@ -218,6 +241,7 @@ def readyz() -> tuple[Response, int]:
 
 # -- errors ---------------------------------------------------------------------------------------
 
+
 def _error_response(status: int, code: str, message: str) -> Response:
     return json_response({"error": code, "message": message, "request_id": requestid.current()}, status)
 
@@ -243,8 +267,7 @@ def _render_http_error(exc: HTTPException) -> Response:
 
 def _render_unexpected(exc: Exception) -> Response:
     # The traceback goes to the operator's log; the caller gets no detail it could probe with.
-    log.error("unexpected error in request %s: %s", requestid.current(), type(exc).__name__,
-              exc_info=True)
+    log.error("unexpected error in request %s: %s", requestid.current(), type(exc).__name__, exc_info=True)
     event = g.get("audit_event")
     if event is not None:
         event.update(outcome="refused", error="internal_error", reason=type(exc).__name__)

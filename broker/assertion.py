@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jwt
 
@@ -19,8 +20,13 @@ MAX_LIFETIME = 300
 
 
 class AssertionSigner:
-    def __init__(self, issuer: str, key: SigningKey, lifetime: int = MAX_LIFETIME,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        issuer: str,
+        key: SigningKey,
+        lifetime: int = MAX_LIFETIME,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.issuer = issuer
         self.key = key
         self.lifetime = min(lifetime, MAX_LIFETIME)
@@ -31,16 +37,24 @@ class AssertionSigner:
         header = {"alg": key.alg, "kid": key.kid, "typ": "JWT"}
         self._header_b64 = b64url(strictjson.dumps(header).encode())
 
-    def mint(self, role: str, audience: str, context: Mapping[str, str],
-             extra: Mapping[str, Any] | None = None) -> str:
+    def mint(
+        self, role: str, audience: str, context: Mapping[str, str], extra: Mapping[str, Any] | None = None
+    ) -> str:
         now = int(self.clock())
         claims: dict[str, Any] = dict(context)
         claims.update(extra or {})
         # Registered claims last, so neither context nor extras can override them.
-        claims.update({
-            "iss": self.issuer, "sub": f"role:{role}", "aud": audience,
-            "iat": now, "nbf": now, "exp": now + self.lifetime, "jti": secrets.token_urlsafe(18),
-        })
+        claims.update(
+            {
+                "iss": self.issuer,
+                "sub": f"role:{role}",
+                "aud": audience,
+                "iat": now,
+                "nbf": now,
+                "exp": now + self.lifetime,
+                "jti": secrets.token_urlsafe(18),
+            }
+        )
         signing_input = f"{self._header_b64}.{b64url(strictjson.dumps(claims).encode())}"
         signature = self._algorithm.sign(signing_input.encode("ascii"), self.key.private_key)
         return f"{signing_input}.{b64url(signature)}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from broker.auditsink import direct_sink
@@ -20,7 +20,7 @@ _encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
 def rfc3339(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 _clock_text: tuple[int, str] = (0, "")

@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from broker.config import Config, ConfigError, load_config
 
@@ -22,21 +23,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", default=os.environ.get("CI_BROKER_CONFIG"),
-                       help="config file (default: $CI_BROKER_CONFIG)")
+        p.add_argument(
+            "--config",
+            default=os.environ.get("CI_BROKER_CONFIG"),
+            help="config file (default: $CI_BROKER_CONFIG)",
+        )
 
     p = sub.add_parser("serve", help="run the broker under gunicorn")
     with_config(p)
     p.add_argument("--bind", default="127.0.0.1:8080", help="HOST:PORT (default 127.0.0.1:8080)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="worker processes (default: 1 with the memory replay store, else CPU count)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes (default: 1 with the memory replay store, else CPU count)",
+    )
     # 16: enough to overlap a ~50 ms cloud round trip on one core (bench/RESULTS.md).
     p.add_argument("--threads", type=int, default=16, help="threads per worker (default 16)")
-    p.add_argument("--audit-log", default=os.environ.get("CI_BROKER_AUDIT_LOG"),
-                   help="append audit events to this file (default: stdout; $CI_BROKER_AUDIT_LOG)")
-    p.add_argument("--log-level", default=os.environ.get("CI_BROKER_LOG_LEVEL", "INFO"),
-                   choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper,
-                   help="operational log level (default INFO; $CI_BROKER_LOG_LEVEL)")
+    p.add_argument(
+        "--audit-log",
+        default=os.environ.get("CI_BROKER_AUDIT_LOG"),
+        help="append audit events to this file (default: stdout; $CI_BROKER_AUDIT_LOG)",
+    )
+    p.add_argument(
+        "--log-level",
+        default=os.environ.get("CI_BROKER_LOG_LEVEL", "INFO"),
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        type=str.upper,
+        help="operational log level (default INFO; $CI_BROKER_LOG_LEVEL)",
+    )
 
     p = sub.add_parser("check", help="validate a config and warn about risky rules")
     with_config(p)
@@ -59,8 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ops = opscli.add_commands(sub, with_config)
 
     args = parser.parse_args(argv)
-    handler = {"serve": cmd_serve, "check": cmd_check, "explain": cmd_explain, "keygen": cmd_keygen,
-               "demo": cmd_demo, **ops}[args.command]
+    handler = {
+        "serve": cmd_serve,
+        "check": cmd_check,
+        "explain": cmd_explain,
+        "keygen": cmd_keygen,
+        "demo": cmd_demo,
+        **ops,
+    }[args.command]
     return handler(args)
 
 
@@ -85,8 +106,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     findings = lint(config)
     for finding in findings:
         print(finding.render(config.file))
-    print(f"ok: {len(config.roles)} role(s), {len(config.providers)} provider(s), "
-          f"{len(findings)} warning(s)")
+    print(f"ok: {len(config.roles)} role(s), {len(config.providers)} provider(s), {len(findings)} warning(s)")
     return EXIT_OK
 
 
@@ -115,7 +135,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK if allowed else EXIT_DENY
 
 
-def write_new_key(path: str, alg: str) -> "SigningKey | None":
+def write_new_key(path: str, alg: str) -> SigningKey | None:
     """Write a new signing key, or print why not (never overwrites) and return None."""
     from broker.keys import write_private_key
 
@@ -144,10 +164,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     workers = args.workers or (1 if config.server.replay_store == "memory" else (os.cpu_count() or 1))
     if config.server.replay_store == "memory" and workers > 1:
-        print("error: server.replay_store is memory, which each worker keeps separately: a token "
-              "could be replayed once per worker. Use --workers 1 or a shared store "
-              "(sqlite:///PATH for one host, redis:// for several).",
-              file=sys.stderr)
+        print(
+            "error: server.replay_store is memory, which each worker keeps separately: a token "
+            "could be replayed once per worker. Use --workers 1 or a shared store "
+            "(sqlite:///PATH for one host, redis:// for several).",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     problem = _replay_store_problem(config.server.replay_store)
     if problem:

@@ -103,8 +103,7 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark)
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         seen.add(key)
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
@@ -113,7 +112,7 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 
 def parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_StrictLoader)
 
 
 def load_config(path: str | Path) -> Config:
@@ -139,14 +138,17 @@ def build_config(data: Any, *, base_dir: Path, file: str = "<config>") -> Config
     top.finish()
     if findings.errors or server is None:
         raise ConfigError(file, findings.errors or [Finding("error", "server", "is invalid")])
-    return Config(file=file, server=server, providers=providers, roles=roles,
-                  warnings=tuple(findings.warnings))
+    return Config(
+        file=file, server=server, providers=providers, roles=roles, warnings=tuple(findings.warnings)
+    )
 
 
 def _server(s: Section, base_dir: Path) -> ServerConfig | None:
     issuer = s.url("issuer", required=True)
     if issuer and issuer.endswith("/"):
-        s.findings.error(s.at("issuer"), "must not end with '/' (it is compared exactly and URLs are built from it)")
+        s.findings.error(
+            s.at("issuer"), "must not end with '/' (it is compared exactly and URLs are built from it)"
+        )
     audience = s.string("audience") or issuer
     keys = _signing_keys(s, base_dir)
     replay_store = s.string("replay_store", "memory") or "memory"
@@ -160,8 +162,15 @@ def _server(s: Section, base_dir: Path) -> ServerConfig | None:
     s.finish()
     if not issuer or not audience or not keys or token_max_age is None or leeway is None:
         return None
-    return ServerConfig(issuer=issuer, audience=audience, signing_keys=keys, replay_store=replay_store,
-                        token_max_age=token_max_age, leeway=leeway, rate_limits=rate_limits)
+    return ServerConfig(
+        issuer=issuer,
+        audience=audience,
+        signing_keys=keys,
+        replay_store=replay_store,
+        token_max_age=token_max_age,
+        leeway=leeway,
+        rate_limits=rate_limits,
+    )
 
 
 def _signing_keys(s: Section, base_dir: Path) -> tuple[SigningKey, ...]:
@@ -207,15 +216,23 @@ def _providers(s: Section) -> dict[str, ProviderConfig]:
         algorithms = p.string_list("algorithms", ("RS256",))
         for i, alg in enumerate(algorithms):
             if alg not in PROVIDER_ALGORITHMS:
-                s.findings.error(join(p.at("algorithms"), i),
-                                 f"{alg!r} is not allowed; use one of {', '.join(PROVIDER_ALGORITHMS)}")
+                s.findings.error(
+                    join(p.at("algorithms"), i),
+                    f"{alg!r} is not allowed; use one of {', '.join(PROVIDER_ALGORITHMS)}",
+                )
         p.finish()
         if issuer in issuers:
             s.findings.error(p.at("issuer"), f"the same issuer is already provider {issuers[issuer]!r}")
         if issuer and kind:
             issuers[issuer] = name
-            providers[name] = ProviderConfig(name=name, issuer=issuer, type=kind, jwks_uri=jwks_uri,
-                                             ca_bundle=ca_bundle, algorithms=algorithms)
+            providers[name] = ProviderConfig(
+                name=name,
+                issuer=issuer,
+                type=kind,
+                jwks_uri=jwks_uri,
+                ca_bundle=ca_bundle,
+                algorithms=algorithms,
+            )
     if s.valid and not providers and not s.findings.errors:
         s.findings.error(s.path, "at least one provider is required")
     return providers
@@ -226,7 +243,10 @@ def _roles(s: Section, providers: dict[str, ProviderConfig]) -> dict[str, RoleCo
     for name in list(s.keys()):
         r = s.section(name)
         if not isinstance(name, str) or not ROLE_NAME.fullmatch(name):
-            s.findings.error(r.path, "role names are 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+            s.findings.error(
+                r.path,
+                "role names are 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+            )
             continue
         cloud = r.choice("cloud", clouds.NAMES, required=True)
         settings = None
@@ -258,8 +278,9 @@ def _rules(r: Section, providers: dict[str, ProviderConfig]) -> tuple[Rule, ...]
         if provider and provider not in providers:
             r.findings.error(rule.at("provider"), f"unknown provider {provider!r}")
             provider = None
-        conditions = _conditions(rule.section("claims", required=True),
-                                 providers[provider].schema if provider else None)
+        conditions = _conditions(
+            rule.section("claims", required=True), providers[provider].schema if provider else None
+        )
         rule.raw("description")
         rule.finish()
         if provider and conditions:
@@ -269,7 +290,9 @@ def _rules(r: Section, providers: dict[str, ProviderConfig]) -> tuple[Rule, ...]
 
 def _conditions(c: Section, schema: ClaimSchema | None) -> tuple[Condition, ...]:
     if c.valid and not list(c.keys()):
-        c.findings.error(c.path, "a rule needs at least one claim condition (an empty rule would allow anyone)")
+        c.findings.error(
+            c.path, "a rule needs at least one claim condition (an empty rule would allow anyone)"
+        )
         return ()
     conditions: list[Condition] = []
     for claim in list(c.keys()):

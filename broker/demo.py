@@ -23,21 +23,35 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Iterable, TextIO
+from typing import Any, TextIO
 
 ROLE = "deploy-prod"
 GITLAB_ROLE = "gitlab-deploy"
 ASSERTION_MAX_LIFETIME = 300
 # What a reader sees of a CI job's token: the claims a policy is usually written against.
-SHOWN_CLAIMS = ("iss", "aud", "sub", "repository", "repository_id", "ref", "ref_protected",
-                "environment", "event_name", "job_workflow_ref", "run_id")
+SHOWN_CLAIMS = (
+    "iss",
+    "aud",
+    "sub",
+    "repository",
+    "repository_id",
+    "ref",
+    "ref_protected",
+    "environment",
+    "event_name",
+    "job_workflow_ref",
+    "run_id",
+)
 # The sandbox's other clouds, when it has them: display name, and what stands in for the cloud.
-OTHER_CLOUDS = {"gcp": ("a GCP", "the local Google endpoints"),
-                "azure": ("an Azure", "the local Entra ID endpoint")}
+OTHER_CLOUDS = {
+    "gcp": ("a GCP", "the local Google endpoints"),
+    "azure": ("an Azure", "the local Entra ID endpoint"),
+}
 # A compact JWS (three base64url parts, the first two JSON objects): never legitimately in output.
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
 
@@ -70,7 +84,7 @@ class Demo:
         self._lock = threading.Lock()
 
     # -- lifecycle --------------------------------------------------------------------------------
-    def __enter__(self) -> "Demo":
+    def __enter__(self) -> Demo:
         try:
             self.sandbox.start()
             logger = logging.getLogger("broker.audit")
@@ -84,8 +98,9 @@ class Demo:
             raise
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         logger = logging.getLogger("broker.audit")
         if self._audit_handler is not None:
             logger.removeHandler(self._audit_handler)
@@ -95,7 +110,12 @@ class Demo:
         # Each local server takes up to half a second to notice a shutdown; stopping them together
         # makes the demo end promptly. Sandbox.stop() then finds them stopped (stop is idempotent).
         box = self.sandbox
-        parts = [box.github, box.gitlab, box.sts, *(getattr(box, n) for n in ("gcp", "azure") if hasattr(box, n))]
+        parts = [
+            box.github,
+            box.gitlab,
+            box.sts,
+            *(getattr(box, n) for n in ("gcp", "azure") if hasattr(box, n)),
+        ]
         threads = [threading.Thread(target=part.stop) for part in parts]
         for thread in threads:
             thread.start()
@@ -143,15 +163,23 @@ class Demo:
     def run(self) -> bool:
         started = time.monotonic()
         self.introduce()
-        steps: list[Callable[[], None]] = [self.step_mint, self.step_exchange, self.step_assertion,
-                                           self.step_credentials, self.step_refused, self.step_replay,
-                                           self.step_gitlab, self.step_other_clouds]
+        steps: list[Callable[[], None]] = [
+            self.step_mint,
+            self.step_exchange,
+            self.step_assertion,
+            self.step_credentials,
+            self.step_refused,
+            self.step_replay,
+            self.step_gitlab,
+            self.step_other_clouds,
+        ]
         for step in steps:
             try:
                 step()
             except Exception as exc:  # a smoke test reports the step that broke and carries on
-                self.expect(False, f"the step ran without error (it raised {type(exc).__name__}: "
-                                   f"{str(exc)[:300]})")
+                self.expect(
+                    False, f"the step ran without error (it raised {type(exc).__name__}: {str(exc)[:300]})"
+                )
         failed = [c for c in self.checks if not c.ok]
         self.say()
         elapsed = time.monotonic() - started
@@ -160,8 +188,10 @@ class Demo:
             for c in failed:
                 self.say(f"step {c.step}: {c.expectation}", 2)
         else:
-            self.say(f"All {len(self.checks)} expectations held ({elapsed:.1f} s). Nothing left "
-                     "this machine, and no token or credential was printed.")
+            self.say(
+                f"All {len(self.checks)} expectations held ({elapsed:.1f} s). Nothing left "
+                "this machine, and no token or credential was printed."
+            )
         return not failed
 
     def introduce(self) -> None:
@@ -170,9 +200,11 @@ class Demo:
         self.say("Everything runs on 127.0.0.1 with throwaway keys; no cloud account is involved.")
         self.say()
         self.say("Started:")
-        rows = [("GitHub Actions-like OIDC issuer", box.github.url),
-                ("GitLab-like OIDC issuer", box.gitlab.url),
-                ("AWS STS (moto, behind IAM's trust check)", box.sts.url)]
+        rows = [
+            ("GitHub Actions-like OIDC issuer", box.github.url),
+            ("GitLab-like OIDC issuer", box.gitlab.url),
+            ("AWS STS (moto, behind IAM's trust check)", box.sts.url),
+        ]
         if hasattr(box, "gcp"):
             rows.append(("Google STS and IAM Credentials", box.gcp.url))
         if hasattr(box, "azure"):
@@ -198,32 +230,46 @@ class Demo:
         self.say("The token is a credential, so it is never shown. Its claims:", 3)
         self.show_claims(claims, SHOWN_CLAIMS)
         self.say(f"and iat/nbf/exp (valid {claims['exp'] - claims['iat']} s), jti {claims['jti']}", 5)
-        self.expect(claims == {"iss": self.sandbox.github.url, **requested},
-                    "the issuer signed a JWT carrying these claims, for the broker's audience")
+        self.expect(
+            claims == {"iss": self.sandbox.github.url, **requested},
+            "the issuer signed a JWT carrying these claims, for the broker's audience",
+        )
         self._state.update(claims=claims, token=token)
 
     def step_exchange(self) -> None:
         self.heading("2", "The broker verifies the token and evaluates the role's policy")
         box, claims, token = self.sandbox, self._state["claims"], self._state["token"]
-        self.say(f"POST {box.broker_url}/v1/exchange  {{\"role\": \"{ROLE}\"}}  "
-                 "Authorization: Bearer <the token>", 3)
-        self.say("It checks the signature against the issuer's published keys, then iss, aud, exp, "
-                 "nbf, iat\n(age), required claims, and that the token was not used before. "
-                 "The policy decision,\nas `ci-broker explain` prints it:", 3)
+        self.say(
+            f'POST {box.broker_url}/v1/exchange  {{"role": "{ROLE}"}}  Authorization: Bearer <the token>', 3
+        )
+        self.say(
+            "It checks the signature against the issuer's published keys, then iss, aud, exp, "
+            "nbf, iat\n(age), required claims, and that the token was not used before. "
+            "The policy decision,\nas `ci-broker explain` prints it:",
+            3,
+        )
         allowed = self.show_trace(ROLE, claims)
         accepted_before = len(box.sts.accepted)
         audit_before = len(self.audit)
         response = box.exchange(token, ROLE)
         self._state.update(response=response, accepted_before=accepted_before)
         self.expect(allowed, "the policy allows this job (rule 0 holds)")
-        self.expect(response.status_code == 200, "the broker answered 200 with credentials",
-                    f"{response.status_code} {_json(response).get('error')}")
+        self.expect(
+            response.status_code == 200,
+            "the broker answered 200 with credentials",
+            f"{response.status_code} {_json(response).get('error')}",
+        )
         event = self.last_audit(audit_before)
         if event is not None:
-            self.say(f"The broker's audit event: outcome {event.get('outcome')}, "
-                     f"{event.get('reason')}, token sha256 {str(event.get('token_sha256'))[:16]}...", 3)
-        self.expect(event is not None and event.get("outcome") == "granted" and event.get("matched_rule") == 0,
-                    "the audit log records the grant by rule 0 (with the token's hash, not the token)")
+            self.say(
+                f"The broker's audit event: outcome {event.get('outcome')}, "
+                f"{event.get('reason')}, token sha256 {str(event.get('token_sha256'))[:16]}...",
+                3,
+            )
+        self.expect(
+            event is not None and event.get("outcome") == "granted" and event.get("matched_rule") == 0,
+            "the audit log records the grant by rule 0 (with the token's hash, not the token)",
+        )
 
     def step_assertion(self) -> None:
         from broker.sandbox.stack import DEPLOY_ROLE_ARN
@@ -231,9 +277,10 @@ class Demo:
         self.heading("3", "The broker signs its own assertion and exchanges it with AWS STS")
         box = self.sandbox
         self.secrets.extend(c["WebIdentityToken"] for c in box.sts.calls if "WebIdentityToken" in c)
-        new = box.sts.accepted[self._state["accepted_before"]:]
-        if not self.expect(len(new) == 1, "STS accepted exactly one assertion for this exchange",
-                           f"{len(new)} accepted"):
+        new = box.sts.accepted[self._state["accepted_before"] :]
+        if not self.expect(
+            len(new) == 1, "STS accepted exactly one assertion for this exchange", f"{len(new)} accepted"
+        ):
             return
         assertion = new[0]
         self.say(f"AssumeRoleWithWebIdentity({DEPLOY_ROLE_ARN}) with an assertion whose claims are:", 3)
@@ -241,14 +288,19 @@ class Demo:
         self.show_claims(assertion, first + [k for k in assertion if k not in (*first, "iat", "nbf", "exp")])
         lifetime = assertion["exp"] - assertion["iat"]
         self.say(f"and iat/nbf/exp (valid {lifetime} s)", 5)
-        self.say("The local STS checked it the way IAM's OIDC provider and the role's trust policy "
-                 "would:\nkeys from the broker's /.well-known/jwks.json, exact iss, aud and sub.", 3)
+        self.say(
+            "The local STS checked it the way IAM's OIDC provider and the role's trust policy "
+            "would:\nkeys from the broker's /.well-known/jwks.json, exact iss, aud and sub.",
+            3,
+        )
         self.expect(assertion["iss"] == box.broker_url, "iss is the broker's own issuer URL")
-        self.expect(assertion["sub"] == f"role:{ROLE}",
-                    f"sub is role:{ROLE}: the one condition the AWS role trusts")
+        self.expect(
+            assertion["sub"] == f"role:{ROLE}", f"sub is role:{ROLE}: the one condition the AWS role trusts"
+        )
         self.expect(assertion["aud"] == "sts.amazonaws.com", "aud is sts.amazonaws.com")
-        self.expect(0 < lifetime <= ASSERTION_MAX_LIFETIME,
-                    f"the assertion lives at most {ASSERTION_MAX_LIFETIME} s")
+        self.expect(
+            0 < lifetime <= ASSERTION_MAX_LIFETIME, f"the assertion lives at most {ASSERTION_MAX_LIFETIME} s"
+        )
 
     def step_credentials(self) -> None:
         from broker.sandbox.stack import DEPLOY_ROLE_ARN
@@ -258,37 +310,56 @@ class Demo:
         body = response.json() if response.status_code == 200 else {}
         creds = body.get("credentials", {})
         self.secrets.extend(v for k, v in creds.items() if k != "region")
-        if not self.expect({"access_key_id", "secret_access_key", "session_token"} <= set(creds),
-                           "the response carries AWS credentials"):
+        if not self.expect(
+            {"access_key_id", "secret_access_key", "session_token"} <= set(creds),
+            "the response carries AWS credentials",
+        ):
             return
         self.say(f"role {body['role']}, cloud {body['cloud']}, expires_at {body['expires_at']}", 3)
         for name, value in creds.items():
             self.say(f"{name:<18} {value if name == 'region' else redact(value)}", 5)
-        expires = datetime.strptime(body["expires_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-        remaining = (expires - datetime.now(timezone.utc)).total_seconds()
-        self.expect(0 < remaining <= 3600 + 60, "they expire within the role's duration (3600 s)",
-                    f"{remaining:.0f} s left")
+        expires = datetime.strptime(body["expires_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        remaining = (expires - datetime.now(UTC)).total_seconds()
+        self.expect(
+            0 < remaining <= 3600 + 60,
+            "they expire within the role's duration (3600 s)",
+            f"{remaining:.0f} s left",
+        )
         identity = self.caller_identity(creds)
         self.say(f"aws sts get-caller-identity with them: {identity.get('Arn')}", 3)
         account = DEPLOY_ROLE_ARN.split(":")[4]
-        self.expect(str(identity.get("Arn", "")).startswith(f"arn:aws:sts::{account}:assumed-role/{ROLE}/"),
-                    f"AWS sees the job as the assumed role {ROLE}", str(identity.get("Arn")))
+        self.expect(
+            str(identity.get("Arn", "")).startswith(f"arn:aws:sts::{account}:assumed-role/{ROLE}/"),
+            f"AWS sees the job as the assumed role {ROLE}",
+            str(identity.get("Arn")),
+        )
 
     def step_refused(self) -> None:
         self.heading("5", "Jobs the policy does not cover are refused")
         attempts = [
-            ("a job in another repository, even one that names its branch main and its\n"
-             "environment production (names are the job author's to choose; the id is not)",
-             {"repository": "mallory/octo-repo", "repository_id": "987654321",
-              "repository_owner": "mallory", "repository_owner_id": "4242",
-              "sub": "repo:mallory/octo-repo:environment:production",
-              "workflow_ref": "mallory/octo-repo/.github/workflows/deploy.yml@refs/heads/main",
-              "job_workflow_ref": "mallory/octo-repo/.github/workflows/deploy.yml@refs/heads/main"},
-             "repository_id"),
-            ("the right repository, but an unprotected feature branch",
-             {"ref": "refs/heads/try-something", "ref_protected": "false",
-              "sub": "repo:octo-org/octo-repo:ref:refs/heads/try-something"},
-             "ref"),
+            (
+                "a job in another repository, even one that names its branch main and its\n"
+                "environment production (names are the job author's to choose; the id is not)",
+                {
+                    "repository": "mallory/octo-repo",
+                    "repository_id": "987654321",
+                    "repository_owner": "mallory",
+                    "repository_owner_id": "4242",
+                    "sub": "repo:mallory/octo-repo:environment:production",
+                    "workflow_ref": "mallory/octo-repo/.github/workflows/deploy.yml@refs/heads/main",
+                    "job_workflow_ref": "mallory/octo-repo/.github/workflows/deploy.yml@refs/heads/main",
+                },
+                "repository_id",
+            ),
+            (
+                "the right repository, but an unprotected feature branch",
+                {
+                    "ref": "refs/heads/try-something",
+                    "ref_protected": "false",
+                    "sub": "repo:octo-org/octo-repo:ref:refs/heads/try-something",
+                },
+                "ref",
+            ),
         ]
         for label, overrides, failing_claim in attempts:
             self.refuse(label, overrides, failing_claim)
@@ -310,14 +381,22 @@ class Demo:
         self.say("the caller learns no more than that; the operator's explain trace says why:", 5)
         allowed = self.show_trace(ROLE, claims, indent=7)
         text, _ = explain(self.config, ROLE, claims, "github")
-        self.expect(response.status_code == 403 and body.get("error") == "access_denied",
-                    "refused with 403 access_denied", f"{response.status_code} {body.get('error')}")
-        self.expect(not allowed and f"[FAIL] {failing_claim}:" in text,
-                    f"the trace shows the {failing_claim} condition failing")
+        self.expect(
+            response.status_code == 403 and body.get("error") == "access_denied",
+            "refused with 403 access_denied",
+            f"{response.status_code} {body.get('error')}",
+        )
+        self.expect(
+            not allowed and f"[FAIL] {failing_claim}:" in text,
+            f"the trace shows the {failing_claim} condition failing",
+        )
         event = self.last_audit(audit_before)
-        self.expect(event is not None and event.get("outcome") == "refused"
-                    and failing_claim in str(event.get("reason")),
-                    "the audit log records the refusal and its reason")
+        self.expect(
+            event is not None
+            and event.get("outcome") == "refused"
+            and failing_claim in str(event.get("reason")),
+            "the audit log records the refusal and its reason",
+        )
         self.expect(len(box.sts.accepted) == accepted_before, "no assertion reached the cloud")
 
     def step_replay(self) -> None:
@@ -328,10 +407,13 @@ class Demo:
         body = _json(response)
         self.say("the same token again, e.g. stolen from a log or an artifact after it was used:", 3)
         self.say(f"the broker answered {response.status_code} {body.get('error')}: {body.get('message')}", 5)
-        self.expect(response.status_code == 401 and body.get("error") == "invalid_token"
-                    and "already been used" in str(body.get("message")),
-                    "refused with 401 invalid_token: each token works once",
-                    f"{response.status_code} {body.get('error')}")
+        self.expect(
+            response.status_code == 401
+            and body.get("error") == "invalid_token"
+            and "already been used" in str(body.get("message")),
+            "refused with 401 invalid_token: each token works once",
+            f"{response.status_code} {body.get('error')}",
+        )
         self.expect(len(box.sts.accepted) == accepted_before, "no assertion reached the cloud")
 
     def step_gitlab(self) -> None:
@@ -340,23 +422,32 @@ class Demo:
         token = box.gitlab_token()
         self.secrets.append(token)
         claims = _payload(token)
-        self.say(f"a pipeline of {claims['project_path']} (project_id {claims['project_id']}) on "
-                 f"protected ref {claims['ref']}, role {GITLAB_ROLE}:", 3)
+        self.say(
+            f"a pipeline of {claims['project_path']} (project_id {claims['project_id']}) on "
+            f"protected ref {claims['ref']}, role {GITLAB_ROLE}:",
+            3,
+        )
         response = box.exchange(token, GITLAB_ROLE)
         body = _json(response)
         self.secrets.extend(v for k, v in body.get("credentials", {}).items() if k != "region")
-        self.say(f"the broker answered {response.status_code}, credentials expire at "
-                 f"{body.get('expires_at')}", 5)
-        self.expect(response.status_code == 200 and body.get("cloud") == "aws",
-                    "a GitLab ID token is exchanged through the same policy engine",
-                    f"{response.status_code} {body.get('error')}")
+        self.say(
+            f"the broker answered {response.status_code}, credentials expire at {body.get('expires_at')}", 5
+        )
+        self.expect(
+            response.status_code == 200 and body.get("cloud") == "aws",
+            "a GitLab ID token is exchanged through the same policy engine",
+            f"{response.status_code} {body.get('error')}",
+        )
         self.secrets.extend(c["WebIdentityToken"] for c in box.sts.calls if "WebIdentityToken" in c)
 
     def step_other_clouds(self) -> None:
         """GCP and Azure, when the sandbox has their local endpoints (it may be an older build)."""
         box = self.sandbox
-        clouds = [(name, getattr(box, name)) for name in ("gcp", "azure")
-                  if hasattr(box, name) and f"{name}-deploy" in self.config.roles]
+        clouds = [
+            (name, getattr(box, name))
+            for name in ("gcp", "azure")
+            if hasattr(box, name) and f"{name}-deploy" in self.config.roles
+        ]
         if not clouds:
             return
         self.heading("8", "The same kind of job gets GCP and Azure credentials")
@@ -372,23 +463,38 @@ class Demo:
             self.secrets.extend(getattr(endpoint, "subject_tokens", []))
             self.secrets.extend(getattr(endpoint, "client_assertions", []))
             label, where = OTHER_CLOUDS[cloud]
-            self.say(f"role {role}: the broker answered {response.status_code}, cloud {body.get('cloud')}, "
-                     f"expires_at {body.get('expires_at')}", 3)
+            self.say(
+                f"role {role}: the broker answered {response.status_code}, cloud {body.get('cloud')}, "
+                f"expires_at {body.get('expires_at')}",
+                3,
+            )
             if "access_token" in creds:
                 self.say(f"{'access_token':<18} {redact(creds['access_token'])}", 5)
             new = endpoint.accepted[accepted_before:]
             if new:
-                self.say(f"{where} verified the assertion like the real one would: sub "
-                         f"{new[0].get('sub')}, aud {new[0].get('aud')}", 5)
+                self.say(
+                    f"{where} verified the assertion like the real one would: sub "
+                    f"{new[0].get('sub')}, aud {new[0].get('aud')}",
+                    5,
+                )
             described = endpoint.describe(creds.get("access_token", "")) if creds else None
             if described is not None:
-                who = (described.service_account or described.principal) if cloud == "gcp" \
+                who = (
+                    (described.service_account or described.principal)
+                    if cloud == "gcp"
                     else f"application {described.client_id} in tenant {described.tenant_id}"
+                )
                 self.say(f"{label} API would see the token as {who}", 5)
-            self.expect(response.status_code == 200 and body.get("cloud") == cloud and "access_token" in creds,
-                        f"{role} returned {label} access token", f"{response.status_code} {body.get('error')}")
-            self.expect(len(new) == 1 and new[0].get("sub") == f"role:{role}",
-                        f"{where} accepted exactly one assertion, with sub role:{role}", f"{len(new)} accepted")
+            self.expect(
+                response.status_code == 200 and body.get("cloud") == cloud and "access_token" in creds,
+                f"{role} returned {label} access token",
+                f"{response.status_code} {body.get('error')}",
+            )
+            self.expect(
+                len(new) == 1 and new[0].get("sub") == f"role:{role}",
+                f"{where} accepted exactly one assertion, with sub role:{role}",
+                f"{len(new)} accepted",
+            )
             self.expect(described is not None, f"the token is one {where} issued, and still valid")
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -418,10 +524,16 @@ class Demo:
         from botocore.config import Config
 
         session = boto3.session.Session(
-            aws_access_key_id=creds["access_key_id"], aws_secret_access_key=creds["secret_access_key"],
-            aws_session_token=creds["session_token"], region_name=creds.get("region", "eu-west-1"))
-        client = session.client("sts", endpoint_url=self.sandbox.sts.url,
-                                config=Config(retries={"max_attempts": 1}, connect_timeout=5, read_timeout=10))
+            aws_access_key_id=creds["access_key_id"],
+            aws_secret_access_key=creds["secret_access_key"],
+            aws_session_token=creds["session_token"],
+            region_name=creds.get("region", "eu-west-1"),
+        )
+        client = session.client(
+            "sts",
+            endpoint_url=self.sandbox.sts.url,
+            config=Config(retries={"max_attempts": 1}, connect_timeout=5, read_timeout=10),
+        )
         return client.get_caller_identity()
 
     # -- --serve ----------------------------------------------------------------------------------
@@ -434,23 +546,30 @@ class Demo:
         url = box.broker_url
 
         def exchange(token_file: Path) -> str:
-            return (f"curl -s -X POST {url}/v1/exchange -H 'Content-Type: application/json' "
-                    f"-d '{{\"role\": \"{ROLE}\"}}' \\\n      "
-                    f"-H \"Authorization: Bearer $(cat {shlex.quote(str(token_file))})\"")
+            return (
+                f"curl -s -X POST {url}/v1/exchange -H 'Content-Type: application/json' "
+                f'-d \'{{"role": "{ROLE}"}}\' \\\n      '
+                f'-H "Authorization: Bearer $(cat {shlex.quote(str(token_file))})"'
+            )
 
         self.say()
         self.say("Everything keeps running. In another terminal, try:")
         self.say(f"curl -s {url}/.well-known/openid-configuration", 2)
         self.say(f"curl -s {url}/.well-known/jwks.json", 2)
         self.say()
-        self.say("# a job on main with environment production: granted (run it twice: the replay is refused)", 2)
+        self.say(
+            "# a job on main with environment production: granted (run it twice: the replay is refused)", 2
+        )
         self.say(exchange(files["main"]), 2)
         self.say("# the same repository on a feature branch: 403", 2)
         self.say(exchange(files["feature"]), 2)
         self.say()
         self.say(f"{cli} check --config {shlex.quote(str(config_path))}", 2)
-        self.say(f"{cli} explain --config {shlex.quote(str(config_path))} --role {ROLE} "
-                 f"--claims {shlex.quote(str(files['feature-claims']))}", 2)
+        self.say(
+            f"{cli} explain --config {shlex.quote(str(config_path))} --role {ROLE} "
+            f"--claims {shlex.quote(str(files['feature-claims']))}",
+            2,
+        )
         self.say()
         self.say("The token files are mode 0600, single use, and valid for 5 minutes: press Enter here")
         self.say("to write fresh ones. Audit events appear below as requests arrive.")
@@ -467,11 +586,18 @@ class Demo:
         from broker.sandbox.issuer import github_claims
 
         box = self.sandbox
-        feature = github_claims(aud=box.broker_url, ref="refs/heads/try-something", ref_protected="false",
-                                sub="repo:octo-org/octo-repo:ref:refs/heads/try-something")
+        feature = github_claims(
+            aud=box.broker_url,
+            ref="refs/heads/try-something",
+            ref_protected="false",
+            sub="repo:octo-org/octo-repo:ref:refs/heads/try-something",
+        )
         main = github_claims(aud=box.broker_url)
-        files = {"main": self.workdir / "token-main.jwt", "feature": self.workdir / "token-feature.jwt",
-                 "feature-claims": self.workdir / "claims-feature.json"}
+        files = {
+            "main": self.workdir / "token-main.jwt",
+            "feature": self.workdir / "token-feature.jwt",
+            "feature-claims": self.workdir / "claims-feature.json",
+        }
         for name, claims in (("main", main), ("feature", feature)):
             token = box.github.mint(claims)
             self.secrets.append(token)
@@ -485,8 +611,10 @@ class Demo:
         if event.get("outcome") == "granted":
             self.say(f"audit: granted {event.get('role')} to {where} ({event.get('reason')})")
         else:
-            self.say(f"audit: refused {event.get('role')} to {where or 'a token that failed verification'}: "
-                     f"{event.get('error')}: {event.get('reason')}")
+            self.say(
+                f"audit: refused {event.get('role')} to {where or 'a token that failed verification'}: "
+                f"{event.get('error')}: {event.get('reason')}"
+            )
 
 
 class _AuditTap(logging.Handler):
@@ -557,8 +685,10 @@ def run_demo(serve: bool = False, *, out: TextIO | None = None, stdin: TextIO | 
     try:
         import moto  # noqa: F401 - the local STS needs it; it ships with the test extras
     except ImportError:
-        print("error: the demo needs the test extras: pip install 'ci-broker[test]' "
-              "(or run `make demo`)", file=sys.stderr)
+        print(
+            "error: the demo needs the test extras: pip install 'ci-broker[test]' (or run `make demo`)",
+            file=sys.stderr,
+        )
         return 2
     # Everything is on loopback: a proxy configured for the outside world must not intercept it.
     no_proxy = [p for p in os.environ.get("NO_PROXY", os.environ.get("no_proxy", "")).split(",") if p]

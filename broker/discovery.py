@@ -18,8 +18,21 @@ from broker.keys import jwks
 
 DISCOVERY_PATH = ".well-known/openid-configuration"
 JWKS_PATH = ".well-known/jwks.json"
-CLAIMS_SUPPORTED = ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "provider", "repository",
-                    "repository_id", "ref", "run_id", "sha"]
+CLAIMS_SUPPORTED = [
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "iat",
+    "nbf",
+    "jti",
+    "provider",
+    "repository",
+    "repository_id",
+    "ref",
+    "run_id",
+    "sha",
+]
 
 
 def openid_configuration(server: ServerConfig) -> dict[str, Any]:

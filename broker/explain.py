@@ -8,9 +8,13 @@ from broker.config import Config
 from broker.policy import evaluate
 
 
-def explain(config: Config, role_name: str, claims: dict[str, Any], provider_name: str | None) -> tuple[str, bool]:
+def explain(
+    config: Config, role_name: str, claims: dict[str, Any], provider_name: str | None
+) -> tuple[str, bool]:
     if provider_name is None:
-        provider = config.provider_for_issuer(claims.get("iss", "")) if isinstance(claims.get("iss"), str) else None
+        provider = (
+            config.provider_for_issuer(claims.get("iss", "")) if isinstance(claims.get("iss"), str) else None
+        )
         if provider is None:
             raise ValueError("no provider's issuer equals the claims' iss; pass --provider NAME")
     else:
@@ -21,8 +25,10 @@ def explain(config: Config, role_name: str, claims: dict[str, Any], provider_nam
     if role is None:
         return f"role {role_name}: DENY (no such role; a caller sees the same 403 as a denial)", False
     decision = evaluate(role_name, role.rules, provider.name, provider.schema, claims)
-    lines = [f"role {role_name} ({role.cloud}), provider {provider.name}: "
-             f"{'ALLOW by rule ' + str(decision.matched_rule) if decision.allowed else 'DENY'}"]
+    lines = [
+        f"role {role_name} ({role.cloud}), provider {provider.name}: "
+        f"{'ALLOW by rule ' + str(decision.matched_rule) if decision.allowed else 'DENY'}"
+    ]
     for result in decision.rules:
         lines.append(f"  rule {result.index} ({result.provider}): {'holds' if result.held else 'fails'}")
         for ok, reason in result.reasons:

@@ -19,8 +19,10 @@ from broker import strictjson
 from broker.errors import InvalidToken
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
-_BITS = {char: value for value, char in
-         enumerate(string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_")}
+_BITS = {
+    char: value
+    for value, char in enumerate(string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_")
+}
 # Header parameters that would let the token choose its own key or change how it is processed.
 # No CI provider sends them, so their presence is itself a sign of an attack.
 FORBIDDEN_HEADER = frozenset({"jwk", "jku", "x5u", "x5c", "crit", "cty", "enc", "zip", "b64"})
@@ -73,12 +75,18 @@ def parse(token: str) -> ParsedToken:
         raise InvalidToken("malformed token", reason="header has no alg")
     forbidden = FORBIDDEN_HEADER.intersection(header)
     if forbidden:
-        raise InvalidToken("token header not accepted", reason=f"header carries {', '.join(sorted(forbidden))}")
+        raise InvalidToken(
+            "token header not accepted", reason=f"header carries {', '.join(sorted(forbidden))}"
+        )
     typ = header.get("typ")
     if typ is not None and (not isinstance(typ, str) or typ.upper() not in ("JWT", "AT+JWT")):
         raise InvalidToken("token header not accepted", reason=f"typ {typ!r} is not JWT")
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid or len(kid) > 256:
         raise InvalidToken("token header not accepted", reason="header has no usable kid")
-    return ParsedToken(header=header, claims=claims,
-                       signing_input=f"{header_b64}.{payload_b64}".encode("ascii"), signature=signature)
+    return ParsedToken(
+        header=header,
+        claims=claims,
+        signing_input=f"{header_b64}.{payload_b64}".encode("ascii"),
+        signature=signature,
+    )

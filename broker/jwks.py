@@ -13,8 +13,9 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import requests
 import urllib3
@@ -80,7 +81,7 @@ def parse_jwks(document: Any) -> dict[str, IssuerKey]:
             continue
         try:
             key = (RSAAlgorithm if kty == "RSA" else ECAlgorithm).from_jwk(jwk)
-        except Exception:  # noqa: BLE001 - one bad key must not hide the good ones
+        except Exception:
             log.warning("skipping unparsable JWKS key %r", kid[:64])
             continue
         if hasattr(key, "private_numbers"):  # a JWKS must never hold a private key; ignore it
@@ -97,9 +98,15 @@ def parse_jwks(document: Any) -> dict[str, IssuerKey]:
 class KeyCache:
     """One provider's keys. Thread-safe; `get` is what the request path calls."""
 
-    def __init__(self, issuer: str, *, jwks_uri: str | None = None, ca_bundle: str | None = None,
-                 settings: KeyCacheSettings = KeyCacheSettings(),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        issuer: str,
+        *,
+        jwks_uri: str | None = None,
+        ca_bundle: str | None = None,
+        settings: KeyCacheSettings = KeyCacheSettings(),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.issuer = issuer
         self.configured_jwks_uri = jwks_uri
         self.settings = settings
@@ -119,18 +126,29 @@ class KeyCache:
         if key is None:
             self._refresh_on_miss(kid)
             key = self._keys.get(kid)
-        if key is not None and self._fetched_at is not None and \
-                self.clock() - self._fetched_at > self.settings.max_key_age:
-            raise Unavailable("the issuer's signing keys are unavailable",
-                              reason=f"keys for {self.issuer} unconfirmed for over "
-                                     f"{int(self.settings.max_key_age)}s: {self.last_error}")
+        if (
+            key is not None
+            and self._fetched_at is not None
+            and self.clock() - self._fetched_at > self.settings.max_key_age
+        ):
+            raise Unavailable(
+                "the issuer's signing keys are unavailable",
+                reason=f"keys for {self.issuer} unconfirmed for over "
+                f"{int(self.settings.max_key_age)}s: {self.last_error}",
+            )
         if key is None:
             if not self._keys:
-                raise Unavailable("the issuer's signing keys are unavailable",
-                                  reason=f"no keys cached for {self.issuer}: {self.last_error}")
-            raise InvalidToken("token signed with an unknown key", reason=f"kid {kid[:64]!r} not in the issuer's JWKS")
+                raise Unavailable(
+                    "the issuer's signing keys are unavailable",
+                    reason=f"no keys cached for {self.issuer}: {self.last_error}",
+                )
+            raise InvalidToken(
+                "token signed with an unknown key", reason=f"kid {kid[:64]!r} not in the issuer's JWKS"
+            )
         if not key.usable_for(alg):
-            raise InvalidToken("token algorithm does not match its key", reason=f"alg {alg} not usable with key {kid[:64]!r}")
+            raise InvalidToken(
+                "token algorithm does not match its key", reason=f"alg {alg} not usable with key {kid[:64]!r}"
+            )
         return key
 
     def _refresh_on_miss(self, kid: str) -> None:
@@ -171,8 +189,9 @@ class KeyCache:
         except FetchError as exc:
             self.last_error = str(exc)
             metrics.jwks_fetch(self.issuer, ok=False)
-            log.warning("JWKS refresh for %s failed: %s (keeping %d cached keys)",
-                        self.issuer, exc, len(self._keys))
+            log.warning(
+                "JWKS refresh for %s failed: %s (keeping %d cached keys)", self.issuer, exc, len(self._keys)
+            )
             return False
         self._keys = keys
         self._fetched_at = self.clock()
@@ -192,12 +211,23 @@ class KeyCache:
         return uri
 
     def _get_json(self, url: str) -> Any:
-        return fetch_json(self._session, url, connect_timeout=self.settings.connect_timeout,
-                          read_timeout=self.settings.read_timeout, verify=self._verify)
+        return fetch_json(
+            self._session,
+            url,
+            connect_timeout=self.settings.connect_timeout,
+            read_timeout=self.settings.read_timeout,
+            verify=self._verify,
+        )
 
 
-def fetch_json(session: requests.Session, url: str, *, connect_timeout: float, read_timeout: float,
-               verify: str | bool = True) -> Any:
+def fetch_json(
+    session: requests.Session,
+    url: str,
+    *,
+    connect_timeout: float,
+    read_timeout: float,
+    verify: str | bool = True,
+) -> Any:
     """GET a JSON document from an issuer: no redirects, bounded size and total time.
 
     The timeouts bound each socket operation; the deadline bounds the whole fetch, so an endpoint
@@ -205,8 +235,14 @@ def fetch_json(session: requests.Session, url: str, *, connect_timeout: float, r
     """
     deadline = time.monotonic() + connect_timeout + read_timeout
     try:
-        with session.get(url, timeout=(connect_timeout, read_timeout), allow_redirects=False,
-                         stream=True, verify=verify, headers={"Accept": "application/json"}) as response:
+        with session.get(
+            url,
+            timeout=(connect_timeout, read_timeout),
+            allow_redirects=False,
+            stream=True,
+            verify=verify,
+            headers={"Accept": "application/json"},
+        ) as response:
             if response.status_code != 200:
                 raise FetchError(f"GET {url} answered {response.status_code}")
             body = _read_bounded(response.raw, deadline, url)
@@ -258,7 +294,7 @@ class KeyRefresher:
                     return
                 try:
                     cache.refresh()
-                except Exception:  # noqa: BLE001 - the thread must outlive any one failure
+                except Exception:
                     log.exception("JWKS refresh crashed for %s", cache.issuer)
             # Retry sooner while some issuer has no keys at all.
             wait = self.interval if all(c.has_keys for c in self.caches) else min(5.0, self.interval)

@@ -19,8 +19,9 @@ the key the running broker signs with. `check` refuses both and names the step a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import requests
 
@@ -51,12 +52,16 @@ def plan(config_kids: Sequence[str], live_kids: Sequence[str], wait: int = DEFAU
     removed = [k for k in live if k not in new]
     problems = []
     if next_signer not in live:
-        problems.append(f"unsafe: {next_signer} would sign before any cloud has seen it published; "
-                        "deploy it second in signing_keys first (step 1), then wait")
+        problems.append(
+            f"unsafe: {next_signer} would sign before any cloud has seen it published; "
+            "deploy it second in signing_keys first (step 1), then wait"
+        )
     if signer not in new:
-        problems.append(f"unsafe: {signer} signs on the running broker and would be unpublished while "
-                        "its assertions are still in flight; keep it (second) until step 2 has been "
-                        f"live for more than {MAX_LIFETIME} s plus the clouds' cache time")
+        problems.append(
+            f"unsafe: {signer} signs on the running broker and would be unpublished while "
+            "its assertions are still in flight; keep it (second) until step 2 has been "
+            f"live for more than {MAX_LIFETIME} s plus the clouds' cache time"
+        )
     if problems:
         return Plan("unsafe", False, tuple(problems))
     if new == live:
@@ -64,17 +69,29 @@ def plan(config_kids: Sequence[str], live_kids: Sequence[str], wait: int = DEFAU
         if len(live) == 1:
             lines.append("to rotate: `ci-broker keys rotate --config FILE --new-key PATH`")
         else:
-            lines.append("next: if the second key is the new one, promote it (move it first) once it "
-                         f"has been published for {wait} s; if it is the old one, retire it once the "
-                         f"promotion has been live for {MAX_LIFETIME + wait} s")
+            lines.append(
+                "next: if the second key is the new one, promote it (move it first) once it "
+                f"has been published for {wait} s; if it is the old one, retire it once the "
+                f"promotion has been live for {MAX_LIFETIME + wait} s"
+            )
         return Plan("in-sync", True, tuple(lines))
     steps = []
     if added:
-        steps.append(("publish", f"step 1, publish: {', '.join(added)} becomes published, not signing; "
-                                 f"wait {wait} s (the clouds' JWKS caches) before promoting it"))
+        steps.append(
+            (
+                "publish",
+                f"step 1, publish: {', '.join(added)} becomes published, not signing; "
+                f"wait {wait} s (the clouds' JWKS caches) before promoting it",
+            )
+        )
     if next_signer != signer:
-        steps.append(("promote", f"step 2, promote: {next_signer} signs instead of {signer}, which stays "
-                                 f"published; wait {MAX_LIFETIME + wait} s before retiring {signer}"))
+        steps.append(
+            (
+                "promote",
+                f"step 2, promote: {next_signer} signs instead of {signer}, which stays "
+                f"published; wait {MAX_LIFETIME + wait} s before retiring {signer}",
+            )
+        )
     if removed:
         steps.append(("retire", f"step 3, retire: {', '.join(removed)} is no longer published"))
     if not steps:  # same keys, only the order of the non-signing ones changed
@@ -83,8 +100,10 @@ def plan(config_kids: Sequence[str], live_kids: Sequence[str], wait: int = DEFAU
 
 
 def describe(server: ServerConfig) -> list[str]:
-    return [f"{i + 1}. kid {k.kid}  {k.alg}  " + ("signs" if i == 0 else "published only")
-            for i, k in enumerate(server.signing_keys)]
+    return [
+        f"{i + 1}. kid {k.kid}  {k.alg}  " + ("signs" if i == 0 else "published only")
+        for i, k in enumerate(server.signing_keys)
+    ]
 
 
 def live_jwks_url(issuer: str, timeout: float = 5.0) -> str:

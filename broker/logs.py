@@ -31,7 +31,8 @@ class RequestIdFilter(logging.Filter):
 
 def json_formatter() -> logging.Formatter:
     return JsonFormatter(
-        "{levelname}{name}{message}{request_id}{process}", style="{",
+        "{levelname}{name}{message}{request_id}{process}",
+        style="{",
         rename_fields={"levelname": "level", "name": "logger", "process": "pid"},
         timestamp="time",
     )
@@ -48,8 +49,14 @@ def gunicorn_logconfig(level: str = "INFO") -> dict[str, Any]:
         "disable_existing_loggers": False,
         "filters": {"request_id": {"()": RequestIdFilter}},
         "formatters": {"json": {"()": json_formatter}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr",
-                                "formatter": "json", "filters": ["request_id"]}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stderr",
+                "formatter": "json",
+                "filters": ["request_id"],
+            }
+        },
         "root": {"level": level, "handlers": ["stderr"]},
         "loggers": {
             "gunicorn.error": {"level": level, "handlers": [], "propagate": True},

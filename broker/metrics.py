@@ -16,7 +16,8 @@ import os
 import re
 import threading
 import time
-from typing import Any, Container, Iterable, Iterator, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
+from typing import Any
 
 from flask import Flask, Response
 
@@ -51,30 +52,45 @@ class Metrics:
             values.ValueClass = values.MultiProcessValue(process_identifier=_process_id)
 
         self.exchanges = Counter(
-            "ci_broker_exchanges", "Exchanges by outcome (granted|refused), error code, provider, cloud "
-            "and role.", ["outcome", "error", "provider", "cloud", "role"])
+            "ci_broker_exchanges",
+            "Exchanges by outcome (granted|refused), error code, provider, cloud and role.",
+            ["outcome", "error", "provider", "cloud", "role"],
+        )
         self.request_latency = Histogram(
-            "ci_broker_request_duration_seconds", "Time from request start to response, by endpoint.",
-            ["endpoint"], buckets=LATENCY_BUCKETS)
+            "ci_broker_request_duration_seconds",
+            "Time from request start to response, by endpoint.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+        )
         self.upstream_latency = Histogram(
             "ci_broker_upstream_duration_seconds",
             "Time spent in the cloud back end per granted role (mostly the cloud's token endpoint).",
-            ["cloud", "result"], buckets=LATENCY_BUCKETS)
+            ["cloud", "result"],
+            buckets=LATENCY_BUCKETS,
+        )
         self.jwks_fetches = Counter(
-            "ci_broker_jwks_fetches", "Fetches of a CI issuer's keys, by issuer and result (ok|error).",
-            ["issuer", "result"])
+            "ci_broker_jwks_fetches",
+            "Fetches of a CI issuer's keys, by issuer and result (ok|error).",
+            ["issuer", "result"],
+        )
         self.jwks_last_success = Gauge(
             "ci_broker_jwks_last_success_timestamp_seconds",
             "Unix time of the last successful key fetch; the stalest live worker's value.",
-            ["issuer"], multiprocess_mode="livemin")
+            ["issuer"],
+            multiprocess_mode="livemin",
+        )
         self.replay_refusals = Counter(
-            "ci_broker_replay_refusals", "CI tokens refused because their jti was already used.")
+            "ci_broker_replay_refusals", "CI tokens refused because their jti was already used."
+        )
         self.rate_limited = Counter(
-            "ci_broker_rate_limited", "Requests refused by a rate limit, by kind.", ["kind"])
+            "ci_broker_rate_limited", "Requests refused by a rate limit, by kind.", ["kind"]
+        )
         self.signing_key = Gauge(
             "ci_broker_signing_key_info",
             "Published signing keys (value 1); active=true marks the one that signs.",
-            ["kid", "alg", "active"], multiprocess_mode="livemax")
+            ["kid", "alg", "active"],
+            multiprocess_mode="livemax",
+        )
 
 
 _pid = os.getpid()
@@ -104,11 +120,18 @@ def get() -> Metrics:
     return _metrics
 
 
-ENDPOINT_PATHS = {"/v1/exchange": "exchange", f"/{DISCOVERY_PATH}": "discovery", f"/{JWKS_PATH}": "jwks",
-                  "/healthz": "healthz", "/readyz": "readyz", "/metrics": "metrics"}
+ENDPOINT_PATHS = {
+    "/v1/exchange": "exchange",
+    f"/{DISCOVERY_PATH}": "discovery",
+    f"/{JWKS_PATH}": "jwks",
+    "/healthz": "healthz",
+    "/readyz": "readyz",
+    "/metrics": "metrics",
+}
 
 
 # -- hooks other modules call ---------------------------------------------------------------------
+
 
 def jwks_fetch(issuer: str, ok: bool) -> None:
     """Called by the key cache after each fetch attempt (background or on a kid miss)."""
@@ -129,6 +152,7 @@ def replay_refused() -> None:
 
 # -- the Flask side -------------------------------------------------------------------------------
 
+
 def instrument(app: Flask) -> None:
     """Time every request, time the cloud calls, serve `/metrics`.
 
@@ -140,8 +164,10 @@ def instrument(app: Flask) -> None:
     if not broker.extras.get("metrics_instrumented"):
         broker.extras["metrics_instrumented"] = True
         broker.verifier.replay = _CountingReplayStore(broker.verifier.replay)
-        broker.backends = {name: _TimedBackend(backend, broker.config.roles[name].cloud)
-                           for name, backend in broker.backends.items()}
+        broker.backends = {
+            name: _TimedBackend(backend, broker.config.roles[name].cloud)
+            for name, backend in broker.backends.items()
+        }
         for i, key in enumerate(broker.config.server.signing_keys):
             get().signing_key.labels(key.kid, key.alg, "true" if i == 0 else "false").set(1)
     app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
@@ -230,8 +256,11 @@ def _cache_age(families: Iterable[Any]) -> Any:
     # An age must be computed at scrape time; storing it would freeze it at the last fetch.
     from prometheus_client.core import GaugeMetricFamily
 
-    age = GaugeMetricFamily(CACHE_AGE_NAME, "Seconds since the stalest live worker last fetched "
-                            "the issuer's keys successfully.", labels=["issuer"])
+    age = GaugeMetricFamily(
+        CACHE_AGE_NAME,
+        "Seconds since the stalest live worker last fetched the issuer's keys successfully.",
+        labels=["issuer"],
+    )
     now = time.time()
     for family in families:
         if family.name == "ci_broker_jwks_last_success_timestamp_seconds":

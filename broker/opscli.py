@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 EXIT_OK, EXIT_UNSAFE, EXIT_ERROR = 0, 1, 2
 Handler = Callable[[argparse.Namespace], int]
 
 
-def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]",
-                 with_config: Callable[[argparse.ArgumentParser], None]) -> dict[str, Handler]:
+def add_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    with_config: Callable[[argparse.ArgumentParser], None],
+) -> dict[str, Handler]:
     p = sub.add_parser("discovery", help="write the OIDC discovery document and JWKS as static files")
     with_config(p)
     p.add_argument("--out", required=True, help="directory; files go under OUT/.well-known/")
@@ -24,10 +26,16 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]",
     keys = p.add_subparsers(dest="keys_command", required=True)
     k = keys.add_parser("check", help="is deploying this config safe now? which rotation step is it?")
     with_config(k)
-    k.add_argument("--jwks-url", help="the JWKS the clouds fetch (default: the jwks_uri of "
-                                      "<issuer>/.well-known/openid-configuration)")
-    k.add_argument("--wait", type=int, default=None, help="seconds between rotation steps "
-                                                          "(default 3600: the clouds' JWKS cache time)")
+    k.add_argument(
+        "--jwks-url",
+        help="the JWKS the clouds fetch (default: the jwks_uri of <issuer>/.well-known/openid-configuration)",
+    )
+    k.add_argument(
+        "--wait",
+        type=int,
+        default=None,
+        help="seconds between rotation steps (default 3600: the clouds' JWKS cache time)",
+    )
     k = keys.add_parser("rotate", help="start a rotation: write a new key and print the three steps")
     with_config(k)
     k.add_argument("--new-key", required=True, help="path for the new PEM key (must not exist)")
@@ -54,10 +62,12 @@ def cmd_discovery(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     for path in paths:
         print(f"wrote {path}")
-    print(f"publish both at {config.server.issuer}/.well-known/ with Content-Type application/json "
-          f"(the first has no extension; object stores would guess wrong), e.g.\n"
-          f"  aws s3 cp {paths[0]} s3://BUCKET/PREFIX/.well-known/openid-configuration "
-          f"--content-type application/json")
+    print(
+        f"publish both at {config.server.issuer}/.well-known/ with Content-Type application/json "
+        f"(the first has no extension; object stores would guess wrong), e.g.\n"
+        f"  aws s3 cp {paths[0]} s3://BUCKET/PREFIX/.well-known/openid-configuration "
+        f"--content-type application/json"
+    )
     return EXIT_OK
 
 

@@ -9,8 +9,9 @@ or failed, for `ci-broker explain` and the operator's audit log; the caller lear
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from broker.claims import ClaimSchema, claim_text
 
@@ -81,7 +82,7 @@ def compile_condition(claim: str, raw: Any, schema: ClaimSchema) -> Condition:
             raise ValueError("a list condition must be a non-empty list of strings (quote numbers)")
         return Condition(claim, "any_of", tuple(schema.normalize(claim, v) for v in raw))
     if isinstance(raw, dict) and len(raw) == 1:
-        (kind, pattern), = raw.items()
+        ((kind, pattern),) = raw.items()
         if kind not in ("glob", "regex"):
             raise ValueError(f"unknown condition form {kind!r}; use glob or regex")
         if not isinstance(pattern, str) or not pattern:
@@ -98,7 +99,7 @@ def compile_condition(claim: str, raw: Any, schema: ClaimSchema) -> Condition:
             raise ValueError(f"invalid regex: {exc}") from None
         return Condition(claim, "regex", (pattern,), compiled)
     if isinstance(raw, (bool, int, float)):
-        raise ValueError(f"must be a string; quote it: \"{claim_text(raw) or raw}\"")
+        raise ValueError(f'must be a string; quote it: "{claim_text(raw) or raw}"')
     raise ValueError("must be a string, a list of strings, {glob: PATTERN} or {regex: PATTERN}")
 
 
@@ -131,14 +132,20 @@ class Decision:
         if not self.rules:
             return "no such role"
         failures = [
-            f"rule {r.index}: " + "; ".join(reason for ok, reason in r.reasons if not ok)
-            for r in self.rules
+            f"rule {r.index}: " + "; ".join(reason for ok, reason in r.reasons if not ok) for r in self.rules
         ]
         return " | ".join(failures)
 
 
-def evaluate(role: str, rules: tuple[Rule, ...], provider: str, schema: ClaimSchema,
-             claims: Mapping[str, Any], *, trace: bool = True) -> Decision:
+def evaluate(
+    role: str,
+    rules: tuple[Rule, ...],
+    provider: str,
+    schema: ClaimSchema,
+    claims: Mapping[str, Any],
+    *,
+    trace: bool = True,
+) -> Decision:
     """The decision, with every rule's reasons (`trace`), or for a grant only the matched rule.
 
     Without `trace` a token that some rule grants gets a decision with no rule results (its
@@ -146,15 +153,24 @@ def evaluate(role: str, rules: tuple[Rule, ...], provider: str, schema: ClaimSch
     """
     if not trace:
         for rule in rules:
-            if rule.provider == provider and rule.conditions and \
-                    all(c.holds(claims, schema) for c in rule.conditions):
+            if (
+                rule.provider == provider
+                and rule.conditions
+                and all(c.holds(claims, schema) for c in rule.conditions)
+            ):
                 return Decision(role, True, rule.index, ())
     results: list[RuleResult] = []
     matched: int | None = None
     for rule in rules:
         if rule.provider != provider:
-            results.append(RuleResult(rule.index, rule.provider, False,
-                                      ((False, f"rule is for provider {rule.provider!r}, token is from {provider!r}"),)))
+            results.append(
+                RuleResult(
+                    rule.index,
+                    rule.provider,
+                    False,
+                    ((False, f"rule is for provider {rule.provider!r}, token is from {provider!r}"),),
+                )
+            )
             continue
         reasons = tuple(c.check(claims, schema) for c in rule.conditions)
         held = bool(reasons) and all(ok for ok, _ in reasons)

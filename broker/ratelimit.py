@@ -21,8 +21,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from limits import RateLimitItem, parse
 from limits.errors import StorageError
@@ -69,7 +70,7 @@ class RateLimiter:
         self._strategy = SlidingWindowCounterRateLimiter(storage)
 
     @classmethod
-    def for_config(cls, config: Config) -> "RateLimiter":
+    def for_config(cls, config: Config) -> RateLimiter:
         store = config.server.replay_store
         redis_url = store if is_redis_url(store) else None
         return cls(config.server.rate_limits, redis_url)
@@ -96,12 +97,17 @@ class RateLimiter:
             if not _is_outage(cause):
                 # Anything but an outage (scripts forbidden by an ACL, out of memory, ...) would
                 # switch rate limiting off for good while exchanges still succeed: refuse instead.
-                raise Unavailable("the rate limiter is unavailable",
-                                  reason=f"rate limit storage {self.where}: {type(cause).__name__}") from None
+                raise Unavailable(
+                    "the rate limiter is unavailable",
+                    reason=f"rate limit storage {self.where}: {type(cause).__name__}",
+                ) from None
             # An outage of the shared redis also stops the replay store, which refuses with 503;
             # counting nothing here costs no grant.
-            log.warning("rate limit storage %s unreachable (%s); request not counted",
-                        self.where, type(cause).__name__)
+            log.warning(
+                "rate limit storage %s unreachable (%s); request not counted",
+                self.where,
+                type(cause).__name__,
+            )
             return
         metrics.rate_limited(f"per_{limit.scope}")
         try:
@@ -109,8 +115,11 @@ class RateLimiter:
             retry_after = max(1, math.ceil(reset_at - time.time()))
         except (StorageError, OSError):
             retry_after = limit.item.get_expiry()  # over the limit all the same; wait a window
-        raise RateLimited("too many requests; retry later", retry_after=retry_after,
-                          reason=f"per-{limit.scope} limit {limit.text} reached for {key[:200]!r}")
+        raise RateLimited(
+            "too many requests; retry later",
+            retry_after=retry_after,
+            reason=f"per-{limit.scope} limit {limit.text} reached for {key[:200]!r}",
+        )
 
 
 def _is_outage(cause: BaseException) -> bool:

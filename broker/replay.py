@@ -25,8 +25,9 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from broker.errors import Unavailable
@@ -108,15 +109,20 @@ class SqliteReplayStore:
         self._writes = 0
         try:
             # isolation_level=None: each statement commits on its own; no transaction left open.
-            self._conn = sqlite3.connect(self.path, timeout=SQLITE_BUSY_TIMEOUT, isolation_level=None,
-                                         check_same_thread=False)
+            self._conn = sqlite3.connect(
+                self.path, timeout=SQLITE_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("CREATE TABLE IF NOT EXISTS used_tokens "
-                               "(key TEXT PRIMARY KEY, expires_at REAL NOT NULL) WITHOUT ROWID")
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS used_tokens "
+                "(key TEXT PRIMARY KEY, expires_at REAL NOT NULL) WITHOUT ROWID"
+            )
         except sqlite3.Error as exc:
-            raise Unavailable("the replay store is unavailable",
-                              reason=f"sqlite replay store {self.path}: {type(exc).__name__}: {exc}") from None
+            raise Unavailable(
+                "the replay store is unavailable",
+                reason=f"sqlite replay store {self.path}: {type(exc).__name__}: {exc}",
+            ) from None
 
     def first_use(self, key: str, expires_at: float) -> bool:
         now = self._clock()
@@ -127,11 +133,14 @@ class SqliteReplayStore:
                     "INSERT INTO used_tokens (key, expires_at) VALUES (?, ?) "
                     "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at "
                     "WHERE used_tokens.expires_at < ?",
-                    (key, expires_at, now))
+                    (key, expires_at, now),
+                )
                 inserted = cursor.rowcount == 1
             except sqlite3.Error as exc:
-                raise Unavailable("the replay store is unavailable",
-                                  reason=f"sqlite replay store: {type(exc).__name__}: {exc}") from None
+                raise Unavailable(
+                    "the replay store is unavailable",
+                    reason=f"sqlite replay store: {type(exc).__name__}: {exc}",
+                ) from None
             self._writes += 1
             if self._writes % SQLITE_PURGE_EVERY == 0:
                 # The token is already recorded: a busy database here must not turn its first
@@ -152,14 +161,19 @@ class RedisReplayStore:
     reach this point, and the next request after it returns simply works: the connection pool
     reconnects on demand, so nothing has to be restarted."""
 
-    def __init__(self, url: str, *, timeout: float = REDIS_TIMEOUT,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, url: str, *, timeout: float = REDIS_TIMEOUT, clock: Callable[[], float] = time.time
+    ) -> None:
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
-        self._retryable: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError, OSError)
+        self._retryable: tuple[type[BaseException], ...] = (
+            redis.ConnectionError,
+            redis.TimeoutError,
+            OSError,
+        )
         self.where = describe_store(url)
         self._clock = clock
         # redis-py's own retries are off: a blind retry of SET NX whose first reply was lost would
@@ -186,8 +200,10 @@ class RedisReplayStore:
             except self._errors as exc:
                 last = exc
                 break
-        raise Unavailable("the replay store is unavailable",
-                          reason=f"redis replay store {self.where}: {type(last).__name__}") from None
+        raise Unavailable(
+            "the replay store is unavailable",
+            reason=f"redis replay store {self.where}: {type(last).__name__}",
+        ) from None
 
     def close(self) -> None:
         self._client.close()
@@ -221,7 +237,7 @@ def store_url_problem(url: str) -> str | None:
         try:
             parts = urlsplit(url)
             host = parts.hostname
-            parts.port  # raises ValueError on a non-numeric or out-of-range port
+            _ = parts.port  # raises ValueError on a non-numeric or out-of-range port
         except ValueError:
             return "is not a valid redis:// URL"
         if not host:
@@ -242,7 +258,7 @@ def store_url_problem(url: str) -> str | None:
 
 def sqlite_path(url: str) -> str:
     # SQLAlchemy's spelling: sqlite:///relative.db and sqlite:////absolute/path.db.
-    return url[len("sqlite:///"):]
+    return url[len("sqlite:///") :]
 
 
 def open_store(url: str) -> ReplayStore:
@@ -255,5 +271,7 @@ def open_store(url: str) -> ReplayStore:
         try:
             return RedisReplayStore(url)
         except ImportError:
-            raise ValueError("replay store: redis:// needs the redis package: pip install 'ci-broker[redis]'") from None
+            raise ValueError(
+                "replay store: redis:// needs the redis package: pip install 'ci-broker[redis]'"
+            ) from None
     return SqliteReplayStore(sqlite_path(url))

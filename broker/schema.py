@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 _MISSING: Any = object()
@@ -103,8 +104,15 @@ class Section:
             self.findings.error(self.at(key), "is required")
         return None if default is _MISSING else default
 
-    def string(self, key: str, default: str | None = None, *, required: bool = False,
-               pattern: re.Pattern[str] | None = None, hint: str = "") -> str | None:
+    def string(
+        self,
+        key: str,
+        default: str | None = None,
+        *,
+        required: bool = False,
+        pattern: re.Pattern[str] | None = None,
+        hint: str = "",
+    ) -> str | None:
         value = self.raw(key, _MISSING, required=required)
         if value is _MISSING or value is None:
             return default
@@ -116,16 +124,24 @@ class Section:
             return default
         return value
 
-    def choice(self, key: str, choices: tuple[str, ...], default: str | None = None, *,
-               required: bool = False) -> str | None:
+    def choice(
+        self, key: str, choices: tuple[str, ...], default: str | None = None, *, required: bool = False
+    ) -> str | None:
         value = self.string(key, default, required=required)
         if value is not None and value not in choices:
             self.findings.error(self.at(key), f"{value!r} is not one of {', '.join(choices)}")
             return default
         return value
 
-    def integer(self, key: str, default: int | None = None, *, minimum: int | None = None,
-                maximum: int | None = None, required: bool = False) -> int | None:
+    def integer(
+        self,
+        key: str,
+        default: int | None = None,
+        *,
+        minimum: int | None = None,
+        maximum: int | None = None,
+        required: bool = False,
+    ) -> int | None:
         value = self.raw(key, _MISSING, required=required)
         if value is _MISSING or value is None:
             return default
@@ -150,7 +166,9 @@ class Section:
             return default
         return value
 
-    def string_list(self, key: str, default: tuple[str, ...] = (), *, required: bool = False) -> tuple[str, ...]:
+    def string_list(
+        self, key: str, default: tuple[str, ...] = (), *, required: bool = False
+    ) -> tuple[str, ...]:
         value = self.raw(key, _MISSING, required=required)
         if value is _MISSING or value is None:
             return default
@@ -162,7 +180,9 @@ class Section:
         out: list[str] = []
         for i, item in enumerate(value):
             if not isinstance(item, str) or not item:
-                self.findings.error(join(self.at(key), i), f"must be a non-empty string, not a {type_name(item)}")
+                self.findings.error(
+                    join(self.at(key), i), f"must be a non-empty string, not a {type_name(item)}"
+                )
             else:
                 out.append(item)
         return tuple(out)
@@ -177,7 +197,7 @@ class Section:
             return default
         return value
 
-    def section(self, key: str, *, required: bool = False) -> "Section":
+    def section(self, key: str, *, required: bool = False) -> Section:
         return Section(self.raw(key, None, required=required), self.at(key), self.findings)
 
     def finish(self) -> None:
@@ -205,7 +225,7 @@ def url_problem(value: str) -> str | None:
     try:
         parts = urlsplit(value)
         host = parts.hostname
-        parts.port  # raises on a non-numeric port
+        _ = parts.port  # raises on a non-numeric port
     except ValueError:
         return f"{value!r} is not a valid URL"
     if parts.scheme not in ("https", "http") or not host:

@@ -57,8 +57,9 @@ class BrokerServer(BaseApplication):  # type: ignore[misc]
         return create_app(self.broker_config)
 
 
-def gunicorn_options(bind: str, workers: int, threads: int = DEFAULT_THREADS,
-                     log_level: str = "INFO") -> dict[str, Any]:
+def gunicorn_options(
+    bind: str, workers: int, threads: int = DEFAULT_THREADS, log_level: str = "INFO"
+) -> dict[str, Any]:
     """The gunicorn settings `serve` uses (the benchmark runs its reference apps with these too)."""
     return {
         "bind": bind,
@@ -122,8 +123,15 @@ def prepare_metrics_dir() -> tuple[str, bool]:
     return path, True
 
 
-def serve(config: Config, bind: str, workers: int, threads: int = DEFAULT_THREADS, *,
-          audit_log: str | None = None, log_level: str = "INFO") -> None:
+def serve(
+    config: Config,
+    bind: str,
+    workers: int,
+    threads: int = DEFAULT_THREADS,
+    *,
+    audit_log: str | None = None,
+    log_level: str = "INFO",
+) -> None:
     metrics_dir, made = prepare_metrics_dir()
     master = os.getpid()
     try:

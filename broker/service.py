@@ -16,11 +16,18 @@ from broker.jwks import KeyCache, KeyCacheSettings, KeyRefresher
 from broker.replay import ReplayStore, open_store
 from broker.verify import TokenVerifier
 
-
 # Cloud SDKs log request and response bodies at DEBUG, and those bodies hold the credentials
 # (and the broker's assertion). However the operator sets the root level, these stay quieter.
-SDK_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "google", "google_auth_httplib2",
-               "azure", "msal")
+SDK_LOGGERS = (
+    "botocore",
+    "boto3",
+    "s3transfer",
+    "urllib3",
+    "google",
+    "google_auth_httplib2",
+    "azure",
+    "msal",
+)
 
 
 def quiet_sdk_loggers() -> None:
@@ -40,18 +47,25 @@ class Broker:
 
     def ready(self) -> tuple[bool, dict[str, str]]:
         """Ready once every provider's keys have been fetched at least once."""
-        states = {name: ("ok" if c.has_keys else f"no keys: {c.last_error or 'not fetched yet'}")
-                  for name, c in self.caches.items()}
+        states = {
+            name: ("ok" if c.has_keys else f"no keys: {c.last_error or 'not fetched yet'}")
+            for name, c in self.caches.items()
+        }
         return all(c.has_keys for c in self.caches.values()), states
 
     def close(self) -> None:
         self.refresher.stop()
 
 
-def build_broker(config: Config, *, replay: ReplayStore | None = None,
-                 key_settings: KeyCacheSettings = KeyCacheSettings(),
-                 start_refresher: bool = True) -> Broker:
+def build_broker(
+    config: Config,
+    *,
+    replay: ReplayStore | None = None,
+    key_settings: KeyCacheSettings | None = None,
+    start_refresher: bool = True,
+) -> Broker:
     quiet_sdk_loggers()
+    key_settings = key_settings or KeyCacheSettings()
     caches = {
         p.name: KeyCache(p.issuer, jwks_uri=p.jwks_uri, ca_bundle=p.ca_bundle, settings=key_settings)
         for p in config.providers.values()
@@ -67,5 +81,6 @@ def build_broker(config: Config, *, replay: ReplayStore | None = None,
     refresher = KeyRefresher(list(caches.values()), key_settings.refresh_interval)
     if start_refresher:
         refresher.start()
-    return Broker(config=config, verifier=verifier, signer=signer, backends=backends,
-                  caches=caches, refresher=refresher)
+    return Broker(
+        config=config, verifier=verifier, signer=signer, backends=backends, caches=caches, refresher=refresher
+    )

@@ -34,8 +34,9 @@ def _finite_float(text: str) -> float:
 
 # Built once: `json.loads` with hooks would build a decoder and its scanner on every call.
 # One decoder serves every thread, as json's own default decoder does.
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant,
-                            parse_float=_finite_float)
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_no_duplicates, parse_constant=_reject_constant, parse_float=_finite_float
+)
 
 
 def loads(data: bytes | str) -> Any:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import jwt
 
@@ -40,8 +41,13 @@ def token_sha256(token: str) -> str:
 
 
 class TokenVerifier:
-    def __init__(self, config: Config, caches: dict[str, KeyCache], replay: ReplayStore,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: Config,
+        caches: dict[str, KeyCache],
+        replay: ReplayStore,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.audience = config.server.audience
         self.max_age = config.server.token_max_age
         self.leeway = config.server.leeway
@@ -49,9 +55,13 @@ class TokenVerifier:
         self.caches = caches  # by provider name
         self.replay = replay
         self.clock = clock
-        self._required = {p.name: REQUIRED + tuple(sorted(p.schema.required)) for p in config.providers.values()}
+        self._required = {
+            p.name: REQUIRED + tuple(sorted(p.schema.required)) for p in config.providers.values()
+        }
 
-    def verify(self, token: str, admit: Callable[[ProviderConfig, dict[str, Any]], None] | None = None) -> VerifiedToken:
+    def verify(
+        self, token: str, admit: Callable[[ProviderConfig, dict[str, Any]], None] | None = None
+    ) -> VerifiedToken:
         if len(token) > MAX_TOKEN_CHARS:
             raise PayloadTooLarge(f"token longer than {MAX_TOKEN_CHARS} characters")
         if not token.isascii():
@@ -65,8 +75,10 @@ class TokenVerifier:
 
         alg = parsed.header["alg"]
         if alg not in provider.algorithms:
-            raise InvalidToken("token algorithm not accepted",
-                               reason=f"alg {alg[:20]!r} not in {list(provider.algorithms)} for {provider.name}")
+            raise InvalidToken(
+                "token algorithm not accepted",
+                reason=f"alg {alg[:20]!r} not in {list(provider.algorithms)} for {provider.name}",
+            )
         key = self.caches[provider.name].get(parsed.header["kid"], alg)
         algorithm = jwt.get_algorithm_by_name(alg)
         if not algorithm.verify(parsed.signing_input, key.key, parsed.signature):
@@ -101,9 +113,13 @@ class TokenVerifier:
         aud = claims["aud"]
         audiences = [aud] if isinstance(aud, str) else aud
         if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences):
-            raise InvalidToken("token has a malformed audience", reason="aud is not a string or list of strings")
+            raise InvalidToken(
+                "token has a malformed audience", reason="aud is not a string or list of strings"
+            )
         if self.audience not in audiences:
-            raise InvalidToken("token audience is wrong", reason=f"aud {audiences[:5]!r} lacks {self.audience!r}")
+            raise InvalidToken(
+                "token audience is wrong", reason=f"aud {audiences[:5]!r} lacks {self.audience!r}"
+            )
 
         now = self.clock()
         if claims["exp"] <= now - self.leeway:
@@ -113,7 +129,9 @@ class TokenVerifier:
         if claims["iat"] > now + self.leeway:
             raise InvalidToken("token is not yet valid", reason=f"iat {claims['iat']} is in the future")
         if now - claims["iat"] > self.max_age + self.leeway:
-            raise InvalidToken("token is too old", reason=f"issued {int(now - claims['iat'])}s ago, limit {self.max_age}s")
+            raise InvalidToken(
+                "token is too old", reason=f"issued {int(now - claims['iat'])}s ago, limit {self.max_age}s"
+            )
 
     def _check_with_pyjwt(self, claims: dict[str, Any], provider: ProviderConfig) -> None:
         """A second, independent opinion on the claims from PyJWT, every option spelled out.
@@ -133,9 +151,16 @@ class TokenVerifier:
 class _PyJWTClaims(jwt.PyJWT):
     """PyJWT's claim validation (exp, nbf, iat, aud, iss, required) on an already parsed claims set."""
 
-    OPTIONS = {"require": list(REQUIRED), "verify_signature": True, "verify_aud": True,
-               "verify_iss": True, "verify_exp": True, "verify_iat": True, "verify_nbf": True,
-               "strict_aud": False}
+    OPTIONS = {
+        "require": list(REQUIRED),
+        "verify_signature": True,
+        "verify_aud": True,
+        "verify_iss": True,
+        "verify_exp": True,
+        "verify_iat": True,
+        "verify_nbf": True,
+        "strict_aud": False,
+    }
 
     def validate(self, claims: dict[str, Any], *, audience: str, issuer: str, leeway: int) -> None:
         # The claim step `PyJWT.decode_complete` runs after its signature check, with the options

@@ -30,7 +30,7 @@ def embedded(template: str, client: str) -> str:
     first, last = starts[0], ends[0]
     indent = lines[first][: len(lines[first]) - len(lines[first].lstrip())]
     block = [(indent + line if line.strip() else "") + "\n" for line in client.splitlines()]
-    return "".join(lines[:first] + block + lines[last + 1:])
+    return "".join(lines[:first] + block + lines[last + 1 :])
 
 
 def main(argv: list[str]) -> int:

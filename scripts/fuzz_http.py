@@ -32,7 +32,7 @@ import uuid
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 B64 = string.ascii_letters + string.digits + "-_"
 ROLES = ["deploy-prod", "gitlab-deploy", "nope", "", "deploy-prod ", "DEPLOY-PROD", "../deploy-prod"]
@@ -63,14 +63,39 @@ class Fuzzer:
     def json_value(self, rng: random.Random, depth: int = 0) -> Any:
         choice = rng.random()
         if depth > 3 or choice < 0.5:
-            return rng.choice([None, True, False, 0, -1, 2**63, 10**30, 1.5, float(rng.randint(0, 9)),
-                               "", "x" * rng.randint(0, 300), "\ud800", "\u202e", "é", "\x00", "892734123",
-                               "refs/heads/main", "push", "production", "20", "true", rng.randint(-10**9, 10**9),
-                               "".join(rng.choice(string.printable) for _ in range(rng.randint(0, 30)))])
+            return rng.choice(
+                [
+                    None,
+                    True,
+                    False,
+                    0,
+                    -1,
+                    2**63,
+                    10**30,
+                    1.5,
+                    float(rng.randint(0, 9)),
+                    "",
+                    "x" * rng.randint(0, 300),
+                    "\ud800",
+                    "\u202e",
+                    "é",
+                    "\x00",
+                    "892734123",
+                    "refs/heads/main",
+                    "push",
+                    "production",
+                    "20",
+                    "true",
+                    rng.randint(-(10**9), 10**9),
+                    "".join(rng.choice(string.printable) for _ in range(rng.randint(0, 30))),
+                ]
+            )
         if choice < 0.75:
             return [self.json_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
-        return {rng.choice(["a", "sub", "SUB", "", "é"]): self.json_value(rng, depth + 1)
-                for _ in range(rng.randint(0, 4))}
+        return {
+            rng.choice(["a", "sub", "SUB", "", "é"]): self.json_value(rng, depth + 1)
+            for _ in range(rng.randint(0, 4))
+        }
 
     def mutate_text(self, rng: random.Random, text: str) -> str:
         for _ in range(rng.randint(1, 4)):
@@ -79,9 +104,9 @@ class Fuzzer:
             i = rng.randrange(len(text))
             op = rng.randrange(9)
             if op == 0:
-                text = text[:i] + rng.choice(B64 + ".=+/ ") + text[i + 1:]
+                text = text[:i] + rng.choice(B64 + ".=+/ ") + text[i + 1 :]
             elif op == 1:
-                text = text[:i] + text[i + 1:]
+                text = text[:i] + text[i + 1 :]
             elif op == 2:
                 text = text[:i] + rng.choice(B64 + ".") + text[i:]
             elif op == 3:
@@ -115,14 +140,16 @@ class Fuzzer:
             elif op < 0.7:
                 claims.pop(name, None)
             elif op < 0.8:
-                claims["exp"] = int(time.time()) + rng.choice([-10**6, -100, 0, 100, 10**6, 10**12])
+                claims["exp"] = int(time.time()) + rng.choice([-(10**6), -100, 0, 100, 10**6, 10**12])
             elif op < 0.9:
                 claims["jti"] = rng.choice(["fixed-jti", "\ud800", "", str(uuid.uuid4())])
             else:
                 claims[name] = "[" * rng.randint(1, 3000)
         header: dict[str, Any] = {"alg": issuer.key.alg, "kid": issuer.key.kid, "typ": "JWT"}
         if rng.random() < 0.25:
-            header[rng.choice(["alg", "kid", "typ", "crit", "jku", "x5c", "cty", "b64", "zip", "x"])] = self.json_value(rng)
+            header[rng.choice(["alg", "kid", "typ", "crit", "jku", "x5c", "cty", "b64", "zip", "x"])] = (
+                self.json_value(rng)
+            )
         payload = json.dumps(claims).encode("utf-8", "surrogatepass")
         if rng.random() < 0.05:
             payload = payload.replace(b"{", b"{" + b" " * rng.randint(1, 5000), 1)
@@ -131,8 +158,10 @@ class Fuzzer:
     # -- one request ------------------------------------------------------------------------------
     def build(self, rng: random.Random) -> tuple[str, str, str, dict[str, str], bytes | None]:
         """(kind, method, path, headers, body)"""
-        kind = rng.choices(["valid", "mutated_token", "resigned", "garbage_auth", "body", "path", "headers"],
-                           weights=[8, 25, 30, 10, 12, 8, 7])[0]
+        kind = rng.choices(
+            ["valid", "mutated_token", "resigned", "garbage_auth", "body", "path", "headers"],
+            weights=[8, 25, 30, 10, 12, 8, 7],
+        )[0]
         method, path = "POST", "/v1/exchange"
         headers = {"Content-Type": "application/json"}
         body: Any = {"role": "deploy-prod"}
@@ -147,12 +176,21 @@ class Fuzzer:
         elif kind == "resigned":
             token, body["role"] = self.resigned_token(rng)
         elif kind == "garbage_auth":
-            headers["Authorization"] = rng.choice([
-                "", "Bearer", "Bearer ", "bearer  x", "Basic dXNlcjpwYXNz", "Bearer a b", "Token x",
-                "Bearer " + "".join(rng.choice(string.printable[:94]) for _ in range(rng.randint(0, 200))),
-                "Bearer " + "A" * rng.choice([16383, 16384, 16385, 20000, 40000]),
-                "Bearer \u00e9\u00e9.\u00e9.\u00e9",
-            ])
+            headers["Authorization"] = rng.choice(
+                [
+                    "",
+                    "Bearer",
+                    "Bearer ",
+                    "bearer  x",
+                    "Basic dXNlcjpwYXNz",
+                    "Bearer a b",
+                    "Token x",
+                    "Bearer "
+                    + "".join(rng.choice(string.printable[:94]) for _ in range(rng.randint(0, 200))),
+                    "Bearer " + "A" * rng.choice([16383, 16384, 16385, 20000, 40000]),
+                    "Bearer \u00e9\u00e9.\u00e9.\u00e9",
+                ]
+            )
         elif kind == "body":
             token, role = self.valid_token(rng)
             op = rng.randrange(8)
@@ -161,34 +199,63 @@ class Fuzzer:
             elif op == 1:
                 body = bytes(rng.randrange(256) for _ in range(rng.randint(0, 300)))
             elif op == 2:
-                body = {"role": role, "duration": rng.choice([-1, 0, 1, 899, 900, 43200, 43201, 10**20, 1.5, "900",
-                                                              True, None, [], {}])}
+                body = {
+                    "role": role,
+                    "duration": rng.choice(
+                        [-1, 0, 1, 899, 900, 43200, 43201, 10**20, 1.5, "900", True, None, [], {}]
+                    ),
+                }
             elif op == 3:
                 body = {"role": role, rng.choice(["extra", "", "ROLE", "Role"]): self.json_value(rng)}
             elif op == 4:
-                body = ("{\"role\": " + "[" * rng.randint(1, 2100)).encode()
+                body = ('{"role": ' + "[" * rng.randint(1, 2100)).encode()
             elif op == 5:
-                body = json.dumps({"role": role, "pad": "x" * rng.choice([3000, 4096, 5000, 100000])}).encode()
+                body = json.dumps(
+                    {"role": role, "pad": "x" * rng.choice([3000, 4096, 5000, 100000])}
+                ).encode()
             elif op == 6:
-                headers["Content-Type"] = rng.choice(["text/plain", "application/json; charset=latin-1",
-                                                      "application/x-www-form-urlencoded", "", "application/jsonx",
-                                                      "APPLICATION/JSON", "application/json; charset=UTF-8"])
+                headers["Content-Type"] = rng.choice(
+                    [
+                        "text/plain",
+                        "application/json; charset=latin-1",
+                        "application/x-www-form-urlencoded",
+                        "",
+                        "application/jsonx",
+                        "APPLICATION/JSON",
+                        "application/json; charset=UTF-8",
+                    ]
+                )
                 body = {"role": role}
             else:
                 body = {"role": rng.choice(ROLES + ["x" * 300, "\ud800", self.json_value(rng)])}
         elif kind == "path":
             method = rng.choice(["GET", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "POST", "TRACE"])
-            path = rng.choice(["/", "/v1/exchange", "/v1/exchange/", "//v1/exchange", "/v1/exchange?role=x",
-                               "/.well-known/jwks.json", "/.well-known/openid-configuration", "/healthz", "/readyz",
-                               "/metrics", "/v1/%2e%2e/healthz", "/v1/exchange%00", "/" + "a" * 3000,
-                               "/v1/" + "".join(rng.choice(string.printable[:62]) for _ in range(10))])
+            path = rng.choice(
+                [
+                    "/",
+                    "/v1/exchange",
+                    "/v1/exchange/",
+                    "//v1/exchange",
+                    "/v1/exchange?role=x",
+                    "/.well-known/jwks.json",
+                    "/.well-known/openid-configuration",
+                    "/healthz",
+                    "/readyz",
+                    "/metrics",
+                    "/v1/%2e%2e/healthz",
+                    "/v1/exchange%00",
+                    "/" + "a" * 3000,
+                    "/v1/" + "".join(rng.choice(string.printable[:62]) for _ in range(10)),
+                ]
+            )
             token = self.box.github_token() if rng.random() < 0.5 else None
         else:
             token, body["role"] = self.valid_token(rng)
             for _ in range(rng.randint(1, 60)):
                 headers[f"X-{rng.randint(0, 10**6)}"] = "v" * rng.randint(0, 2000)
-            headers["X-Request-Id"] = rng.choice(["", "short", "a" * 64, "a" * 65, "../../etc", "ok-id-12345678",
-                                                  "\u00e9" * 10])
+            headers["X-Request-Id"] = rng.choice(
+                ["", "short", "a" * 64, "a" * 65, "../../etc", "ok-id-12345678", "\u00e9" * 10]
+            )
             if rng.random() < 0.3:
                 headers["Authorization"] = "Bearer " + (token or "")
                 token = None
@@ -215,7 +282,9 @@ class Fuzzer:
         for attempt in (0, 1):
             conn = self.conn()
             try:
-                conn.request(method, path, body=data, headers={k: _header_value(v) for k, v in headers.items()})
+                conn.request(
+                    method, path, body=data, headers={k: _header_value(v) for k, v in headers.items()}
+                )
                 response = conn.getresponse()
                 payload = response.read()
                 break
@@ -230,7 +299,9 @@ class Fuzzer:
             conn.close()
             self.local.conn = None
         if status == 200 and kind == "mutated_token":
-            self.record(kind, "200", f"a mutated token was granted: {headers.get('Authorization', '')[:40]!r}...")
+            self.record(
+                kind, "200", f"a mutated token was granted: {headers.get('Authorization', '')[:40]!r}..."
+            )
             return
         if status == 200 and path == "/v1/exchange" and method == "POST":
             try:
@@ -238,11 +309,17 @@ class Fuzzer:
             except ValueError:
                 creds = {}
             with self.lock:
-                self.secrets.extend(v for k, v in creds.items() if k in ("secret_access_key", "session_token"))
+                self.secrets.extend(
+                    v for k, v in creds.items() if k in ("secret_access_key", "session_token")
+                )
         if status >= 500:
             self.record(kind, str(status), f"{kind} {method} {path} -> {status}: {payload[:200]!r}")
             return
-        if status >= 400 and response.getheader("Content-Type", "").startswith("application/json") and method != "HEAD":
+        if (
+            status >= 400
+            and response.getheader("Content-Type", "").startswith("application/json")
+            and method != "HEAD"
+        ):
             try:
                 shape = set(json.loads(payload))
             except ValueError:
@@ -254,19 +331,22 @@ class Fuzzer:
 
     def send_raw(self, rng: random.Random) -> None:
         token = self.box.github_token()
-        lines = rng.choice([
-            b"GARBAGE\r\n\r\n",
-            b"POST /v1/exchange HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{}",
-            b"POST /v1/exchange HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n{}",
-            b"POST /v1/exchange HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
-            b"POST /v1/exchange HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nfffffffff\r\n",
-            b"POST /v1/exchange HTTP/1.1\r\nHost: x\r\nX\x00: y\r\n\r\n",
-            b"POST /v1/exchange HTTP/1.1\r\n" + b"X: y\r\n" * 200 + b"\r\n",
-            b"POST /v1/exchange HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token.encode()
-            + b"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"rol\r\n0\r\n\r\n",
-            b"GET /" + b"a" * 10000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
-            bytes(rng.randrange(256) for _ in range(rng.randint(1, 500))) + b"\r\n\r\n",
-        ])
+        lines = rng.choice(
+            [
+                b"GARBAGE\r\n\r\n",
+                b"POST /v1/exchange HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{}",
+                b"POST /v1/exchange HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n{}",
+                b"POST /v1/exchange HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+                b"POST /v1/exchange HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nfffffffff\r\n",
+                b"POST /v1/exchange HTTP/1.1\r\nHost: x\r\nX\x00: y\r\n\r\n",
+                b"POST /v1/exchange HTTP/1.1\r\n" + b"X: y\r\n" * 200 + b"\r\n",
+                b"POST /v1/exchange HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                + token.encode()
+                + b'\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{"rol\r\n0\r\n\r\n',
+                b"GET /" + b"a" * 10000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+                bytes(rng.randrange(256) for _ in range(rng.randint(1, 500))) + b"\r\n\r\n",
+            ]
+        )
         self.remember(token)
         try:
             with socket.create_connection((self.host, self.port), timeout=10) as s:
@@ -278,7 +358,9 @@ class Fuzzer:
         except OSError:
             self.record("raw", "closed")
             return
-        status = response.split(b" ", 2)[1].decode(errors="replace") if response.startswith(b"HTTP/") else "closed"
+        status = (
+            response.split(b" ", 2)[1].decode(errors="replace") if response.startswith(b"HTTP/") else "closed"
+        )
         if status.startswith("5"):
             self.record("raw", status, f"raw {lines[:60]!r} -> {response[:200]!r}")
         else:
@@ -298,6 +380,7 @@ def _header_value(value: str) -> str:
 
 def start_broker(workdir: Path, workers: int, threads: int) -> tuple[Any, subprocess.Popen[bytes], Path]:
     import requests
+
     from broker.sandbox.stack import Sandbox
 
     box = Sandbox(workdir).start()
@@ -310,10 +393,25 @@ def start_broker(workdir: Path, workers: int, threads: int) -> tuple[Any, subpro
     # The sandbox's STS fetches the broker's JWKS from the broker on every call (AWS caches it):
     # a granted request holds one server thread while STS needs another, so there must be more
     # server threads than client connections, or grants stall into 502s that AWS would not cause.
-    proc = subprocess.Popen([sys.executable, "-m", "broker", "serve", "--config", str(path), "--bind",
-                             f"127.0.0.1:{box.broker_port}", "--workers", str(workers), "--threads", str(threads)],
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "broker",
+            "serve",
+            "--config",
+            str(path),
+            "--bind",
+            f"127.0.0.1:{box.broker_port}",
+            "--workers",
+            str(workers),
+            "--threads",
+            str(threads),
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -328,7 +426,9 @@ def start_broker(workdir: Path, workers: int, threads: int) -> tuple[Any, subpro
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=None, help="default: random (printed, to replay a run)")
     parser.add_argument("--threads", type=int, default=8, help="concurrent client connections")
@@ -365,27 +465,43 @@ def main(argv: list[str] | None = None) -> int:
         if marker in output:
             problems.append(f"server output contains {marker!r}")
     leaks = sum(1 for s in set(fuzzer.secrets) if len(s) >= 20 and s in output)
-    leaks += sum(1 for s in set(fuzzer.secrets) if s.count(".") == 2 and len(s.split(".")[2]) >= 40
-                 and s.split(".")[2] in output)
+    leaks += sum(
+        1
+        for s in set(fuzzer.secrets)
+        if s.count(".") == 2 and len(s.split(".")[2]) >= 40 and s.split(".")[2] in output
+    )
     if leaks:
         problems.append(f"{leaks} token(s), signature(s) or credential(s) in the server output")
     report = {
-        "seed": seed, "requests": args.requests, "elapsed_s": round(elapsed, 1),
-        "requests_per_s": round(args.requests / elapsed, 1), "by_status": dict(sorted(by_status.items())),
+        "seed": seed,
+        "requests": args.requests,
+        "elapsed_s": round(elapsed, 1),
+        "requests_per_s": round(args.requests / elapsed, 1),
+        "by_status": dict(sorted(by_status.items())),
         "by_kind": {k: dict(sorted(v.items())) for k, v in sorted(fuzzer.by_kind.items())},
-        "server_errors": server_errors, "connection_errors": by_status.get("conn_error", 0),
-        "bad_error_shapes": by_status.get("bad_shape", 0), "leaks": leaks, "problems": problems[:20],
+        "server_errors": server_errors,
+        "connection_errors": by_status.get("conn_error", 0),
+        "bad_error_shapes": by_status.get("bad_shape", 0),
+        "leaks": leaks,
+        "problems": problems[:20],
     }
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"fuzz: {args.requests} requests in {report['elapsed_s']}s ({report['requests_per_s']}/s), seed {seed}")
+        print(
+            f"fuzz: {args.requests} requests in {report['elapsed_s']}s ({report['requests_per_s']}/s), seed {seed}"
+        )
         print("  by status: " + ", ".join(f"{k}: {v}" for k, v in report["by_status"].items()))
         for kind, counts in report["by_kind"].items():
             print(f"  {kind:14} " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
         for problem in problems[:20]:
             print(f"  PROBLEM: {problem}")
-    ok = not problems and server_errors == 0 and not by_status.get("conn_error") and not by_status.get("bad_shape")
+    ok = (
+        not problems
+        and server_errors == 0
+        and not by_status.get("conn_error")
+        and not by_status.get("bad_shape")
+    )
     return 0 if ok else 1
 
 

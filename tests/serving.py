@@ -13,18 +13,31 @@ import requests
 
 
 class ServedBroker:
-    def __init__(self, config: Path, bind: str, log: Path, *, workers: int = 1,
-                 extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, bind: str, log: Path, *, workers: int = 1, extra_env: dict[str, str] | None = None
+    ) -> None:
         self.url = f"http://{bind}"
         self.log = log
         self._log_file = log.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "broker", "serve", "--config", str(config), "--bind", bind,
-             "--workers", str(workers)],
-            stdout=self._log_file, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})})
+            [
+                sys.executable,
+                "-m",
+                "broker",
+                "serve",
+                "--config",
+                str(config),
+                "--bind",
+                bind,
+                "--workers",
+                str(workers),
+            ],
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})},
+        )
 
-    def wait_ready(self, timeout: float = 60) -> "ServedBroker":
+    def wait_ready(self, timeout: float = 60) -> ServedBroker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

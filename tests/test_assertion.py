@@ -20,9 +20,14 @@ def signer(request, tmp_path) -> AssertionSigner:
 
 def decode(signer: AssertionSigner, token: str, audience: str) -> dict:
     public = jwt.PyJWK(signer.key.public_jwk).key
-    return jwt.decode(token, public, algorithms=[signer.key.alg], audience=audience,
-                      issuer="https://broker.example", options={"verify_exp": False, "verify_iat": False,
-                                                                "verify_nbf": False})
+    return jwt.decode(
+        token,
+        public,
+        algorithms=[signer.key.alg],
+        audience=audience,
+        issuer="https://broker.example",
+        options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
+    )
 
 
 def test_pyjwt_verifies_the_assertion_against_the_published_key(signer):
@@ -40,7 +45,13 @@ def test_the_header_names_the_algorithm_the_key_and_the_type_and_nothing_else(si
 
 
 def test_context_and_extra_claims_cannot_override_registered_ones(signer):
-    forged = {"sub": "role:admin", "iss": "https://evil.example", "aud": "elsewhere", "exp": 10**10, "jti": "x"}
+    forged = {
+        "sub": "role:admin",
+        "iss": "https://evil.example",
+        "aud": "elsewhere",
+        "exp": 10**10,
+        "jti": "x",
+    }
     token = signer.mint("deploy", "sts.amazonaws.com", forged, extra=forged)
     claims = decode(signer, token, "sts.amazonaws.com")
     assert claims["sub"] == "role:deploy" and claims["iss"] == "https://broker.example"

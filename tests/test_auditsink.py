@@ -8,8 +8,8 @@ import logging
 import os
 import stat
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -52,7 +52,10 @@ def test_events_reach_the_file_alike_whether_written_directly_or_through_logging
     assert direct_sink(audit_logger) is None
     audit.emit({"request_id": "routed", "outcome": "refused"})
     first, second = lines(path)
-    assert first.keys() == second.keys() and {first["request_id"], second["request_id"]} == {"direct", "routed"}
+    assert first.keys() == second.keys() and {first["request_id"], second["request_id"]} == {
+        "direct",
+        "routed",
+    }
     assert [json.loads(m)["request_id"] for m in theirs.messages] == ["routed"]
 
 

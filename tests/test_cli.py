@@ -17,18 +17,28 @@ CLI = [sys.executable, "-m", "broker"]
 
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
+    )
 
 
 def write_config(tmp_path: Path, key_file: Path, allow_claims: dict | None = None) -> Path:
     config = {
         "server": {"issuer": "https://broker.example.com", "signing_keys": [str(key_file)]},
         "providers": {"github": {"issuer": "https://token.actions.githubusercontent.com", "type": "github"}},
-        "roles": {"deploy-prod": {
-            "cloud": "aws", "aws": {"role_arn": "arn:aws:iam::123456789012:role/deploy-prod"},
-            "allow": [{"provider": "github", "claims": allow_claims or {
-                "repository_id": "892734123", "ref": "refs/heads/main", "event_name": "push"}}]}},
+        "roles": {
+            "deploy-prod": {
+                "cloud": "aws",
+                "aws": {"role_arn": "arn:aws:iam::123456789012:role/deploy-prod"},
+                "allow": [
+                    {
+                        "provider": "github",
+                        "claims": allow_claims
+                        or {"repository_id": "892734123", "ref": "refs/heads/main", "event_name": "push"},
+                    }
+                ],
+            }
+        },
     }
     path = tmp_path / "broker.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -68,7 +78,10 @@ def test_check_reports_errors_with_file_and_key_path_and_exits_2(tmp_path, key_f
     result = run("check", "--config", str(path))
     assert result.returncode == 2
     assert f"error: {path}: server.isuer: unknown key" in result.stderr
-    assert f"error: {path}: roles.deploy-prod.allow[0].claims: a rule needs at least one claim condition" in result.stderr
+    assert (
+        f"error: {path}: roles.deploy-prod.allow[0].claims: a rule needs at least one claim condition"
+        in result.stderr
+    )
 
 
 def test_check_prints_warnings_but_exits_0(tmp_path, key_file):
@@ -93,8 +106,15 @@ def test_check_without_a_config_is_an_error():
 def test_explain_allows_and_shows_each_condition(tmp_path, key_file):
     claims = tmp_path / "claims.json"
     claims.write_text(json.dumps(github_claims(iss="https://token.actions.githubusercontent.com")))
-    result = run("explain", "--config", str(write_config(tmp_path, key_file)), "--role", "deploy-prod",
-                 "--claims", str(claims))
+    result = run(
+        "explain",
+        "--config",
+        str(write_config(tmp_path, key_file)),
+        "--role",
+        "deploy-prod",
+        "--claims",
+        str(claims),
+    )
     assert result.returncode == 0, result.stderr
     assert "ALLOW by rule 0" in result.stdout
     assert "[ok] repository_id: '892734123' == '892734123'" in result.stdout
@@ -102,10 +122,18 @@ def test_explain_allows_and_shows_each_condition(tmp_path, key_file):
 
 def test_explain_denies_with_the_failed_condition_and_exits_1(tmp_path, key_file):
     claims = tmp_path / "claims.json"
-    claims.write_text(json.dumps(github_claims(iss="https://token.actions.githubusercontent.com",
-                                               ref="refs/heads/feature")))
-    result = run("explain", "--config", str(write_config(tmp_path, key_file)), "--role", "deploy-prod",
-                 "--claims", str(claims))
+    claims.write_text(
+        json.dumps(github_claims(iss="https://token.actions.githubusercontent.com", ref="refs/heads/feature"))
+    )
+    result = run(
+        "explain",
+        "--config",
+        str(write_config(tmp_path, key_file)),
+        "--role",
+        "deploy-prod",
+        "--claims",
+        str(claims),
+    )
     assert result.returncode == 1
     assert "DENY" in result.stdout
     assert "[FAIL] ref: 'refs/heads/feature' does not match == 'refs/heads/main'" in result.stdout
@@ -114,8 +142,15 @@ def test_explain_denies_with_the_failed_condition_and_exits_1(tmp_path, key_file
 def test_explain_for_an_unknown_role_denies(tmp_path, key_file):
     claims = tmp_path / "claims.json"
     claims.write_text(json.dumps(github_claims(iss="https://token.actions.githubusercontent.com")))
-    result = run("explain", "--config", str(write_config(tmp_path, key_file)), "--role", "nope",
-                 "--claims", str(claims))
+    result = run(
+        "explain",
+        "--config",
+        str(write_config(tmp_path, key_file)),
+        "--role",
+        "nope",
+        "--claims",
+        str(claims),
+    )
     assert result.returncode == 1 and "no such role" in result.stdout
 
 
@@ -125,16 +160,34 @@ def test_explain_needs_a_provider_when_iss_matches_none(tmp_path, key_file):
     config = str(write_config(tmp_path, key_file))
     result = run("explain", "--config", config, "--role", "deploy-prod", "--claims", str(claims))
     assert result.returncode == 2 and "--provider" in result.stderr
-    result = run("explain", "--config", config, "--role", "deploy-prod", "--claims", str(claims),
-                 "--provider", "github")
+    result = run(
+        "explain",
+        "--config",
+        config,
+        "--role",
+        "deploy-prod",
+        "--claims",
+        str(claims),
+        "--provider",
+        "github",
+    )
     assert result.returncode == 0
 
 
 def test_explain_refuses_malformed_claims(tmp_path, key_file):
     claims = tmp_path / "claims.json"
     claims.write_text('{"ref": "a", "ref": "b"}')
-    result = run("explain", "--config", str(write_config(tmp_path, key_file)), "--role", "deploy-prod",
-                 "--claims", str(claims), "--provider", "github")
+    result = run(
+        "explain",
+        "--config",
+        str(write_config(tmp_path, key_file)),
+        "--role",
+        "deploy-prod",
+        "--claims",
+        str(claims),
+        "--provider",
+        "github",
+    )
     assert result.returncode == 2 and "duplicate key" in result.stderr
 
 

@@ -12,13 +12,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import requests
 
-from broker import demo as demo_module
 from broker.demo import Demo, run_demo
 from broker.sandbox import stack
 
@@ -42,8 +42,14 @@ def test_demo_walkthrough_holds_every_expectation(tmp_path: Path) -> None:
     assert {"1", "2", "3", "4", "5", "6", "7"} <= steps
     if hasattr(demo.sandbox, "gcp") and hasattr(demo.sandbox, "azure"):
         assert "8" in steps  # GCP and Azure, once the sandbox has their endpoints
-    for text in ("ALLOW by rule 0", "[FAIL] repository_id:", "[FAIL] ref:", "already been used",
-                 "sub                          role:deploy-prod", "assumed-role/deploy-prod/"):
+    for text in (
+        "ALLOW by rule 0",
+        "[FAIL] repository_id:",
+        "[FAIL] ref:",
+        "already been used",
+        "sub                          role:deploy-prod",
+        "assumed-role/deploy-prod/",
+    ):
         assert text in output
 
 
@@ -63,7 +69,8 @@ def test_demo_prints_no_token_or_credential(tmp_path: Path) -> None:
 
 
 def test_demo_fails_when_the_policy_lets_a_feature_branch_through(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     original = stack.Sandbox.config_dict
 
     def weakened(self: stack.Sandbox) -> dict[str, Any]:
@@ -90,7 +97,8 @@ def test_demo_reports_a_step_that_raises(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_demo_without_the_test_extras_says_how_to_get_them(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setitem(sys.modules, "moto", None)
     assert run_demo(out=io.StringIO()) == 2
     assert "ci-broker[test]" in capsys.readouterr().err
@@ -98,8 +106,9 @@ def test_demo_without_the_test_extras_says_how_to_get_them(
 
 def test_demo_command_exits_zero(tmp_path: Path) -> None:
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "broker", "demo"], capture_output=True, text=True,
-                            timeout=120, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "demo"], capture_output=True, text=True, timeout=120, env=env
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "expectations held" in result.stdout
     assert not JWT.search(result.stdout + result.stderr)
@@ -107,6 +116,7 @@ def test_demo_command_exits_zero(tmp_path: Path) -> None:
 
 
 # -- --serve --------------------------------------------------------------------------------------
+
 
 class Lines:
     """A subprocess's stdout, read line by line in the background so the test can wait with a timeout."""
@@ -140,8 +150,14 @@ class Lines:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Lines]]:
     env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "broker", "demo", "--serve"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker", "demo", "--serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         yield proc, Lines(proc.stdout)
     finally:
@@ -151,12 +167,17 @@ def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Lines]]:
 
 
 def exchange(url: str, token_file: Path) -> requests.Response:
-    return requests.post(f"{url}/v1/exchange", json={"role": "deploy-prod"}, timeout=30,
-                         headers={"Authorization": f"Bearer {token_file.read_text()}"})
+    return requests.post(
+        f"{url}/v1/exchange",
+        json={"role": "deploy-prod"},
+        timeout=30,
+        headers={"Authorization": f"Bearer {token_file.read_text()}"},
+    )
 
 
 def test_demo_serve_keeps_running_with_curl_commands_until_ctrl_c(
-        served: tuple[subprocess.Popen[str], Lines], tmp_path: Path) -> None:
+    served: tuple[subprocess.Popen[str], Lines], tmp_path: Path
+) -> None:
     proc, lines = served
     lines.until("Ctrl-C stops everything")
     text = lines.text

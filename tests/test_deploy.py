@@ -103,6 +103,7 @@ def test_the_shipped_config_is_a_valid_broker_config_on_the_shared_redis(tmp_pat
 
 # -- Dockerfile -----------------------------------------------------------------------------------
 
+
 def dockerfile_stages() -> list[list[str]]:
     lines = (ROOT / "Dockerfile").read_text().splitlines()
     stages: list[list[str]] = []
@@ -127,7 +128,7 @@ def test_the_image_is_multi_stage_non_root_and_ships_no_build_tools():
 
 def test_the_build_context_leaves_out_everything_but_the_package():
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
-    rules = [l for l in ignore if l and not l.startswith("#")]
+    rules = [line for line in ignore if line and not line.startswith("#")]
     assert rules[0] == "*"  # deny by default: no keys, venvs or state in the context
     assert {"!pyproject.toml", "!broker/"} <= set(rules)
 

@@ -42,6 +42,7 @@ def serve_keys(sandbox: Any, serve_config: Any, keys: list[Path]) -> None:
 
 # -- discovery ------------------------------------------------------------------------------------
 
+
 def test_discovery_writes_exactly_what_the_running_broker_serves(sandbox, broker, tmp_path, capsys):
     config = write_config(sandbox, [sandbox.key_path])
     out = tmp_path / "site"
@@ -72,16 +73,20 @@ def test_discovery_refuses_an_invalid_config(tmp_path):
 
 # -- the rotation plan ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("deployed, live, step, safe", [
-    (["A"], ["A"], "in-sync", True),
-    (["A", "B"], ["A"], "publish", True),          # 1. the new key published second
-    (["B", "A"], ["A", "B"], "promote", True),     # 2. promoted once the clouds have seen it
-    (["B"], ["B", "A"], "retire", True),           # 3. the old key retired
-    (["B", "A"], ["A"], "unsafe", False),          # signing with a key nobody has seen yet
-    (["B"], ["A"], "unsafe", False),               # swapping keys in one step
-    (["A"], ["B", "A"], "unsafe", False),          # unpublishing the key that signs now
-    (["B"], [], "first-deploy", True),
-])
+
+@pytest.mark.parametrize(
+    "deployed, live, step, safe",
+    [
+        (["A"], ["A"], "in-sync", True),
+        (["A", "B"], ["A"], "publish", True),  # 1. the new key published second
+        (["B", "A"], ["A", "B"], "promote", True),  # 2. promoted once the clouds have seen it
+        (["B"], ["B", "A"], "retire", True),  # 3. the old key retired
+        (["B", "A"], ["A"], "unsafe", False),  # signing with a key nobody has seen yet
+        (["B"], ["A"], "unsafe", False),  # swapping keys in one step
+        (["A"], ["B", "A"], "unsafe", False),  # unpublishing the key that signs now
+        (["B"], [], "first-deploy", True),
+    ],
+)
 def test_the_plan_names_the_step_and_refuses_the_two_unsafe_moves(deployed, live, step, safe):
     result = plan(deployed, live)
     assert (result.step, result.safe) == (step, safe), result.lines
@@ -99,7 +104,11 @@ def test_keys_check_walks_a_rotation_against_the_live_broker(sandbox, serve_conf
     code, out = check([new])
     assert code == 1 and "unsafe" in out
     code, out = check([old, new])
-    assert code == 0 and "step: publish" in out and f"live JWKS {sandbox.broker_url}/.well-known/jwks.json: {old_kid}" in out
+    assert (
+        code == 0
+        and "step: publish" in out
+        and f"live JWKS {sandbox.broker_url}/.well-known/jwks.json: {old_kid}" in out
+    )
 
     serve_keys(sandbox, serve_config, [old, new])
     code, out = check([new, old])

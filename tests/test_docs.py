@@ -17,9 +17,10 @@ import copy
 import re
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -41,6 +42,7 @@ ALL_CLOUDS = ("aws", "gcp", "azure")  # the contract's; a build may not have all
 
 
 # -- what the loader reads ------------------------------------------------------------------------
+
 
 @dataclass
 class Read:
@@ -68,8 +70,10 @@ def skeleton() -> dict[str, Any]:
     return {
         "server": {"rate_limits": {}},
         "providers": {"p": {}},
-        "roles": {f"r-{cloud}": {"cloud": cloud, "allow": [{"provider": "p", "claims": {"ref": "x"}}]}
-                  for cloud in clouds.NAMES},
+        "roles": {
+            f"r-{cloud}": {"cloud": cloud, "allow": [{"provider": "p", "claims": {"ref": "x"}}]}
+            for cloud in clouds.NAMES
+        },
     }
 
 
@@ -97,6 +101,7 @@ def loader_reads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, R
             if key not in self:
                 read.default = result if name != "section" else None
             return result
+
         return reader
 
     monkeypatch.setattr(Section, "raw", raw)
@@ -113,14 +118,20 @@ def literal_keys() -> set[str]:
     names: set[str] = set()
     for source in LOADER_SOURCES:
         for node in ast.walk(ast.parse(source.read_text())):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                    and node.func.attr in (*TYPED_READERS, "raw") and node.args
-                    and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in (*TYPED_READERS, "raw")
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
                 names.add(node.args[0].value)
     return names
 
 
 # -- what the doc says ----------------------------------------------------------------------------
+
 
 @dataclass
 class Row:
@@ -165,6 +176,7 @@ def yaml_blocks(path: Path) -> list[str]:
 
 
 # -- loading documented YAML ----------------------------------------------------------------------
+
 
 def materialise(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Create the files a config names (signing keys, CA bundles) under `base`; drop roles of clouds
@@ -218,8 +230,10 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 # -- configuration.md -----------------------------------------------------------------------------
 
+
 def test_every_key_the_loader_reads_is_documented_and_every_documented_key_is_read(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     reads = loader_reads(monkeypatch, tmp_path)
     rows = built_rows()
     assert sorted(set(reads) - set(rows)) == [], "keys the loader reads that docs/configuration.md lacks"
@@ -233,7 +247,8 @@ def test_every_key_name_in_the_loader_source_is_documented() -> None:
 
 
 def test_documented_defaults_types_and_bounds_match_the_loader(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     reads = loader_reads(monkeypatch, tmp_path)
     rows = built_rows()
     problems: list[str] = []
@@ -245,15 +260,24 @@ def test_documented_defaults_types_and_bounds_match_the_loader(
             problems.append(f"{key}: required is {read.required}, the doc's default says {row.default!r}")
         if read.default is not None and not read.required:
             # `900`, `memory`, `[RS256]`: each default value must appear inside backticks.
-            shown = {v.strip() for code in re.findall(r"`([^`]*)`", row.default)
-                     for v in code.strip("[]").split(",")}
+            shown = {
+                v.strip()
+                for code in re.findall(r"`([^`]*)`", row.default)
+                for v in code.strip("[]").split(",")
+            }
             values = read.default if isinstance(read.default, tuple) else (read.default,)
             for value in values:
                 text = str(value).lower() if isinstance(value, bool) else str(value)
                 if text not in shown:
                     problems.append(f"{key}: default is {text!r}, the doc says {row.default!r}")
-        wanted = {"string": "string", "integer": "integer", "boolean": "boolean", "string_list": "list",
-                  "url": "URL", "section": "mapping"}.get(read.method)
+        wanted = {
+            "string": "string",
+            "integer": "integer",
+            "boolean": "boolean",
+            "string_list": "list",
+            "url": "URL",
+            "section": "mapping",
+        }.get(read.method)
         if wanted and wanted not in row.type:
             problems.append(f"{key}: read as {read.method}, the doc's type {row.type!r} lacks {wanted!r}")
         for choice in read.choices:
@@ -305,8 +329,11 @@ def test_each_documented_example_value_loads(in_tmp: Path) -> None:
         try:
             build_config(config, base_dir=in_tmp)
         except ConfigError as exc:
-            mine = [f.render() for f in exc.findings if f.level == "error"
-                    and (f.path == path or f.path.startswith((path + ".", path + "[")))]
+            mine = [
+                f.render()
+                for f in exc.findings
+                if f.level == "error" and (f.path == path or f.path.startswith((path + ".", path + "[")))
+            ]
             others = [f.render() for f in exc.findings if f.level == "error"]
             if mine or others:
                 problems.append(f"{key}: example {row.example} -> {mine or others}")
@@ -322,12 +349,19 @@ def test_the_reference_config_in_configuration_md_loads(in_tmp: Path) -> None:
 
 # -- policies.md ----------------------------------------------------------------------------------
 
+
 def policy_blocks() -> list[tuple[str, dict[str, Any]]]:
     """(marker, parsed) for each YAML block; the marker is the first line's `# mistake`/`# refused`."""
     out = []
     for block in yaml_blocks(POLICIES):
         first = block.splitlines()[0].strip().lower()
-        marker = "mistake" if first.startswith("# mistake") else "refused" if first.startswith("# refused") else "safe"
+        marker = (
+            "mistake"
+            if first.startswith("# mistake")
+            else "refused"
+            if first.startswith("# refused")
+            else "safe"
+        )
         out.append((marker, yaml.safe_load(block)))
     return out
 
@@ -367,6 +401,7 @@ def test_each_policy_example_behaves_as_the_cookbook_says(index: int, in_tmp: Pa
 
 # -- README and examples --------------------------------------------------------------------------
 
+
 def test_readme_has_the_quick_start_and_links_every_doc() -> None:
     text = README.read_text()
     quick_start = text[: text.find("## Configuration")] if "## Configuration" in text else text
@@ -392,15 +427,22 @@ def test_the_example_config_passes_ci_broker_check(tmp_path: Path) -> None:
     config_dir.mkdir()
     for name in data["server"]["signing_keys"]:
         (config_dir / name).parent.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run([sys.executable, "-m", "broker", "keygen", "--alg", "ES256",
-                                 "--out", str(config_dir / name)], capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "broker", "keygen", "--alg", "ES256", "--out", str(config_dir / name)],
+            capture_output=True,
+            text=True,
+        )
         assert result.returncode == 0, result.stderr
     text = EXAMPLE.read_text()
     if any(role["cloud"] not in clouds.NAMES for role in data["roles"].values()):
         text = yaml.safe_dump(materialise(data, config_dir), sort_keys=False)  # a build without every cloud
     (config_dir / "broker.yaml").write_text(text)
-    result = subprocess.run([sys.executable, "-m", "broker", "check", "--config", str(config_dir / "broker.yaml")],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "check", "--config", str(config_dir / "broker.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "warning:" not in result.stdout + result.stderr
     assert "0 warning(s)" in result.stdout

@@ -4,8 +4,7 @@ the broker sent (the local STS verified the assertion against the broker's publi
 from __future__ import annotations
 
 import json
-import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import boto3
 import jwt
@@ -24,13 +23,17 @@ def test_a_granted_exchange_returns_working_aws_credentials(sandbox, broker, aud
     creds = body["credentials"]
     assert set(creds) == {"access_key_id", "secret_access_key", "session_token", "region"}
     assert creds["region"] == "eu-west-1"
-    expires = datetime.strptime(body["expires_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-    assert 3500 < (expires - datetime.now(timezone.utc)).total_seconds() <= 3600
+    expires = datetime.strptime(body["expires_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert 3500 < (expires - datetime.now(UTC)).total_seconds() <= 3600
 
-    sts = boto3.client("sts", endpoint_url=sandbox.sts.url, region_name="eu-west-1",
-                       aws_access_key_id=creds["access_key_id"],
-                       aws_secret_access_key=creds["secret_access_key"],
-                       aws_session_token=creds["session_token"])
+    sts = boto3.client(
+        "sts",
+        endpoint_url=sandbox.sts.url,
+        region_name="eu-west-1",
+        aws_access_key_id=creds["access_key_id"],
+        aws_secret_access_key=creds["secret_access_key"],
+        aws_session_token=creds["session_token"],
+    )
     identity = sts.get_caller_identity()
     assert identity["Arn"].startswith("arn:aws:sts::123456789012:assumed-role/deploy-prod/")
 
@@ -46,7 +49,8 @@ def test_the_assertion_would_satisfy_an_aws_trust_policy(sandbox, broker):
     assert claims["exp"] - claims["iat"] <= 300
     assert claims["nbf"] <= claims["iat"] + 1
     assert claims["https://aws.amazon.com/tags"] == {
-        "principal_tags": {"repository": ["octo-org/octo-repo"], "ref": ["refs/heads/main"]}}
+        "principal_tags": {"repository": ["octo-org/octo-repo"], "ref": ["refs/heads/main"]}
+    }
     assert claims["provider"] == "github" and claims["repository_id"] == "892734123"
 
 
@@ -59,8 +63,9 @@ def test_the_assertion_verifies_against_the_published_jwks(sandbox, broker):
     jwks = jwt.PyJWKSet.from_dict(requests.get(discovery["jwks_uri"], timeout=5).json())
     kid = jwt.get_unverified_header(assertion)["kid"]
     key = next(k for k in jwks.keys if k.key_id == kid)
-    claims = jwt.decode(assertion, key.key, algorithms=["ES256"], audience="sts.amazonaws.com",
-                        issuer=sandbox.broker_url)
+    claims = jwt.decode(
+        assertion, key.key, algorithms=["ES256"], audience="sts.amazonaws.com", issuer=sandbox.broker_url
+    )
     assert claims["sub"] == "role:deploy-prod"
     assert web_identity["RoleArn"] == DEPLOY_ROLE_ARN
     assert web_identity["RoleSessionName"] == "github-7123456789-octo-org-octo-repo"
@@ -134,8 +139,9 @@ def test_an_unknown_role_looks_like_a_denied_one(sandbox, broker, audit_events):
     unknown = sandbox.exchange(sandbox.github_token(), role="no-such-role")
     denied = sandbox.exchange(sandbox.github_token(repository_id="1"))
     assert unknown.status_code == denied.status_code == 403
-    assert {k: v for k, v in unknown.json().items() if k != "request_id"} == \
-        {k: v for k, v in denied.json().items() if k != "request_id"}
+    assert {k: v for k, v in unknown.json().items() if k != "request_id"} == {
+        k: v for k, v in denied.json().items() if k != "request_id"
+    }
     assert audit_events[-2]["reason"] == "no such role"
 
 
@@ -162,9 +168,15 @@ def test_each_exchange_writes_one_audit_event_without_secrets(sandbox, broker, a
         assert secret not in everything
 
 
-def test_nothing_secret_reaches_logs_or_responses_of_refused_requests(sandbox, broker, audit_events, all_logs):
-    tokens = [sandbox.github_token(repository_id="1"), sandbox.github_token(aud="x"),
-              "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.c2lnbmF0dXJl", sandbox.github_token()]
+def test_nothing_secret_reaches_logs_or_responses_of_refused_requests(
+    sandbox, broker, audit_events, all_logs
+):
+    tokens = [
+        sandbox.github_token(repository_id="1"),
+        sandbox.github_token(aud="x"),
+        "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.c2lnbmF0dXJl",
+        sandbox.github_token(),
+    ]
     texts = []
     for token in tokens[:3]:
         texts.append(sandbox.exchange(token).text)
@@ -183,13 +195,17 @@ def test_a_request_id_from_the_caller_is_kept_if_well_formed(sandbox, broker):
 
 
 @pytest.mark.parametrize("mode", ["assume_role"])
-def test_assume_role_mode_uses_ambient_credentials_with_tags_and_source_identity(sandbox, serve_config, monkeypatch, mode):
+def test_assume_role_mode_uses_ambient_credentials_with_tags_and_source_identity(
+    sandbox, serve_config, monkeypatch, mode
+):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEBROKER000")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "broker-ambient-secret")
     config = sandbox.config_dict()
     config["roles"]["deploy-prod"]["aws"]["mode"] = mode
     config["roles"]["deploy-prod"]["aws"]["session_policy"] = {
-        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]}
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}],
+    }
     serve_config(config)
     response = sandbox.exchange(sandbox.github_token())
     assert response.status_code == 200, response.text
@@ -203,11 +219,17 @@ def test_assume_role_mode_uses_ambient_credentials_with_tags_and_source_identity
 def test_tag_values_are_sanitized_to_what_aws_accepts(sandbox, broker):
     response = sandbox.exchange(sandbox.github_token(ref="refs/heads/main"))
     assert response.status_code == 200
-    from broker.clouds.aws import render_tags, TagTemplate
     from broker.clouds import Grant
+    from broker.clouds.aws import TagTemplate, render_tags
 
-    grant = Grant(role="r", provider="github", claims={"ref": "refs/heads/feat#1<x>"}, context={},
-                  duration=None, mint_assertion=lambda a, e: "")
+    grant = Grant(
+        role="r",
+        provider="github",
+        claims={"ref": "refs/heads/feat#1<x>"},
+        context={},
+        duration=None,
+        mint_assertion=lambda a, e: "",
+    )
     assert render_tags((TagTemplate("ref", "{ref}", ("ref",)),), grant) == {"ref": "refs/heads/feat_1_x_"}
 
 
@@ -226,7 +248,9 @@ def test_an_sts_error_that_echoes_the_assertion_is_withheld(sandbox, broker, aud
     finally:
         sandbox.sts.echo_assertion = False
     body = assert_refused(response, 502, "upstream_error")
-    assertion = [c for c in sandbox.sts.calls if c.get("Action") == "AssumeRoleWithWebIdentity"][-1]["WebIdentityToken"]
+    assertion = [c for c in sandbox.sts.calls if c.get("Action") == "AssumeRoleWithWebIdentity"][-1][
+        "WebIdentityToken"
+    ]
     header = assertion.split(".")[0]
     assert "withheld" in body["message"]
     assert header not in response.text and header not in json.dumps(audit_events)

@@ -7,10 +7,18 @@ import requests
 from tests.helpers import assert_refused
 
 
-def post(sandbox, body: bytes | str, content_type: str | None = "application/json", token: str | None = "x.y.z",
-         extra_headers: dict | None = None) -> requests.Response:
-    headers = {**({"Content-Type": content_type} if content_type else {}),
-               **({"Authorization": f"Bearer {token}"} if token else {}), **(extra_headers or {})}
+def post(
+    sandbox,
+    body: bytes | str,
+    content_type: str | None = "application/json",
+    token: str | None = "x.y.z",
+    extra_headers: dict | None = None,
+) -> requests.Response:
+    headers = {
+        **({"Content-Type": content_type} if content_type else {}),
+        **({"Authorization": f"Bearer {token}"} if token else {}),
+        **(extra_headers or {}),
+    }
     return requests.post(f"{sandbox.broker_url}/v1/exchange", data=body, headers=headers, timeout=10)
 
 
@@ -20,26 +28,51 @@ def test_no_bearer_token_is_401(sandbox, broker):
 
 
 def test_a_basic_auth_header_is_401(sandbox, broker):
-    response = post(sandbox, '{"role":"deploy-prod"}', token=None, extra_headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    response = post(
+        sandbox, '{"role":"deploy-prod"}', token=None, extra_headers={"Authorization": "Basic dXNlcjpwYXNz"}
+    )
     assert_refused(response, 401, "invalid_token")
 
 
 def test_wrong_content_type_is_415(sandbox, broker):
-    assert_refused(post(sandbox, "role=deploy-prod", "application/x-www-form-urlencoded"), 415, "unsupported_media_type")
+    assert_refused(
+        post(sandbox, "role=deploy-prod", "application/x-www-form-urlencoded"), 415, "unsupported_media_type"
+    )
     assert_refused(post(sandbox, '{"role":"deploy-prod"}', None), 415, "unsupported_media_type")
-    assert_refused(post(sandbox, '{"role":"deploy-prod"}', "application/json; charset=latin-1"), 415, "unsupported_media_type")
+    assert_refused(
+        post(sandbox, '{"role":"deploy-prod"}', "application/json; charset=latin-1"),
+        415,
+        "unsupported_media_type",
+    )
 
 
 def test_malformed_json_is_400(sandbox, broker):
-    for body in ("{", "[]", '"deploy-prod"', "null", '{"role": "a", "role": "b"}', '{"role": NaN}',
-                 b"\xff\xfe", "[" * 2000 + "]" * 2000):
+    for body in (
+        "{",
+        "[]",
+        '"deploy-prod"',
+        "null",
+        '{"role": "a", "role": "b"}',
+        '{"role": NaN}',
+        b"\xff\xfe",
+        "[" * 2000 + "]" * 2000,
+    ):
         assert_refused(post(sandbox, body), 400, "invalid_request")
 
 
 def test_missing_or_ill_typed_fields_are_400(sandbox, broker):
-    for body in ("{}", '{"role": 1}', '{"role": ""}', '{"role": ["a"]}', '{"role": "r", "duration": "60"}',
-                 '{"role": "r", "duration": true}', '{"role": "r", "duration": 0}', '{"role": "r", "duration": 1.5}',
-                 '{"role": "r", "duration": 99999999}', '{"role": "r", "rol": "x"}'):
+    for body in (
+        "{}",
+        '{"role": 1}',
+        '{"role": ""}',
+        '{"role": ["a"]}',
+        '{"role": "r", "duration": "60"}',
+        '{"role": "r", "duration": true}',
+        '{"role": "r", "duration": 0}',
+        '{"role": "r", "duration": 1.5}',
+        '{"role": "r", "duration": 99999999}',
+        '{"role": "r", "rol": "x"}',
+    ):
         assert_refused(post(sandbox, body), 400, "invalid_request")
 
 
@@ -74,7 +107,11 @@ def test_the_broker_publishes_its_issuer_metadata_and_keys(sandbox, broker):
 def test_all_configured_keys_are_published_and_the_first_signs(sandbox, serve_config, tmp_path):
     from broker.keys import write_private_key
 
-    second = write_private_key(sandbox.workdir / "second-rs.pem", "RS256") if not (sandbox.workdir / "second-rs.pem").exists() else None
+    second = (
+        write_private_key(sandbox.workdir / "second-rs.pem", "RS256")
+        if not (sandbox.workdir / "second-rs.pem").exists()
+        else None
+    )
     config = sandbox.config_dict()
     config["server"]["signing_keys"] = [sandbox.key_path.name, "second-rs.pem"]
     serve_config(config)
@@ -123,9 +160,13 @@ def test_the_issuer_documents_keep_their_own_caching(sandbox, broker):
 
 def test_a_body_shorter_than_its_content_length_is_400(broker):
     client = broker.test_client()
-    response = client.post("/v1/exchange", data=b'{"role":"deploy-prod"}', content_type="application/json",
-                           headers={"Authorization": "Bearer a.b.c"},
-                           environ_overrides={"CONTENT_LENGTH": "40"})
+    response = client.post(
+        "/v1/exchange",
+        data=b'{"role":"deploy-prod"}',
+        content_type="application/json",
+        headers={"Authorization": "Bearer a.b.c"},
+        environ_overrides={"CONTENT_LENGTH": "40"},
+    )
     assert response.status_code == 400
     assert response.get_json()["error"] == "invalid_request"
 
@@ -133,7 +174,11 @@ def test_a_body_shorter_than_its_content_length_is_400(broker):
 def test_a_content_length_that_is_not_a_plain_number_is_not_trusted(broker):
     client = broker.test_client()
     for declared in ("+22", "2\u00b2", " 22", "0x16", "9" * 5000):
-        response = client.post("/v1/exchange", data=b'{"role":"deploy-prod"}', content_type="application/json",
-                               headers={"Authorization": "Bearer a.b.c"},
-                               environ_overrides={"CONTENT_LENGTH": declared})
+        response = client.post(
+            "/v1/exchange",
+            data=b'{"role":"deploy-prod"}',
+            content_type="application/json",
+            headers={"Authorization": "Bearer a.b.c"},
+            environ_overrides={"CONTENT_LENGTH": declared},
+        )
         assert 400 <= response.status_code < 500, (declared, response.status_code)

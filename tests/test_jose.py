@@ -18,15 +18,18 @@ def test_a_well_formed_token_parses():
     assert parsed.header["kid"] == "k" and parsed.claims == {"sub": "x"} and parsed.signature == b"sig"
 
 
-@pytest.mark.parametrize("header,reason", [
-    (b'{"alg":"RS256"}', "no usable kid"),
-    (b'{"alg":"RS256","kid":""}', "no usable kid"),
-    (b'{"alg":"RS256","kid":7}', "no usable kid"),
-    (b'{"alg":"RS256","kid":"k","typ":"JWE"}', "typ"),
-    (b'{"alg":"RS256","kid":"k","zip":"DEF"}', "header carries zip"),
-    (b'{"alg":"RS256","kid":"k","x5c":["MII"]}', "header carries x5c"),
-    (b'{"alg":1,"kid":"k"}', "no alg"),
-])
+@pytest.mark.parametrize(
+    "header,reason",
+    [
+        (b'{"alg":"RS256"}', "no usable kid"),
+        (b'{"alg":"RS256","kid":""}', "no usable kid"),
+        (b'{"alg":"RS256","kid":7}', "no usable kid"),
+        (b'{"alg":"RS256","kid":"k","typ":"JWE"}', "typ"),
+        (b'{"alg":"RS256","kid":"k","zip":"DEF"}', "header carries zip"),
+        (b'{"alg":"RS256","kid":"k","x5c":["MII"]}', "header carries x5c"),
+        (b'{"alg":1,"kid":"k"}', "no alg"),
+    ],
+)
 def test_headers_we_do_not_accept(header, reason):
     with pytest.raises(InvalidToken) as info:
         jose.parse(token(header))
@@ -41,7 +44,7 @@ def test_infinity_and_nan_are_not_json():
 def test_a_number_too_large_for_a_float_is_refused_not_turned_into_infinity():
     for number in (b"1e400", b"-1e400", b"1" + b"0" * 400 + b".0"):
         with pytest.raises(InvalidToken, match="malformed"):
-            jose.parse(token(b'{"alg":"RS256","kid":"k"}', b'{"run_id": ' + number + b'}'))
+            jose.parse(token(b'{"alg":"RS256","kid":"k"}', b'{"run_id": ' + number + b"}"))
     assert jose.parse(token(b'{"alg":"RS256","kid":"k"}', b'{"n": 1.5e300}')).claims["n"] == 1.5e300
 
 

@@ -10,7 +10,7 @@ import pytest
 from werkzeug.wrappers import Response
 
 from broker.errors import InvalidToken, Unavailable
-from broker.jwks import KeyCache, KeyCacheSettings, parse_jwks, FetchError
+from broker.jwks import FetchError, KeyCache, KeyCacheSettings, parse_jwks
 from broker.sandbox.issuer import LocalIssuer
 
 FAST = KeyCacheSettings(refresh_interval=300, unknown_kid_cooldown=30, connect_timeout=1, read_timeout=1)
@@ -47,14 +47,17 @@ def test_no_keys_and_no_fetch_is_503(issuer):
         cache.get(issuer.key.kid, "RS256")
 
 
-@pytest.mark.parametrize("bad", [
-    lambda r: Response("down", status=500),
-    lambda r: Response("not json", mimetype="application/json"),
-    lambda r: Response(json.dumps({"keys": []}), mimetype="application/json"),
-    lambda r: Response(json.dumps({"nokeys": 1}), mimetype="application/json"),
-    lambda r: Response("", status=302, headers={"Location": "http://127.0.0.1:9/evil"}),
-    "oversized",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda r: Response("down", status=500),
+        lambda r: Response("not json", mimetype="application/json"),
+        lambda r: Response(json.dumps({"keys": []}), mimetype="application/json"),
+        lambda r: Response(json.dumps({"nokeys": 1}), mimetype="application/json"),
+        lambda r: Response("", status=302, headers={"Location": "http://127.0.0.1:9/evil"}),
+        "oversized",
+    ],
+)
 def test_a_failing_refresh_keeps_the_cached_keys(issuer, bad):
     if bad == "oversized":  # valid JSON with a usable key, but past the size cap
         keys = {"keys": [k.public_jwk for k in issuer.keys], "pad": "x" * 300_000}
@@ -68,7 +71,9 @@ def test_a_failing_refresh_keeps_the_cached_keys(issuer, bad):
 
 def test_redirects_are_not_followed(issuer):
     with LocalIssuer() as other:
-        issuer.jwks_hook = lambda r: Response("", status=302, headers={"Location": f"{other.url}/.well-known/jwks"})
+        issuer.jwks_hook = lambda r: Response(
+            "", status=302, headers={"Location": f"{other.url}/.well-known/jwks"}
+        )
         cache = KeyCache(issuer.url, settings=FAST)
         assert not cache.refresh()
         assert other.jwks_requests == 0
@@ -102,13 +107,17 @@ def test_concurrent_misses_share_one_fetch(issuer):
 
     def slow(request):
         gate.wait(2)
-        return Response(json.dumps({"keys": [k.public_jwk for k in issuer.keys]}), mimetype="application/json")
+        return Response(
+            json.dumps({"keys": [k.public_jwk for k in issuer.keys]}), mimetype="application/json"
+        )
 
     cache = KeyCache(issuer.url, jwks_uri=f"{issuer.url}/.well-known/jwks", settings=FAST)
     issuer.jwks_hook = slow
     results = []
-    threads = [threading.Thread(target=lambda: results.append(cache.get(issuer.key.kid, "RS256").kid))
-               for _ in range(8)]
+    threads = [
+        threading.Thread(target=lambda: results.append(cache.get(issuer.key.kid, "RS256").kid))
+        for _ in range(8)
+    ]
     for t in threads:
         t.start()
     time.sleep(0.2)
@@ -148,15 +157,20 @@ def test_an_rsa_key_is_not_usable_for_an_ec_algorithm(issuer):
 
 def test_unusable_keys_in_a_jwks_are_skipped():
     from broker.sandbox.issuer import IssuerKeyPair
+
     good = IssuerKeyPair().public_jwk
-    keys = parse_jwks({"keys": [
-        {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"},
-        {**good, "kid": "enc", "use": "enc"},
-        {**good, "kid": None},
-        {"kty": "RSA", "kid": "broken", "n": "AA", "e": "AQAB"},
-        "not a dict",
-        good,
-    ]})
+    keys = parse_jwks(
+        {
+            "keys": [
+                {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"},
+                {**good, "kid": "enc", "use": "enc"},
+                {**good, "kid": None},
+                {"kty": "RSA", "kid": "broken", "n": "AA", "e": "AQAB"},
+                "not a dict",
+                good,
+            ]
+        }
+    )
     assert list(keys) == [good["kid"]]
     with pytest.raises(FetchError):
         parse_jwks({"keys": [{"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"}]})
@@ -180,6 +194,7 @@ def test_keys_no_fetch_has_confirmed_for_a_day_stop_verifying(issuer):
 
 def test_a_key_whose_alg_differs_from_the_tokens_is_not_used():
     from broker.jwks import IssuerKey
+
     key = IssuerKey(kid="k", kty="RSA", alg="RS256", crv=None, key=object())
     assert key.usable_for("RS256")
     assert not key.usable_for("PS256")
@@ -188,14 +203,17 @@ def test_a_key_whose_alg_differs_from_the_tokens_is_not_used():
 
 def test_an_ec_key_is_used_only_for_its_own_curve():
     from broker.jwks import IssuerKey
+
     p384 = IssuerKey(kid="k", kty="EC", alg=None, crv="P-384", key=object())
     assert p384.usable_for("ES384")
     assert not p384.usable_for("ES256")
 
 
 def test_a_jwks_entry_carrying_a_private_key_is_ignored():
-    from broker.sandbox.issuer import IssuerKeyPair
     from jwt.algorithms import RSAAlgorithm
+
+    from broker.sandbox.issuer import IssuerKeyPair
+
     pair = IssuerKeyPair()
     private = {**RSAAlgorithm.to_jwk(pair.private_key, as_dict=True), "kid": "leaked"}
     keys = parse_jwks({"keys": [private, pair.public_jwk]})

@@ -14,8 +14,13 @@ def config_with(key_file, provider_type: str, claims: dict):
     data = {
         "server": {"issuer": "https://broker.example.com", "signing_keys": [key_file.name]},
         "providers": {"ci": {"issuer": "https://ci.example.com", "type": provider_type}},
-        "roles": {"r": {"cloud": "aws", "aws": {"role_arn": "arn:aws:iam::123456789012:role/r"},
-                        "allow": [{"provider": "ci", "claims": copy.deepcopy(claims)}]}},
+        "roles": {
+            "r": {
+                "cloud": "aws",
+                "aws": {"role_arn": "arn:aws:iam::123456789012:role/r"},
+                "allow": [{"provider": "ci", "claims": copy.deepcopy(claims)}],
+            }
+        },
     }
     return build_config(data, base_dir=key_file.parent)
 
@@ -36,20 +41,55 @@ def test_a_safe_gitlab_rule_has_no_warnings(key_file):
     assert warnings(key_file, "gitlab", SAFE_GITLAB) == []
 
 
-@pytest.mark.parametrize("provider,claims,expected", [
-    ("github", {"repository": "o/r", "event_name": "push"}, "binds no immutable id"),
-    ("github", {"repository_id": {"glob": "1*"}, "event_name": "push"}, "binds no immutable id"),
-    ("gitlab", {"project_path": "g/p", "pipeline_source": "push"}, "binds no immutable id"),
-    ("github", {"ref": "refs/heads/main", "environment": "prod", "actor": "me"}, "every condition is on a claim the job's author controls"),
-    ("github", {"repository_id": "1", "sub": {"glob": "repo:o/*"}, "event_name": "push"}, "a pattern on sub"),
-    ("github", {"repository_id": "1", "sub": {"regex": "repo:o/.*"}, "event_name": "push"}, "a pattern on sub"),
-    ("github", {"repository_id": "1"}, "no condition on event_name: reachable from pull_request, pull_request_target"),
-    ("github", {"repository_id": "1", "event_name": ["push", "pull_request_target"]}, "event_name admits pull_request_target"),
-    ("github", {"repository_id": "1", "event_name": {"glob": "pull*"}}, "event_name admits pull_request, pull_request_target"),
-    ("gitlab", {"project_id": "1"}, "no condition on pipeline_source"),
-    ("gitlab", {"project_id": "1", "pipeline_source": "merge_request_event"}, "pipeline_source admits merge_request_event"),
-    ("github", {"repository_id": "1", "event_name": "push", "repositry": "o/r"}, "claim 'repositry' is not one github tokens carry"),
-])
+@pytest.mark.parametrize(
+    "provider,claims,expected",
+    [
+        ("github", {"repository": "o/r", "event_name": "push"}, "binds no immutable id"),
+        ("github", {"repository_id": {"glob": "1*"}, "event_name": "push"}, "binds no immutable id"),
+        ("gitlab", {"project_path": "g/p", "pipeline_source": "push"}, "binds no immutable id"),
+        (
+            "github",
+            {"ref": "refs/heads/main", "environment": "prod", "actor": "me"},
+            "every condition is on a claim the job's author controls",
+        ),
+        (
+            "github",
+            {"repository_id": "1", "sub": {"glob": "repo:o/*"}, "event_name": "push"},
+            "a pattern on sub",
+        ),
+        (
+            "github",
+            {"repository_id": "1", "sub": {"regex": "repo:o/.*"}, "event_name": "push"},
+            "a pattern on sub",
+        ),
+        (
+            "github",
+            {"repository_id": "1"},
+            "no condition on event_name: reachable from pull_request, pull_request_target",
+        ),
+        (
+            "github",
+            {"repository_id": "1", "event_name": ["push", "pull_request_target"]},
+            "event_name admits pull_request_target",
+        ),
+        (
+            "github",
+            {"repository_id": "1", "event_name": {"glob": "pull*"}},
+            "event_name admits pull_request, pull_request_target",
+        ),
+        ("gitlab", {"project_id": "1"}, "no condition on pipeline_source"),
+        (
+            "gitlab",
+            {"project_id": "1", "pipeline_source": "merge_request_event"},
+            "pipeline_source admits merge_request_event",
+        ),
+        (
+            "github",
+            {"repository_id": "1", "event_name": "push", "repositry": "o/r"},
+            "claim 'repositry' is not one github tokens carry",
+        ),
+    ],
+)
 def test_risky_rules_are_warned_about(key_file, provider, claims, expected):
     found = warnings(key_file, provider, claims)
     assert any(expected in w for w in found), found
@@ -60,8 +100,13 @@ def test_an_issuer_with_a_port_is_warned_about(key_file):
     data = {
         "server": {"issuer": "https://broker.example.com:8443", "signing_keys": [key_file.name]},
         "providers": {"ci": {"issuer": "https://ci.example.com", "type": "github"}},
-        "roles": {"r": {"cloud": "aws", "aws": {"role_arn": "arn:aws:iam::123456789012:role/r"},
-                        "allow": [{"provider": "ci", "claims": dict(SAFE_GITHUB)}]}},
+        "roles": {
+            "r": {
+                "cloud": "aws",
+                "aws": {"role_arn": "arn:aws:iam::123456789012:role/r"},
+                "allow": [{"provider": "ci", "claims": dict(SAFE_GITHUB)}],
+            }
+        },
     }
     assert not lint(config)
     found = [f for f in lint(build_config(data, base_dir=key_file.parent)) if f.path == "server.issuer"]

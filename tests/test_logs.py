@@ -22,13 +22,15 @@ def test_an_operational_line_inside_a_request_carries_that_requests_id(sandbox, 
     stream = io.StringIO()
     logs.configure(stream=stream)
     try:
+
         @broker.get("/_test_log")
         def _log_something() -> str:  # a view that logs, like any broker code path
             logging.getLogger("broker.test").warning("something happened")
             return "ok"
 
-        response = requests.get(f"{sandbox.broker_url}/_test_log", headers={"X-Request-Id": "req-0123456789"},
-                                timeout=10)
+        response = requests.get(
+            f"{sandbox.broker_url}/_test_log", headers={"X-Request-Id": "req-0123456789"}, timeout=10
+        )
         logging.getLogger("broker.test").warning("outside any request")
     finally:
         root = logging.getLogger()
@@ -81,8 +83,22 @@ def test_under_serve_every_line_is_json_and_no_secret_reaches_any_output(tmp_pat
         out, err = (tmp_path / "out.log").open("wb"), (tmp_path / "err.log").open("wb")
         env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "broker", "serve", "--config", str(path), "--bind", f"127.0.0.1:{port}",
-             "--audit-log", str(audit)], stdout=out, stderr=err, env=env)
+            [
+                sys.executable,
+                "-m",
+                "broker",
+                "serve",
+                "--config",
+                str(path),
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--audit-log",
+                str(audit),
+            ],
+            stdout=out,
+            stderr=err,
+            env=env,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 60
@@ -96,11 +112,19 @@ def test_under_serve_every_line_is_json_and_no_secret_reaches_any_output(tmp_pat
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
             token = box.github_token()
-            granted = requests.post(f"{url}/v1/exchange", json={"role": "deploy-prod"}, timeout=30,
-                                    headers={"Authorization": f"Bearer {token}"})
+            granted = requests.post(
+                f"{url}/v1/exchange",
+                json={"role": "deploy-prod"},
+                timeout=30,
+                headers={"Authorization": f"Bearer {token}"},
+            )
             assert granted.status_code == 200, granted.text
-            refused = requests.post(f"{url}/v1/exchange", json={"role": "deploy-prod"}, timeout=30,
-                                    headers={"Authorization": f"Bearer {token}"})  # replayed
+            refused = requests.post(
+                f"{url}/v1/exchange",
+                json={"role": "deploy-prod"},
+                timeout=30,
+                headers={"Authorization": f"Bearer {token}"},
+            )  # replayed
             assert refused.status_code == 401
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -113,7 +137,10 @@ def test_under_serve_every_line_is_json_and_no_secret_reaches_any_output(tmp_pat
     assert records and all({"time", "level", "logger", "message", "request_id"} <= set(r) for r in records)
     assert any(r["message"].startswith("Listening at") for r in records)
     events = [json.loads(line) for line in audit.read_text().splitlines()]
-    assert [e["request_id"] for e in events] == [granted.headers["X-Request-Id"], refused.headers["X-Request-Id"]]
+    assert [e["request_id"] for e in events] == [
+        granted.headers["X-Request-Id"],
+        refused.headers["X-Request-Id"],
+    ]
     assert "exchange" not in stdout
     creds = granted.json()["credentials"]
     for secret in (token, token.split(".")[2], creds["secret_access_key"], creds["session_token"]):

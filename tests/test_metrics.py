@@ -9,8 +9,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
@@ -46,9 +46,14 @@ def test_a_granted_exchange_is_counted_with_its_role_provider_and_cloud(sandbox,
     assert response.status_code == 200, response.text
     after = scrape(sandbox.broker_url)
     labels = dict(outcome="granted", error="", provider="github", cloud="aws", role="deploy-prod")
-    assert sample(after, "ci_broker_exchanges_total", **labels) == sample(before, "ci_broker_exchanges_total", **labels) + 1
-    for name, extra in (("ci_broker_request_duration_seconds_count", {"endpoint": "exchange"}),
-                        ("ci_broker_upstream_duration_seconds_count", {"cloud": "aws", "result": "ok"})):
+    assert (
+        sample(after, "ci_broker_exchanges_total", **labels)
+        == sample(before, "ci_broker_exchanges_total", **labels) + 1
+    )
+    for name, extra in (
+        ("ci_broker_request_duration_seconds_count", {"endpoint": "exchange"}),
+        ("ci_broker_upstream_duration_seconds_count", {"cloud": "aws", "result": "ok"}),
+    ):
         assert sample(after, name, **extra) == sample(before, name, **extra) + 1
 
 
@@ -57,7 +62,10 @@ def test_a_refusal_is_counted_with_its_error_code(sandbox, broker):
     assert sandbox.exchange(None).status_code == 401
     after = scrape(sandbox.broker_url)
     labels = dict(outcome="refused", error="invalid_token", role="")
-    assert sample(after, "ci_broker_exchanges_total", **labels) == sample(before, "ci_broker_exchanges_total", **labels) + 1
+    assert (
+        sample(after, "ci_broker_exchanges_total", **labels)
+        == sample(before, "ci_broker_exchanges_total", **labels) + 1
+    )
 
 
 def test_role_names_a_caller_invents_never_become_label_values(sandbox, broker):
@@ -66,8 +74,16 @@ def test_role_names_a_caller_invents_never_become_label_values(sandbox, broker):
         assert sandbox.exchange(sandbox.github_token(), role=name).status_code == 403
     text = scrape(sandbox.broker_url)
     assert not any(name in text for name in invented)
-    assert sample(text, "ci_broker_exchanges_total", outcome="refused", error="access_denied",
-                  role=metrics.UNKNOWN_ROLE) >= 20
+    assert (
+        sample(
+            text,
+            "ci_broker_exchanges_total",
+            outcome="refused",
+            error="access_denied",
+            role=metrics.UNKNOWN_ROLE,
+        )
+        >= 20
+    )
 
 
 def test_a_replayed_token_is_counted_as_a_replay_refusal(sandbox, broker):
@@ -93,14 +109,25 @@ def test_a_failed_key_fetch_is_counted_as_an_error(sandbox, broker):
     cache = broker.extensions["broker"].caches["gitlab"]
     sandbox.gitlab.jwks_hook = lambda request: Response("down", status=503)
     try:
-        before = sample(scrape(sandbox.broker_url), "ci_broker_jwks_fetches_total",
-                        issuer=sandbox.gitlab.url, result="error")
+        before = sample(
+            scrape(sandbox.broker_url),
+            "ci_broker_jwks_fetches_total",
+            issuer=sandbox.gitlab.url,
+            result="error",
+        )
         assert cache.refresh() is False
     finally:
         sandbox.gitlab.jwks_hook = None
     # >=: the broker's background refresher may have failed against the same endpoint meanwhile.
-    assert sample(scrape(sandbox.broker_url), "ci_broker_jwks_fetches_total",
-                  issuer=sandbox.gitlab.url, result="error") >= before + 1
+    assert (
+        sample(
+            scrape(sandbox.broker_url),
+            "ci_broker_jwks_fetches_total",
+            issuer=sandbox.gitlab.url,
+            result="error",
+        )
+        >= before + 1
+    )
 
 
 def test_rate_limit_hits_are_counted_by_kind_and_unknown_kinds_are_folded(sandbox, broker):
@@ -109,8 +136,10 @@ def test_rate_limit_hits_are_counted_by_kind_and_unknown_kinds_are_folded(sandbo
     metrics.rate_limited("attacker-chosen")
     after = scrape(sandbox.broker_url)
     for kind in ("per_identity", "other"):
-        assert sample(after, "ci_broker_rate_limited_total", kind=kind) == \
-            sample(before, "ci_broker_rate_limited_total", kind=kind) + 1
+        assert (
+            sample(after, "ci_broker_rate_limited_total", kind=kind)
+            == sample(before, "ci_broker_rate_limited_total", kind=kind) + 1
+        )
     assert "attacker-chosen" not in after
 
 
@@ -121,8 +150,11 @@ def test_the_signing_key_in_use_is_exposed(sandbox, broker):
 
 # -- under gunicorn, with several workers -----------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
-def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+def two_workers(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
     """`ci-broker serve --workers 2` (sqlite replay store), with its temp files in a known place."""
     workdir = tmp_path_factory.mktemp("two-workers")
     tmp = workdir / "tmp"
@@ -136,8 +168,22 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         log = (workdir / "serve.log").open("wb")
         env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "broker", "serve", "--config", str(path), "--bind", f"127.0.0.1:{port}",
-             "--workers", "2"], stdout=log, stderr=subprocess.STDOUT, env={**env, "TMPDIR": str(tmp)})
+            [
+                sys.executable,
+                "-m",
+                "broker",
+                "serve",
+                "--config",
+                str(path),
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "2",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**env, "TMPDIR": str(tmp)},
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 60
@@ -175,8 +221,9 @@ def test_every_worker_counts_into_one_scrape_and_a_dead_workers_counts_survive(t
     labels = dict(outcome="refused", error="invalid_token")
     before = sample(scrape(url), "ci_broker_exchanges_total", **labels)
     for _ in range(30):  # a new connection each, so both workers take some
-        requests.post(f"{url}/v1/exchange", json={"role": "deploy-prod"}, timeout=10,
-                      headers={"Connection": "close"})
+        requests.post(
+            f"{url}/v1/exchange", json={"role": "deploy-prod"}, timeout=10, headers={"Connection": "close"}
+        )
     for _ in range(5):  # whichever worker answers the scrape, it reports the whole server
         assert sample(scrape(url), "ci_broker_exchanges_total", **labels) == before + 30
 

@@ -138,8 +138,9 @@ def test_refs_are_case_sensitive():
 def test_an_immutable_id_mismatch_is_denied_even_with_the_right_names():
     """A deleted and recreated repository keeps its name but gets a new id."""
     r = rule(repository="octo-org/octo-repo", repository_id="892734123")
-    decision = evaluate("role", (r,), "github", GITHUB,
-                        {"repository": "octo-org/octo-repo", "repository_id": "999"})
+    decision = evaluate(
+        "role", (r,), "github", GITHUB, {"repository": "octo-org/octo-repo", "repository_id": "999"}
+    )
     assert not decision.allowed
     reasons = dict((text.split(":")[0], ok) for ok, text in decision.rules[0].reasons)
     assert reasons == {"repository": True, "repository_id": False}
@@ -155,11 +156,20 @@ def test_the_trace_says_which_condition_held_or_failed_and_why():
     assert decision.summary() == "rule 0: repository_id: '1' does not match == '892734123'"
 
 
-@pytest.mark.parametrize("raw,error", [
-    (42, "quote it"), (True, "quote it"), (1.5, "quote it"), ([], "non-empty list"), ([1], "non-empty list"),
-    ({"glob": ""}, "non-empty string pattern"), ({"regex": "("}, "invalid regex"),
-    ({"glob": "a", "regex": "b"}, "must be a string"), (None, "must be a string"),
-])
+@pytest.mark.parametrize(
+    "raw,error",
+    [
+        (42, "quote it"),
+        (True, "quote it"),
+        (1.5, "quote it"),
+        ([], "non-empty list"),
+        ([1], "non-empty list"),
+        ({"glob": ""}, "non-empty string pattern"),
+        ({"regex": "("}, "invalid regex"),
+        ({"glob": "a", "regex": "b"}, "must be a string"),
+        (None, "must be a string"),
+    ],
+)
 def test_malformed_conditions_are_refused_at_compile_time(raw, error):
     with pytest.raises(ValueError, match=error):
         compile_condition("ref", raw, GITHUB)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -22,8 +23,12 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     yield from redis_server_fixture(tmp_path_factory)
 
 
-def limited(sandbox: Any, per_identity: str = "1000/minute", per_client: str = "1000/minute",
-            replay_store: str = "memory") -> dict[str, Any]:
+def limited(
+    sandbox: Any,
+    per_identity: str = "1000/minute",
+    per_client: str = "1000/minute",
+    replay_store: str = "memory",
+) -> dict[str, Any]:
     config = sandbox.config_dict()
     config["server"]["rate_limits"] = {"per_identity": per_identity, "per_client": per_client}
     config["server"]["replay_store"] = replay_store
@@ -31,7 +36,8 @@ def limited(sandbox: Any, per_identity: str = "1000/minute", per_client: str = "
 
 
 def test_the_per_client_limit_answers_429_with_retry_after_before_any_verification(
-        sandbox, serve_config, audit_events):
+    sandbox, serve_config, audit_events
+):
     app = serve_config(limited(sandbox, per_client="5/minute"))
     cache = app.extensions["broker"].caches["github"]
     fetches = cache.fetch_count
@@ -45,7 +51,8 @@ def test_the_per_client_limit_answers_429_with_retry_after_before_any_verificati
 
 
 def test_the_per_identity_limit_counts_one_repository_and_does_not_spend_the_token(
-        sandbox, serve_config, audit_events):
+    sandbox, serve_config, audit_events
+):
     from broker.replay import replay_key
     from tests.adversarial.forge import b64url_decode
 
@@ -57,7 +64,9 @@ def test_the_per_identity_limit_counts_one_repository_and_does_not_spend_the_tok
     response = sandbox.exchange(token)
     assert_refused(response, 429, "rate_limited")
     assert 1 <= int(response.headers["Retry-After"]) <= 60
-    assert "per-identity limit 2/minute reached for 'github:892734123'" in last_refusal(audit_events)["reason"]
+    assert (
+        "per-identity limit 2/minute reached for 'github:892734123'" in last_refusal(audit_events)["reason"]
+    )
     assert len(sandbox.sts.calls) == calls + 2
     # Another repository's jobs are not held back by this one's.
     assert sandbox.exchange(sandbox.gitlab_token(), role="gitlab-deploy").status_code == 200
@@ -73,8 +82,9 @@ def test_forged_tokens_do_not_spend_a_repositorys_budget(sandbox, serve_config):
     serve_config(limited(sandbox, per_identity="2/minute"))
     evil = IssuerKeyPair()
     for _ in range(10):
-        forged = sandbox.github.mint(github_claims(aud=sandbox.broker_url), header={"kid": sandbox.github.key.kid},
-                                     key=evil)
+        forged = sandbox.github.mint(
+            github_claims(aud=sandbox.broker_url), header={"kid": sandbox.github.key.kid}, key=evil
+        )
         assert_refused(sandbox.exchange(forged), 401, "invalid_token")
     assert sandbox.exchange(sandbox.github_token()).status_code == 200
     assert sandbox.exchange(sandbox.github_token()).status_code == 200
@@ -119,8 +129,10 @@ def test_a_broker_on_redis_keeps_its_rate_limits_there(sandbox, serve_config, re
 
 
 def test_an_unreachable_limiter_store_lets_requests_through_quickly(caplog):
-    limiter = RateLimiter(RateLimits(per_identity=None, per_client="1/minute"),
-                          f"redis://:pw-not-logged@127.0.0.1:{free_port()}/0")
+    limiter = RateLimiter(
+        RateLimits(per_identity=None, per_client="1/minute"),
+        f"redis://:pw-not-logged@127.0.0.1:{free_port()}/0",
+    )
     start = time.monotonic()
     for _ in range(3):
         limiter.check_client("192.0.2.1")  # not counted, not refused

@@ -7,15 +7,22 @@ import multiprocessing
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
 from broker.errors import Unavailable
-from broker.replay import (MemoryReplayStore, RedisReplayStore, SqliteReplayStore, describe_store,
-                           open_store, replay_key, store_url_problem)
+from broker.replay import (
+    MemoryReplayStore,
+    RedisReplayStore,
+    SqliteReplayStore,
+    describe_store,
+    open_store,
+    replay_key,
+    store_url_problem,
+)
 from tests.redis_support import RedisServer, redis_server_fixture
 
 
@@ -80,7 +87,7 @@ def test_concurrent_first_uses_of_one_key_admit_exactly_one(make_store):
     assert results.count(True) == 1
 
 
-def _sqlite_worker(path: str, keys: list[str], out: "multiprocessing.Queue[list[str]]") -> None:
+def _sqlite_worker(path: str, keys: list[str], out: multiprocessing.Queue[list[str]]) -> None:
     store = SqliteReplayStore(path)
     out.put([k for k in keys if store.first_use(k, time.time() + 300)])
 
@@ -219,18 +226,36 @@ def test_a_redis_password_may_come_from_the_environment(tmp_path, monkeypatch):
         server.stop()
 
 
-@pytest.mark.parametrize("url", [
-    "memory", "redis://127.0.0.1:6379/0", "rediss://cache.internal:6380/2", "redis://h",
-    "redis://:pw@h:1/0", "sqlite:///replay.db", "sqlite:////var/lib/ci-broker/replay.db",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "memory",
+        "redis://127.0.0.1:6379/0",
+        "rediss://cache.internal:6380/2",
+        "redis://h",
+        "redis://:pw@h:1/0",
+        "sqlite:///replay.db",
+        "sqlite:////var/lib/ci-broker/replay.db",
+    ],
+)
 def test_store_urls_that_are_accepted(url):
     assert store_url_problem(url) is None
 
 
-@pytest.mark.parametrize("url", [
-    "postgres://x", "redis://", "redis://h:port/0", "redis://h:1/db", "sqlite:///", "sqlite:///:memory:",
-    "sqlite://relative.db", "Memory", "",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgres://x",
+        "redis://",
+        "redis://h:port/0",
+        "redis://h:1/db",
+        "sqlite:///",
+        "sqlite:///:memory:",
+        "sqlite://relative.db",
+        "Memory",
+        "",
+    ],
+)
 def test_store_urls_that_are_refused(url):
     assert store_url_problem(url)
     with pytest.raises(ValueError):

@@ -7,9 +7,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
@@ -32,15 +32,19 @@ class Replicas:
         self.servers: list[ServedBroker] = []
         self.redis: RedisServer | None = None
         # The first replica answers at the sandbox's broker URL: STS fetches the broker's JWKS there.
-        self.binds = [f"127.0.0.1:{box.broker_port}"] + [f"127.0.0.1:{free_port()}" for _ in range(REPLICAS - 1)]
+        self.binds = [f"127.0.0.1:{box.broker_port}"] + [
+            f"127.0.0.1:{free_port()}" for _ in range(REPLICAS - 1)
+        ]
         self.urls = [f"http://{bind}" for bind in self.binds]
 
-    def start(self) -> "Replicas":
+    def start(self) -> Replicas:
         config = self.box.config_dict()
         config["server"]["replay_store"] = self.store_url
         path = self.box.write_config(config, name="replicas.yaml")
-        self.servers = [ServedBroker(path, bind, self.workdir / f"replica-{i}.log", workers=2)
-                        for i, bind in enumerate(self.binds)]
+        self.servers = [
+            ServedBroker(path, bind, self.workdir / f"replica-{i}.log", workers=2)
+            for i, bind in enumerate(self.binds)
+        ]
         for server in self.servers:
             server.wait_ready()
         return self
@@ -54,8 +58,12 @@ class Replicas:
 
 
 def exchange(url: str, token: str) -> requests.Response:
-    return requests.post(f"{url}/v1/exchange", json={"role": "deploy-prod"},
-                         headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    return requests.post(
+        f"{url}/v1/exchange",
+        json={"role": "deploy-prod"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +108,9 @@ def test_one_token_fired_at_every_replica_at_once_is_granted_exactly_once(replic
     with ThreadPoolExecutor(CLIENT_THREADS) as pool:
         outcomes = Counter(pool.map(fire, range(REQUESTS)))
     elapsed = time.monotonic() - began
-    print(f"\n{replicas.store_url.split(':')[0]}: {REQUESTS} concurrent requests in {elapsed:.2f}s: {dict(outcomes)}")
+    print(
+        f"\n{replicas.store_url.split(':')[0]}: {REQUESTS} concurrent requests in {elapsed:.2f}s: {dict(outcomes)}"
+    )
     assert outcomes[(200, "")] == 1, outcomes
     assert outcomes[(401, "invalid_token")] == REQUESTS - 1, outcomes
     sts_after = sum(1 for c in box.sts.calls if c.get("Action") == "AssumeRoleWithWebIdentity")

@@ -8,8 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
@@ -40,9 +40,20 @@ def served(tmp_path_factory) -> Iterator[tuple[Sandbox, subprocess.Popen, Path]]
         out = (workdir / "stdout.log").open("w")
         err = (workdir / "stderr.log").open("w")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "broker", "serve", "--config", str(config),
-             "--bind", f"127.0.0.1:{box.broker_port}"],
-            stdout=out, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            [
+                sys.executable,
+                "-m",
+                "broker",
+                "serve",
+                "--config",
+                str(config),
+                "--bind",
+                f"127.0.0.1:{box.broker_port}",
+            ],
+            stdout=out,
+            stderr=err,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         try:
             wait_ready(box.broker_url, proc)
             yield box, proc, workdir
@@ -64,8 +75,10 @@ def test_a_real_exchange_through_gunicorn(served):
     time.sleep(0.3)
     stdout = (workdir / "stdout.log").read_text()
     events = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
-    assert any(e.get("outcome") == "granted" and e.get("request_id") == response.headers["X-Request-Id"]
-               for e in events)
+    assert any(
+        e.get("outcome") == "granted" and e.get("request_id") == response.headers["X-Request-Id"]
+        for e in events
+    )
     logs = stdout + (workdir / "stderr.log").read_text()
     for secret in (token, creds["secret_access_key"], creds["session_token"]):
         assert secret not in logs
@@ -75,8 +88,12 @@ def test_a_long_bearer_token_gets_our_json_413_not_gunicorns_431(served):
     box, _, _ = served
 
     def send(length: int) -> requests.Response:
-        return requests.post(f"{box.broker_url}/v1/exchange", json={"role": "deploy-prod"},
-                             headers={"Authorization": "Bearer " + "a" * length}, timeout=10)
+        return requests.post(
+            f"{box.broker_url}/v1/exchange",
+            json={"role": "deploy-prod"},
+            headers={"Authorization": "Bearer " + "a" * length},
+            timeout=10,
+        )
 
     # Past gunicorn's default 8190-byte header limit, the broker itself still answers.
     assert_refused(send(9000), 401, "invalid_token")
@@ -93,9 +110,20 @@ def test_a_replay_through_gunicorn_is_refused(served):
 
 def test_sigterm_shuts_down_gracefully(tmp_path):
     with Sandbox(tmp_path) as box:
-        proc = subprocess.Popen([sys.executable, "-m", "broker", "serve", "--config", str(box.write_config()),
-                                 "--bind", f"127.0.0.1:{box.broker_port}"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "broker",
+                "serve",
+                "--config",
+                str(box.write_config()),
+                "--bind",
+                f"127.0.0.1:{box.broker_port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
             wait_ready(box.broker_url, proc)
         finally:

@@ -62,7 +62,8 @@ def test_alg_none_with_empty_signature_is_refused(sandbox, attack):
 
 def test_hs256_keyed_with_the_issuers_public_key_is_refused(sandbox, attack):
     public_pem = sandbox.github.key.private_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     h = b64url(json.dumps(header(sandbox, alg="HS256")).encode())
     p = b64url(json.dumps(claims(sandbox)).encode())
     mac = hmac.new(public_pem, f"{h}.{p}".encode(), hashlib.sha256).digest()
@@ -83,7 +84,9 @@ def test_an_embedded_jwk_naming_the_real_kid_is_refused(sandbox, attack):
 
 @pytest.mark.parametrize("param", ["jku", "x5u"])
 def test_a_key_url_to_another_host_is_refused(sandbox, attack, param):
-    token = sandbox.github.sign_raw(header(sandbox, **{param: "https://attacker.example/jwks"}), claims(sandbox))
+    token = sandbox.github.sign_raw(
+        header(sandbox, **{param: "https://attacker.example/jwks"}), claims(sandbox)
+    )
     attack(token, f"header carries {param}")
 
 
@@ -136,13 +139,16 @@ def test_non_canonical_trailing_bits_are_refused(sandbox, attack):
     attack(f"{h}.{p}.{s2}", "signature is not canonical base64url")
 
 
-@pytest.mark.parametrize("make_iss", [
-    lambda u: u + "/",
-    lambda u: u + ".evil.example",
-    lambda u: u[:-1],
-    lambda u: u.upper(),
-    lambda u: "https://token.actions.githubusercontent.com",
-])
+@pytest.mark.parametrize(
+    "make_iss",
+    [
+        lambda u: u + "/",
+        lambda u: u + ".evil.example",
+        lambda u: u[:-1],
+        lambda u: u.upper(),
+        lambda u: "https://token.actions.githubusercontent.com",
+    ],
+)
 def test_an_issuer_that_is_not_exactly_configured_is_refused(sandbox, attack, make_iss):
     token = sandbox.github.mint(claims(sandbox, iss=make_iss(sandbox.github.url)))
     attack(token, "unknown issuer")
@@ -166,12 +172,16 @@ def test_a_token_without_audience_is_refused(sandbox, attack):
     attack(sandbox.github.mint(c), "missing claim 'aud'")
 
 
-@pytest.mark.parametrize("name", ["iss", "sub", "exp", "iat", "jti", "repository_id", "repository_owner_id", "ref"])
+@pytest.mark.parametrize(
+    "name", ["iss", "sub", "exp", "iat", "jti", "repository_id", "repository_owner_id", "ref"]
+)
 def test_a_token_missing_a_required_claim_is_refused(sandbox, attack, name):
     c = claims(sandbox)
     del c[name]
-    attack(sandbox.github.sign_raw(header(sandbox), c),
-           "unknown issuer" if name == "iss" else f"missing claim {name!r}")
+    attack(
+        sandbox.github.sign_raw(header(sandbox), c),
+        "unknown issuer" if name == "iss" else f"missing claim {name!r}",
+    )
 
 
 def test_an_expired_token_is_refused(sandbox, attack):
@@ -199,8 +209,9 @@ def test_a_token_older_than_token_max_age_is_refused(sandbox, attack):
     attack(sandbox.github_token(iat=now - 2000, nbf=now - 2000, exp=now + 600), "limit 900s")
 
 
-@pytest.mark.parametrize("name,value", [("exp", "9999999999"), ("exp", 9999999999.5), ("iat", True),
-                                        ("nbf", "0"), ("iat", None)])
+@pytest.mark.parametrize(
+    "name,value", [("exp", "9999999999"), ("exp", 9999999999.5), ("iat", True), ("nbf", "0"), ("iat", None)]
+)
 def test_a_time_claim_that_is_not_an_integer_is_refused(sandbox, attack, name, value):
     attack(sandbox.github_token(**{name: value}), f"{name} is not an integer")
 
@@ -228,14 +239,17 @@ def test_the_same_jti_from_another_issuer_is_not_a_replay(sandbox, broker):
     assert sandbox.exchange(sandbox.gitlab_token(jti=jti), role="gitlab-deploy").status_code == 200
 
 
-@pytest.mark.parametrize("token,reason", [
-    ("garbage", "expected 3 dot-separated segments"),
-    ("a.b.c.d", "expected 3 dot-separated segments"),
-    ("....", "expected 3"),
-    ("e30.e30.e30", "header has no alg"),
-    ("bm90IGpzb24.e30.AA", "header is not valid JSON"),
-    ("W10.e30.AA", "header is not a JSON object"),
-])
+@pytest.mark.parametrize(
+    "token,reason",
+    [
+        ("garbage", "expected 3 dot-separated segments"),
+        ("a.b.c.d", "expected 3 dot-separated segments"),
+        ("....", "expected 3"),
+        ("e30.e30.e30", "header has no alg"),
+        ("bm90IGpzb24.e30.AA", "header is not valid JSON"),
+        ("W10.e30.AA", "header is not a JSON object"),
+    ],
+)
 def test_garbage_tokens_are_refused(sandbox, attack, token, reason):
     attack(token, reason)
 
@@ -262,7 +276,9 @@ def test_a_token_over_the_size_limit_is_refused_before_any_crypto(sandbox, broke
     assert_refused(response, 413, "payload_too_large")
 
 
-def test_pyjwt_second_opinion_refuses_what_our_own_checks_would_miss(sandbox, broker, monkeypatch, audit_events):
+def test_pyjwt_second_opinion_refuses_what_our_own_checks_would_miss(
+    sandbox, broker, monkeypatch, audit_events
+):
     from broker.verify import TokenVerifier
 
     monkeypatch.setattr(TokenVerifier, "_check_claims", lambda self, claims, provider: None)

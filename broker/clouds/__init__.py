@@ -8,9 +8,10 @@ a granted role into credentials. Only clouds some role uses get their SDK import
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
 from broker.schema import Section
 

@@ -9,8 +9,9 @@ timeouts, 429 and 5xx), and at most a short honoured Retry-After.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from broker.errors import UpstreamError
 
@@ -49,10 +50,18 @@ def urllib3_retry(policy: HttpPolicy) -> Any:
             return None if value is None else min(value, self.cap)
 
     return CappedRetry(
-        total=policy.retries, connect=policy.retries, read=policy.retries, status=policy.retries,
-        other=0, redirect=0, allowed_methods=frozenset({"GET", "POST"}),
-        status_forcelist=RETRY_STATUSES, backoff_factor=policy.backoff, backoff_max=policy.max_backoff,
-        respect_retry_after_header=True, raise_on_status=False,
+        total=policy.retries,
+        connect=policy.retries,
+        read=policy.retries,
+        status=policy.retries,
+        other=0,
+        redirect=0,
+        allowed_methods=frozenset({"GET", "POST"}),
+        status_forcelist=RETRY_STATUSES,
+        backoff_factor=policy.backoff,
+        backoff_max=policy.max_backoff,
+        respect_retry_after_header=True,
+        raise_on_status=False,
     )
 
 
@@ -86,8 +95,7 @@ def first_line(text: str, limit: int = 300) -> str:
     return text.strip().splitlines()[0][:limit] if text.strip() else ""
 
 
-def refusal(service: str, tag: str, code: str, description: str,
-            sent: Iterable[str | None]) -> UpstreamError:
+def refusal(service: str, tag: str, code: str, description: str, sent: Iterable[str | None]) -> UpstreamError:
     """The 502 for a cloud's refusal: its error code and first line, never what was `sent` to it.
 
     `service` names the cloud endpoint for the caller ("AWS STS"); `tag` prefixes the audit reason
@@ -96,5 +104,7 @@ def refusal(service: str, tag: str, code: str, description: str,
     if echoes(f"{code} {description}", sent):
         return UpstreamError(f"{service} refused the exchange: {WITHHELD}", reason=f"{tag}: {WITHHELD}")
     code = code[:100]
-    return UpstreamError(f"{service} refused the exchange: {code}: {first_line(description)}",
-                         reason=f"{tag} {code}: {' '.join(description.split())[:500]}")
+    return UpstreamError(
+        f"{service} refused the exchange: {code}: {first_line(description)}",
+        reason=f"{tag} {code}: {' '.join(description.split())[:500]}",
+    )

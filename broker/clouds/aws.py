@@ -63,9 +63,15 @@ def _template_fields(template: str) -> tuple[str, ...]:
 
 class AwsKind:
     def parse_settings(self, s: Section) -> AwsSettings | None:
-        role_arn = s.string("role_arn", required=True, pattern=ROLE_ARN,
-                            hint="expected arn:aws:iam::<12-digit account>:role/<name>")
-        region = s.string("region", pattern=re.compile(r"[a-z]{2}(-[a-z]+)+-\d"), hint="an AWS region such as eu-west-1")
+        role_arn = s.string(
+            "role_arn",
+            required=True,
+            pattern=ROLE_ARN,
+            hint="expected arn:aws:iam::<12-digit account>:role/<name>",
+        )
+        region = s.string(
+            "region", pattern=re.compile(r"[a-z]{2}(-[a-z]+)+-\d"), hint="an AWS region such as eu-west-1"
+        )
         duration = s.integer("duration", 3600, minimum=MIN_DURATION, maximum=MAX_DURATION)
         mode = s.choice("mode", ("web_identity", "assume_role"), "web_identity")
         tags = self._tags(s)
@@ -74,8 +80,15 @@ class AwsKind:
         s.finish()
         if not role_arn or duration is None or mode is None or tags is None:
             return None
-        return AwsSettings(role_arn=role_arn, region=region, duration=duration, mode=mode,
-                           session_tags=tags, session_policy=policy, sts_endpoint=endpoint)
+        return AwsSettings(
+            role_arn=role_arn,
+            region=region,
+            duration=duration,
+            mode=mode,
+            session_tags=tags,
+            session_policy=policy,
+            sts_endpoint=endpoint,
+        )
 
     @staticmethod
     def _tags(s: Section) -> tuple[TagTemplate, ...] | None:
@@ -112,7 +125,9 @@ class AwsKind:
             try:
                 raw = json.loads(raw)
             except ValueError:
-                s.findings.error(s.at("session_policy"), "must be an IAM policy document (YAML mapping or JSON text)")
+                s.findings.error(
+                    s.at("session_policy"), "must be an IAM policy document (YAML mapping or JSON text)"
+                )
                 return None
         if not isinstance(raw, dict) or "Statement" not in raw:
             s.findings.error(s.at("session_policy"), "must be an IAM policy document with a Statement")
@@ -126,7 +141,7 @@ class AwsKind:
     def max_duration(self, settings: AwsSettings) -> int:
         return settings.duration
 
-    def build_backend(self, role: str, settings: AwsSettings, shared: dict[Any, Any]) -> "AwsBackend":
+    def build_backend(self, role: str, settings: AwsSettings, shared: dict[Any, Any]) -> AwsBackend:
         return AwsBackend(role, settings, shared)
 
 
@@ -135,7 +150,9 @@ KIND = AwsKind()
 
 def session_name(grant: Grant) -> str:
     """`<provider>-<run id>-<repository>` in the characters and length AWS accepts."""
-    raw = "-".join(filter(None, (grant.provider, grant.context.get("run_id"), grant.context.get("repository"))))
+    raw = "-".join(
+        filter(None, (grant.provider, grant.context.get("run_id"), grant.context.get("repository")))
+    )
     name = _NOT_SESSION_CHAR.sub("-", raw)[:64]
     return name if len(name) >= 2 else f"ci-broker-{name}"
 
@@ -148,8 +165,10 @@ def render_tags(tags: tuple[TagTemplate, ...], grant: Grant) -> dict[str, str]:
         for name in tag.fields:
             value = grant.context.get(name, grant.claims.get(name))
             if value is None or isinstance(value, (dict, list)):
-                raise AccessDenied("access denied",
-                                   reason=f"session tag {tag.key!r} needs claim {name!r}, which the token lacks")
+                raise AccessDenied(
+                    "access denied",
+                    reason=f"session tag {tag.key!r} needs claim {name!r}, which the token lacks",
+                )
             fields[name] = value if isinstance(value, str) else json.dumps(value)
         rendered = _NOT_TAG_CHAR.sub("_", tag.template.format(**fields))[:MAX_TAG_VALUE]
         values[tag.key] = rendered
@@ -169,8 +188,11 @@ class AwsBackend:
         s = self.settings
         duration = max(MIN_DURATION, min(grant.duration or s.duration, s.duration))
         tags = render_tags(s.session_tags, grant)
-        params: dict[str, Any] = {"RoleArn": s.role_arn, "RoleSessionName": session_name(grant),
-                                  "DurationSeconds": duration}
+        params: dict[str, Any] = {
+            "RoleArn": s.role_arn,
+            "RoleSessionName": session_name(grant),
+            "DurationSeconds": duration,
+        }
         if s.session_policy:
             params["Policy"] = s.session_policy
         try:
@@ -185,11 +207,15 @@ class AwsBackend:
                 response = self.sts.assume_role(**params)
         except self._client_error as exc:
             error = exc.response.get("Error", {})
-            raise refusal("AWS STS", "sts", str(error.get("Code", "Unknown")), str(error.get("Message", "")),
-                          [params.get("WebIdentityToken")]) from None
+            raise refusal(
+                "AWS STS",
+                "sts",
+                str(error.get("Code", "Unknown")),
+                str(error.get("Message", "")),
+                [params.get("WebIdentityToken")],
+            ) from None
         except self._sdk_error as exc:
-            raise UpstreamError("AWS STS could not be reached",
-                                reason=f"sts {type(exc).__name__}") from None
+            raise UpstreamError("AWS STS could not be reached", reason=f"sts {type(exc).__name__}") from None
         creds = response["Credentials"]
         credentials = {
             "access_key_id": creds["AccessKeyId"],
@@ -216,7 +242,8 @@ def _sts_client(settings: AwsSettings, shared: dict[Any, Any]) -> Any:
         # The same timeouts and attempt count as every other cloud call (broker.clouds._http);
         # botocore's standard mode adds its own jittered backoff for throttling and 5xx.
         config = Config(
-            connect_timeout=DEFAULT_POLICY.connect_timeout, read_timeout=DEFAULT_POLICY.read_timeout,
+            connect_timeout=DEFAULT_POLICY.connect_timeout,
+            read_timeout=DEFAULT_POLICY.read_timeout,
             retries={"total_max_attempts": DEFAULT_POLICY.retries + 1, "mode": "standard"},
             signature_version=UNSIGNED if settings.mode == "web_identity" else None,
             # botocore's client-side check of types and minimum lengths re-checks what the broker
@@ -227,8 +254,12 @@ def _sts_client(settings: AwsSettings, shared: dict[Any, Any]) -> Any:
             max_pool_connections=POOL_SIZE,
         )
         session = boto3.session.Session(botocore_session=_botocore_session())
-        shared[key] = session.client("sts", region_name=settings.region or "us-east-1",
-                                     endpoint_url=settings.sts_endpoint, config=config)
+        shared[key] = session.client(
+            "sts",
+            region_name=settings.region or "us-east-1",
+            endpoint_url=settings.sts_endpoint,
+            config=config,
+        )
     return shared[key]
 
 

@@ -22,7 +22,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -62,21 +62,35 @@ class AzureKind:
     def parse_settings(self, s: Section) -> AzureSettings | None:
         tenant_id = s.string("tenant_id", required=True)
         if tenant_id and tenant_id.lower() in ("common", "organizations", "consumers"):
-            s.findings.error(s.at("tenant_id"), "must name one tenant: client credentials cannot use a "
-                                                "multi-tenant authority")
+            s.findings.error(
+                s.at("tenant_id"),
+                "must name one tenant: client credentials cannot use a multi-tenant authority",
+            )
             tenant_id = None
         elif tenant_id and not TENANT.fullmatch(tenant_id):
-            s.findings.error(s.at("tenant_id"), f"{tenant_id!r} is not valid: expected the directory "
-                                                "(tenant) id, a GUID, or a verified domain")
+            s.findings.error(
+                s.at("tenant_id"),
+                f"{tenant_id!r} is not valid: expected the directory "
+                "(tenant) id, a GUID, or a verified domain",
+            )
             tenant_id = None
-        client_id = s.string("client_id", required=True, pattern=GUID,
-                             hint="expected the application (client) id, a GUID")
-        scope = s.string("scope", required=True, pattern=SCOPE,
-                         hint="expected a resource's .default scope, such as https://management.azure.com/.default")
+        client_id = s.string(
+            "client_id", required=True, pattern=GUID, hint="expected the application (client) id, a GUID"
+        )
+        scope = s.string(
+            "scope",
+            required=True,
+            pattern=SCOPE,
+            hint="expected a resource's .default scope, such as https://management.azure.com/.default",
+        )
         subscription_id = s.string("subscription_id", pattern=GUID, hint="expected a subscription id, a GUID")
         authority = s.url("authority_host", DEFAULT_AUTHORITY_HOST)
-        audience = s.string("assertion_audience", DEFAULT_ASSERTION_AUDIENCE, pattern=ASSERTION_AUDIENCE,
-                            hint="expected the audience the federated identity credential lists")
+        audience = s.string(
+            "assertion_audience",
+            DEFAULT_ASSERTION_AUDIENCE,
+            pattern=ASSERTION_AUDIENCE,
+            hint="expected the audience the federated identity credential lists",
+        )
         federated_token = s.boolean("federated_token", False)
         ca_bundle = s.string("ca_bundle")
         s.finish()
@@ -85,30 +99,40 @@ class AzureKind:
             parts = urlsplit(authority)
             if parts.scheme != "https":
                 # schema.url admits http for loopback; azure-identity refuses it everywhere.
-                s.findings.error(s.at("authority_host"),
-                                 "must use https:// (azure-identity refuses any other scheme, even for "
-                                 "loopback; serve a local endpoint with TLS and set ca_bundle)")
+                s.findings.error(
+                    s.at("authority_host"),
+                    "must use https:// (azure-identity refuses any other scheme, even for "
+                    "loopback; serve a local endpoint with TLS and set ca_bundle)",
+                )
                 authority = None
             elif parts.path not in ("", "/"):
-                s.findings.error(s.at("authority_host"),
-                                 "is the host only, such as https://login.microsoftonline.us (the tenant "
-                                 "comes from tenant_id)")
+                s.findings.error(
+                    s.at("authority_host"),
+                    "is the host only, such as https://login.microsoftonline.us (the tenant "
+                    "comes from tenant_id)",
+                )
                 authority = None
         if ca_bundle and not Path(ca_bundle).is_file():
             s.findings.error(s.at("ca_bundle"), f"{ca_bundle!r} is not a readable file")
             ca_bundle = None
         if not tenant_id or not client_id or not scope or not authority or not audience:
             return None
-        return AzureSettings(tenant_id=tenant_id, client_id=client_id, scope=scope,
-                             subscription_id=subscription_id, authority_host=authority.rstrip("/"),
-                             assertion_audience=audience, federated_token=federated_token,
-                             ca_bundle=ca_bundle)
+        return AzureSettings(
+            tenant_id=tenant_id,
+            client_id=client_id,
+            scope=scope,
+            subscription_id=subscription_id,
+            authority_host=authority.rstrip("/"),
+            assertion_audience=audience,
+            federated_token=federated_token,
+            ca_bundle=ca_bundle,
+        )
 
     def max_duration(self, settings: AzureSettings) -> None:
         # Entra ID chooses an access token's lifetime (60 to 90 minutes); a client cannot ask.
         return None
 
-    def build_backend(self, role: str, settings: AzureSettings, shared: dict[Any, Any]) -> "AzureBackend":
+    def build_backend(self, role: str, settings: AzureSettings, shared: dict[Any, Any]) -> AzureBackend:
         return AzureBackend(role, settings, shared)
 
 
@@ -140,7 +164,7 @@ def install_log_redaction() -> None:
         logger.addFilter(RedactJwts())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _retry_policy_class(max_retry_after: float) -> type:
     """azure-core's RetryPolicy, but a Retry-After longer than `max_retry_after` is cut short."""
     from azure.core.pipeline.policies import RetryPolicy
@@ -166,11 +190,14 @@ class AzureBackend:
         self.pipeline_options: dict[str, Any] = {
             "transport": _transport(policy, settings.ca_bundle, shared),
             "retry_policy_class": _retry_policy_class(policy.max_retry_after),
-            "retry_total": policy.retries, "retry_connect": policy.retries,
-            "retry_read": policy.retries, "retry_status": policy.retries,
-            "retry_backoff_factor": policy.backoff, "retry_backoff_max": policy.max_backoff,
+            "retry_total": policy.retries,
+            "retry_connect": policy.retries,
+            "retry_read": policy.retries,
+            "retry_status": policy.retries,
+            "retry_backoff_factor": policy.backoff,
+            "retry_backoff_max": policy.max_backoff,
             "timeout": (policy.connect_timeout + policy.read_timeout + policy.max_retry_after)
-                       * (policy.retries + 1),
+            * (policy.retries + 1),
         }
 
     def issue(self, grant: Grant) -> Issued:
@@ -181,24 +208,29 @@ class AzureBackend:
         # One credential per exchange: it caches the token it fetched and would hand a token
         # obtained with one job's assertion to the next job. Building it is plain Python; the
         # transport (HTTP session and connection pool) is shared by every role.
-        credential = self.credential_class(s.tenant_id, s.client_id, assertions,
-                                           authority=s.authority_host, **self.pipeline_options)
+        credential = self.credential_class(
+            s.tenant_id, s.client_id, assertions, authority=s.authority_host, **self.pipeline_options
+        )
         try:
             token = credential.get_token(s.scope)
         except ClientAuthenticationError as exc:
             raise _refusal(exc, assertions.minted) from None
         except AzureError as exc:
-            raise UpstreamError("Microsoft Entra ID could not be reached",
-                                reason=f"entra {type(exc).__name__}") from None
-        credentials = {"access_token": token.token, "token_type": "Bearer",
-                       "tenant_id": s.tenant_id, "client_id": s.client_id}
+            raise UpstreamError(
+                "Microsoft Entra ID could not be reached", reason=f"entra {type(exc).__name__}"
+            ) from None
+        credentials = {
+            "access_token": token.token,
+            "token_type": "Bearer",
+            "tenant_id": s.tenant_id,
+            "client_id": s.client_id,
+        }
         if s.subscription_id:
             credentials["subscription_id"] = s.subscription_id
         if s.federated_token:
             credentials["federated_token"] = grant.mint_assertion(s.assertion_audience, {})
             credentials["authority_host"] = s.authority_host
-        return Issued(expires_at=datetime.fromtimestamp(token.expires_on, timezone.utc),
-                      credentials=credentials)
+        return Issued(expires_at=datetime.fromtimestamp(token.expires_on, UTC), credentials=credentials)
 
 
 def _transport(policy: HttpPolicy, ca_bundle: str | None, shared: dict[Any, Any]) -> Any:
@@ -217,8 +249,10 @@ def _transport(policy: HttpPolicy, ca_bundle: str | None, shared: dict[Any, Any]
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         shared[key] = RequestsTransport(
-            session=session, session_owner=False,
-            connection_timeout=policy.connect_timeout, read_timeout=policy.read_timeout,
+            session=session,
+            session_owner=False,
+            connection_timeout=policy.connect_timeout,
+            read_timeout=policy.read_timeout,
             connection_verify=verify_setting(ca_bundle),
         )
     return shared[key]
@@ -230,8 +264,10 @@ def _refusal(exc: Any, assertions: list[str]) -> UpstreamError:
     error = entra_error(response)
     if error is None:
         # Not an error document: whatever the body holds (possibly a token) is not repeated.
-        return UpstreamError(f"Microsoft Entra ID returned an unexpected response (HTTP {status})",
-                             reason=f"entra HTTP {status}: {type(exc).__name__}")
+        return UpstreamError(
+            f"Microsoft Entra ID returned an unexpected response (HTTP {status})",
+            reason=f"entra HTTP {status}: {type(exc).__name__}",
+        )
     code, description = error
     return refusal("Microsoft Entra ID", f"entra HTTP {status}", code, description, assertions)
 

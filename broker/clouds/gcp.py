@@ -22,14 +22,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from broker.clouds import Assertions, Grant, Issued
-from broker.clouds._http import (DEFAULT_POLICY, HttpPolicy, refusal,
-                                 requests_session, verify_setting)
+from broker.clouds._http import DEFAULT_POLICY, HttpPolicy, refusal, requests_session, verify_setting
 from broker.errors import UpstreamError
 from broker.schema import Section
 
@@ -43,8 +42,10 @@ MAX_LIFETIME, MAX_EXTENDED_LIFETIME = 3600, 43200
 # Google's STS sets the federated token's lifetime itself; it cannot be asked for less.
 STS_LIFETIME = 3600
 
-AUDIENCE = re.compile(r"//iam\.googleapis\.com/projects/\d{1,20}/locations/global/"
-                      r"workloadIdentityPools/[a-z0-9-]{4,32}/providers/[a-z0-9-]{4,32}")
+AUDIENCE = re.compile(
+    r"//iam\.googleapis\.com/projects/\d{1,20}/locations/global/"
+    r"workloadIdentityPools/[a-z0-9-]{4,32}/providers/[a-z0-9-]{4,32}"
+)
 SERVICE_ACCOUNT = re.compile(r"[a-z0-9][a-z0-9-]{0,98}@[a-z0-9][a-z0-9.-]{0,98}\.gserviceaccount\.com")
 SCOPE = re.compile(r"https://www\.googleapis\.com/auth/[A-Za-z0-9._/-]+|openid|email|profile")
 
@@ -71,16 +72,24 @@ class GcpSettings:
 
 class GcpKind:
     def parse_settings(self, s: Section) -> GcpSettings | None:
-        audience = s.string("audience", required=True, pattern=AUDIENCE,
-                            hint="expected the provider's full resource name, //iam.googleapis.com/projects/"
-                                 "<number>/locations/global/workloadIdentityPools/<pool>/providers/<provider>")
-        service_account = s.string("service_account", pattern=SERVICE_ACCOUNT,
-                                   hint="expected a service account email, NAME@PROJECT.iam.gserviceaccount.com")
+        audience = s.string(
+            "audience",
+            required=True,
+            pattern=AUDIENCE,
+            hint="expected the provider's full resource name, //iam.googleapis.com/projects/"
+            "<number>/locations/global/workloadIdentityPools/<pool>/providers/<provider>",
+        )
+        service_account = s.string(
+            "service_account",
+            pattern=SERVICE_ACCOUNT,
+            hint="expected a service account email, NAME@PROJECT.iam.gserviceaccount.com",
+        )
         scopes = s.string_list("scopes", (CLOUD_PLATFORM,))
         for i, scope in enumerate(scopes):
             if not SCOPE.fullmatch(scope):
-                s.findings.error(f"{s.at('scopes')}[{i}]",
-                                 f"{scope!r} is not an OAuth scope such as {CLOUD_PLATFORM}")
+                s.findings.error(
+                    f"{s.at('scopes')}[{i}]", f"{scope!r} is not an OAuth scope such as {CLOUD_PLATFORM}"
+                )
         extended = s.boolean("extended_lifetime", False)
         lifetime = s.integer("lifetime", None, minimum=1, maximum=MAX_EXTENDED_LIFETIME)
         token_url = s.url("token_url", DEFAULT_TOKEN_URL)
@@ -89,8 +98,10 @@ class GcpKind:
         s.finish()
 
         if iam_url and urlsplit(iam_url).path not in ("", "/"):
-            s.findings.error(s.at("iam_credentials_url"),
-                             "is the service's base URL, without a path (the broker adds /v1/projects/-/...)")
+            s.findings.error(
+                s.at("iam_credentials_url"),
+                "is the service's base URL, without a path (the broker adds /v1/projects/-/...)",
+            )
             iam_url = None
         if ca_bundle and not Path(ca_bundle).is_file():
             s.findings.error(s.at("ca_bundle"), f"{ca_bundle!r} is not a readable file")
@@ -99,37 +110,50 @@ class GcpKind:
             if lifetime is None and "lifetime" not in s:
                 lifetime = MAX_LIFETIME
             if lifetime is not None and lifetime > MAX_LIFETIME and not extended:
-                s.findings.error(s.at("lifetime"),
-                                 f"must be at most {MAX_LIFETIME} unless extended_lifetime is true (the "
-                                 "organization policy constraints/iam.allowServiceAccountCredentialLifetime"
-                                 "Extension must list the service account)")
+                s.findings.error(
+                    s.at("lifetime"),
+                    f"must be at most {MAX_LIFETIME} unless extended_lifetime is true (the "
+                    "organization policy constraints/iam.allowServiceAccountCredentialLifetime"
+                    "Extension must list the service account)",
+                )
                 lifetime = None
         else:
             if extended:
                 s.findings.error(s.at("extended_lifetime"), "applies only with service_account")
             if lifetime is not None and lifetime > STS_LIFETIME:
-                s.findings.error(s.at("lifetime"),
-                                 f"must be at most {STS_LIFETIME} without service_account: Google's STS "
-                                 "issues federated tokens for one hour")
+                s.findings.error(
+                    s.at("lifetime"),
+                    f"must be at most {STS_LIFETIME} without service_account: Google's STS "
+                    "issues federated tokens for one hour",
+                )
                 lifetime = None
             elif lifetime is not None and lifetime < STS_LIFETIME:
-                s.findings.warning(s.at("lifetime"),
-                                   "without service_account Google's STS sets the token's lifetime (one "
-                                   "hour); lifetime only caps the duration callers may request")
+                s.findings.warning(
+                    s.at("lifetime"),
+                    "without service_account Google's STS sets the token's lifetime (one "
+                    "hour); lifetime only caps the duration callers may request",
+                )
             elif lifetime is None and "lifetime" not in s:
                 lifetime = STS_LIFETIME
             if "iam_credentials_url" in s:
                 s.findings.warning(s.at("iam_credentials_url"), "has no effect without service_account")
         if not audience or lifetime is None or not scopes or token_url is None or iam_url is None:
             return None
-        return GcpSettings(audience=audience, service_account=service_account, scopes=scopes,
-                           lifetime=lifetime, extended_lifetime=extended, token_url=token_url,
-                           iam_credentials_url=iam_url.rstrip("/"), ca_bundle=ca_bundle)
+        return GcpSettings(
+            audience=audience,
+            service_account=service_account,
+            scopes=scopes,
+            lifetime=lifetime,
+            extended_lifetime=extended,
+            token_url=token_url,
+            iam_credentials_url=iam_url.rstrip("/"),
+            ca_bundle=ca_bundle,
+        )
 
     def max_duration(self, settings: GcpSettings) -> int:
         return settings.lifetime
 
-    def build_backend(self, role: str, settings: GcpSettings, shared: dict[Any, Any]) -> "GcpBackend":
+    def build_backend(self, role: str, settings: GcpSettings, shared: dict[Any, Any]) -> GcpBackend:
         return GcpBackend(role, settings, shared)
 
 
@@ -162,18 +186,32 @@ class _Transport:
         # Bearer tokens sent (the federated STS token, on the IAM step): never to be echoed back.
         self.bearers: list[str] = []
 
-    def __call__(self, url: str, method: str = "GET", body: bytes | None = None,
-                 headers: Any = None, timeout: Any = None, **kwargs: Any) -> _Response:
+    def __call__(
+        self,
+        url: str,
+        method: str = "GET",
+        body: bytes | None = None,
+        headers: Any = None,
+        timeout: Any = None,
+        **kwargs: Any,
+    ) -> _Response:
         import requests
         from google.auth.exceptions import TransportError
 
         self.last_url, self.last_status, self.last_body = url, None, b""
         authorization = (headers or {}).get("authorization") or (headers or {}).get("Authorization")
         if isinstance(authorization, str) and authorization.startswith("Bearer "):
-            self.bearers.append(authorization[len("Bearer "):])
+            self.bearers.append(authorization[len("Bearer ") :])
         try:
-            response = self.session.request(method, url, data=body, headers=headers, timeout=self.timeout,
-                                            verify=self.verify, allow_redirects=False)
+            response = self.session.request(
+                method,
+                url,
+                data=body,
+                headers=headers,
+                timeout=self.timeout,
+                verify=self.verify,
+                allow_redirects=False,
+            )
         except requests.RequestException as exc:
             raise TransportError(type(exc).__name__) from exc
         self.last_status, self.last_body = response.status_code, response.content
@@ -213,15 +251,14 @@ class GcpBackend:
                 raise ValueError("no token or expiry in the response")
         except exceptions.TransportError as exc:
             step = self._step(transport)
-            raise UpstreamError(f"GCP {step} could not be reached",
-                                reason=f"gcp {step}: {exc}") from None
+            raise UpstreamError(f"GCP {step} could not be reached", reason=f"gcp {step}: {exc}") from None
         except (exceptions.GoogleAuthError, ValueError, KeyError, TypeError) as exc:
             raise self._refusal(transport, supplier, exc) from None
         credentials_out = {"access_token": token, "token_type": "Bearer"}
         if s.service_account:
             credentials_out["service_account"] = s.service_account
         # google-auth keeps expiry as a naive UTC datetime.
-        return Issued(expires_at=expiry.replace(tzinfo=timezone.utc), credentials=credentials_out)
+        return Issued(expires_at=expiry.replace(tzinfo=UTC), credentials=credentials_out)
 
     def _credentials(self, supplier: Assertions, grant: Grant) -> Any:
         s = self.settings
@@ -229,9 +266,13 @@ class GcpBackend:
         if s.service_account:
             options = {"token_lifetime_seconds": min(grant.duration or s.lifetime, s.lifetime)}
         return self.identity_pool.Credentials(
-            audience=s.audience, subject_token_type=JWT_TOKEN_TYPE, token_url=s.token_url,
-            subject_token_supplier=supplier, service_account_impersonation_url=s.impersonation_url,
-            service_account_impersonation_options=options, scopes=list(s.scopes),
+            audience=s.audience,
+            subject_token_type=JWT_TOKEN_TYPE,
+            token_url=s.token_url,
+            subject_token_supplier=supplier,
+            service_account_impersonation_url=s.impersonation_url,
+            service_account_impersonation_options=options,
+            scopes=list(s.scopes),
         )
 
     def _step(self, transport: _Transport) -> str:
@@ -246,11 +287,14 @@ class GcpBackend:
         if parsed is None:
             # Not an error document (e.g. a 200 google-auth could not parse): its body may hold a
             # token, so none of it is repeated.
-            return UpstreamError(f"GCP {step} returned an unexpected response (HTTP {status})",
-                                 reason=f"gcp {step} HTTP {status}: {type(exc).__name__}")
+            return UpstreamError(
+                f"GCP {step} returned an unexpected response (HTTP {status})",
+                reason=f"gcp {step} HTTP {status}: {type(exc).__name__}",
+            )
         code, description = parsed
-        return refusal(f"GCP {step}", f"gcp {step} HTTP {status}", code, description,
-                       supplier.minted + transport.bearers)
+        return refusal(
+            f"GCP {step}", f"gcp {step} HTTP {status}", code, description, supplier.minted + transport.bearers
+        )
 
 
 def google_error(body: bytes) -> tuple[str, str] | None:

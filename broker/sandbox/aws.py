@@ -29,8 +29,7 @@ class LocalSTS:
 
         self.moto = DomainDispatcherApplication(create_backend_app)
         self.roles = dict(roles or {})
-        self.trust = FederatedTrust(issuer=broker_issuer, audience="sts.amazonaws.com",
-                                    max_lifetime=86400)
+        self.trust = FederatedTrust(issuer=broker_issuer, audience="sts.amazonaws.com", max_lifetime=86400)
         self.calls: list[dict[str, str]] = []  # every STS action seen, with its form parameters
         self.echo_assertion = False  # answer like a careless upstream that quotes what it got
         self.server = LocalServer(self._wsgi)
@@ -39,14 +38,14 @@ class LocalSTS:
     def url(self) -> str:
         return self.server.url
 
-    def start(self) -> "LocalSTS":
+    def start(self) -> LocalSTS:
         self.server.start()
         return self
 
     def stop(self) -> None:
         self.server.stop()
 
-    def __enter__(self) -> "LocalSTS":
+    def __enter__(self) -> LocalSTS:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -61,8 +60,9 @@ class LocalSTS:
             problem = self._check_web_identity(form)
             if problem is not None:
                 code, message = problem
-                response = Response(ERROR_XML.format(code=code, message=message), status=400,
-                                    mimetype="text/xml")
+                response = Response(
+                    ERROR_XML.format(code=code, message=message), status=400, mimetype="text/xml"
+                )
                 return response(environ, start_response)
         # moto reads the body again from the stream we consumed.
         from io import BytesIO
@@ -101,9 +101,14 @@ def _valid_tags_claim(tags: Any) -> bool:
     if not isinstance(tags, dict) or set(tags) - {"principal_tags", "transitive_tag_keys"}:
         return False
     principal = tags.get("principal_tags", {})
-    return isinstance(principal, dict) and len(principal) <= 50 and all(
-        isinstance(k, str) and isinstance(v, list) and len(v) == 1 and isinstance(v[0], str)
-        for k, v in principal.items())
+    return (
+        isinstance(principal, dict)
+        and len(principal) <= 50
+        and all(
+            isinstance(k, str) and isinstance(v, list) and len(v) == 1 and isinstance(v[0], str)
+            for k, v in principal.items()
+        )
+    )
 
 
 def _xml_escape(text: str) -> str:

@@ -81,7 +81,7 @@ class ClosingServer:
             self.connections += 1
             conn.close()
 
-    def start(self) -> "ClosingServer":
+    def start(self) -> ClosingServer:
         self._thread.start()
         return self
 
@@ -90,7 +90,7 @@ class ClosingServer:
         self._thread.join(timeout=2)
         self._sock.close()
 
-    def __enter__(self) -> "ClosingServer":
+    def __enter__(self) -> ClosingServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -27,7 +27,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -47,9 +47,11 @@ STS_SCOPES = frozenset({CLOUD_PLATFORM, IAM_SCOPE})
 FEDERATED_LIFETIME = 3600
 IAM_PREFIX, IAM_SUFFIX = "/v1/projects/", ":generateAccessToken"
 EXPIRE_TIME = "%Y-%m-%dT%H:%M:%SZ"
-UNAUTHENTICATED = ("Request had invalid authentication credentials. Expected OAuth 2 access token, login "
-                   "cookie or other valid authentication credential. See "
-                   "https://developers.google.com/identity/sign-in/web/devconsole-project.")
+UNAUTHENTICATED = (
+    "Request had invalid authentication credentials. Expected OAuth 2 access token, login "
+    "cookie or other valid authentication credential. See "
+    "https://developers.google.com/identity/sign-in/web/devconsole-project."
+)
 
 
 @dataclass(frozen=True)
@@ -62,12 +64,20 @@ class LocalToken:
 
 
 class LocalGCP:
-    def __init__(self, broker_issuer: str, *, project_number: str = "123456789012",
-                 pool: str = "ci-broker", provider: str = "broker") -> None:
+    def __init__(
+        self,
+        broker_issuer: str,
+        *,
+        project_number: str = "123456789012",
+        pool: str = "ci-broker",
+        provider: str = "broker",
+    ) -> None:
         self.project_number = project_number
         self.pool = pool
-        self.audience = (f"//iam.googleapis.com/projects/{project_number}/locations/global/"
-                         f"workloadIdentityPools/{pool}/providers/{provider}")
+        self.audience = (
+            f"//iam.googleapis.com/projects/{project_number}/locations/global/"
+            f"workloadIdentityPools/{pool}/providers/{provider}"
+        )
         self.trust = FederatedTrust(issuer=broker_issuer, audience=self.audience)
         self.bindings: dict[str, set[str]] = {}  # service account -> principals with workloadIdentityUser
         self.extended_lifetime: set[str] = set()  # accounts the lifetime-extension policy lists
@@ -91,22 +101,24 @@ class LocalGCP:
     def token_url(self) -> str:
         return f"{self.url}/v1/token"
 
-    def start(self) -> "LocalGCP":
+    def start(self) -> LocalGCP:
         self.server.start()
         return self
 
     def stop(self) -> None:
         self.server.stop()
 
-    def __enter__(self) -> "LocalGCP":
+    def __enter__(self) -> LocalGCP:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
     def principal(self, subject: str) -> str:
-        return (f"principal://iam.googleapis.com/projects/{self.project_number}/locations/global/"
-                f"workloadIdentityPools/{self.pool}/subject/{subject}")
+        return (
+            f"principal://iam.googleapis.com/projects/{self.project_number}/locations/global/"
+            f"workloadIdentityPools/{self.pool}/subject/{subject}"
+        )
 
     def trust_role(self, role: str) -> None:
         """Admit `sub == role:<role>` in the provider's attribute condition."""
@@ -134,14 +146,18 @@ class LocalGCP:
         request = Request(environ)
         fault = self.faults.take(request.path)
         if fault is not None and fault.status is not None:
-            response = _google_error(fault.status, _STATUS_NAMES.get(fault.status, "UNAVAILABLE"),
-                                     "Injected failure.")
+            response = _google_error(
+                fault.status, _STATUS_NAMES.get(fault.status, "UNAVAILABLE"), "Injected failure."
+            )
             if fault.retry_after is not None:
                 response.headers["Retry-After"] = str(fault.retry_after)
         elif request.method == "POST" and request.path == "/v1/token":
             response = self._sts(request)
-        elif (request.method == "POST" and request.path.startswith(IAM_PREFIX)
-              and request.path.endswith(IAM_SUFFIX)):
+        elif (
+            request.method == "POST"
+            and request.path.startswith(IAM_PREFIX)
+            and request.path.endswith(IAM_SUFFIX)
+        ):
             response = self._generate_access_token(request)
         else:
             response = _google_error(404, "NOT_FOUND", f"The requested URL {request.path} was not found.")
@@ -155,20 +171,24 @@ class LocalGCP:
         self.subject_tokens.append(subject_token)
         self.calls.append({"path": request.path, **form})
         if form.get("grant_type") != TOKEN_EXCHANGE:
-            return _oauth_error("unsupported_grant_type", f"Unsupported grant type: {form.get('grant_type')!r}.")
+            return _oauth_error(
+                "unsupported_grant_type", f"Unsupported grant type: {form.get('grant_type')!r}."
+            )
         if form.get("requested_token_type") != ACCESS_TOKEN_TYPE:
-            return _oauth_error("invalid_request", "Invalid value for \"requested_token_type\".")
+            return _oauth_error("invalid_request", 'Invalid value for "requested_token_type".')
         if form.get("subject_token_type") not in SUBJECT_TOKEN_TYPES:
-            return _oauth_error("invalid_request", "Invalid value for \"subject_token_type\".")
+            return _oauth_error("invalid_request", 'Invalid value for "subject_token_type".')
         if not subject_token:
             return _oauth_error("invalid_request", "The subject token is missing.")
         if self.echo_subject_token:
             return _oauth_error("invalid_grant", f"Unable to verify the ID Token [{subject_token}].")
         if form.get("audience") != self.audience:
-            return _oauth_error("invalid_target",
-                                "The target service indicated by the \"audience\" parameters is invalid. This "
-                                "might either be because the pool or provider is disabled or deleted or because "
-                                "it doesn't exist.")
+            return _oauth_error(
+                "invalid_target",
+                'The target service indicated by the "audience" parameters is invalid. This '
+                "might either be because the pool or provider is disabled or deleted or because "
+                "it doesn't exist.",
+            )
         scopes = tuple(form.get("scope", "").split())
         if not scopes or not set(scopes) <= STS_SCOPES:
             return _oauth_error("invalid_scope", "The scope is not valid for a federated token.")
@@ -177,11 +197,18 @@ class LocalGCP:
             return claims
         token = "ya29.local-federated-" + secrets.token_urlsafe(32)
         with self._lock:
-            self._tokens[token] = LocalToken("federated", self.principal(claims["sub"]), scopes,
-                                             time.time() + FEDERATED_LIFETIME)
+            self._tokens[token] = LocalToken(
+                "federated", self.principal(claims["sub"]), scopes, time.time() + FEDERATED_LIFETIME
+            )
             self.issued.append(token)
-        return _json({"access_token": token, "issued_token_type": ACCESS_TOKEN_TYPE,
-                      "token_type": "Bearer", "expires_in": FEDERATED_LIFETIME})
+        return _json(
+            {
+                "access_token": token,
+                "issued_token_type": ACCESS_TOKEN_TYPE,
+                "token_type": "Bearer",
+                "expires_in": FEDERATED_LIFETIME,
+            }
+        )
 
     def _check_subject_token(self, subject_token: str) -> dict[str, Any] | Response:
         """The verified claims, or the refusal GCP would give (the unverified pre-checks only pick
@@ -191,45 +218,69 @@ class LocalGCP:
         except jwt.PyJWTError:
             return _oauth_error("invalid_grant", "Unable to parse the ID Token.")
         if unverified.get("iss") != self.trust.issuer:
-            return _oauth_error("invalid_grant", f"The issuer in ID Token {unverified.get('iss')} does not "
-                                                 "match the expected ISSUER.")
+            return _oauth_error(
+                "invalid_grant",
+                f"The issuer in ID Token {unverified.get('iss')} does not match the expected ISSUER.",
+            )
         if unverified.get("aud") != self.audience:
-            return _oauth_error("invalid_grant", f"The audience in ID Token [{unverified.get('aud')}] does "
-                                                 "not match the expected audience.")
+            return _oauth_error(
+                "invalid_grant",
+                f"The audience in ID Token [{unverified.get('aud')}] does not match the expected audience.",
+            )
         try:
             return self.trust.verify(subject_token)
         except TrustRefused as exc:
             if str(exc).startswith("subject "):
-                return _oauth_error("unauthorized_client",
-                                    "The given credential is rejected by the attribute condition.")
+                return _oauth_error(
+                    "unauthorized_client", "The given credential is rejected by the attribute condition."
+                )
             return _oauth_error("invalid_grant", f"ID Token verification failed: {exc}"[:300])
 
     def _generate_access_token(self, request: Request) -> Response:
-        name = request.path[len(IAM_PREFIX):-len(IAM_SUFFIX)]
+        name = request.path[len(IAM_PREFIX) : -len(IAM_SUFFIX)]
         project, _, service_account = name.partition("/serviceAccounts/")
         bearer = request.headers.get("Authorization", "")
         try:
             body = json.loads(request.get_data(as_text=True) or "{}")
         except ValueError:
             body = None
-        self.calls.append({"path": request.path, "service_account": service_account,
-                           "body": body if isinstance(body, dict) else None})
+        self.calls.append(
+            {
+                "path": request.path,
+                "service_account": service_account,
+                "body": body if isinstance(body, dict) else None,
+            }
+        )
         if self.echo_bearer:
             return _google_error(401, "UNAUTHENTICATED", f"Request had invalid credentials: {bearer}")
         if project != "-":
-            return _google_error(400, "INVALID_ARGUMENT",
-                                 "The - wildcard character is required for the project in the resource name.")
-        token = self.describe(bearer[len("Bearer "):]) if bearer.startswith("Bearer ") else None
+            return _google_error(
+                400,
+                "INVALID_ARGUMENT",
+                "The - wildcard character is required for the project in the resource name.",
+            )
+        token = self.describe(bearer[len("Bearer ") :]) if bearer.startswith("Bearer ") else None
         if token is None or token.kind != "federated":
-            return _google_error(401, "UNAUTHENTICATED", UNAUTHENTICATED,
-                                 reason="ACCESS_TOKEN_TYPE_UNSUPPORTED" if token else None)
+            return _google_error(
+                401,
+                "UNAUTHENTICATED",
+                UNAUTHENTICATED,
+                reason="ACCESS_TOKEN_TYPE_UNSUPPORTED" if token else None,
+            )
         if not {IAM_SCOPE, CLOUD_PLATFORM} & set(token.scopes):
-            return _google_error(403, "PERMISSION_DENIED", "Request had insufficient authentication scopes.",
-                                 reason="ACCESS_TOKEN_SCOPE_INSUFFICIENT")
+            return _google_error(
+                403,
+                "PERMISSION_DENIED",
+                "Request had insufficient authentication scopes.",
+                reason="ACCESS_TOKEN_SCOPE_INSUFFICIENT",
+            )
         if token.principal not in self.bindings.get(service_account, set()):
-            return _google_error(403, "PERMISSION_DENIED",
-                                 "Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it "
-                                 "may not exist).", reason="IAM_PERMISSION_DENIED")
+            return _google_error(
+                403,
+                "PERMISSION_DENIED",
+                "Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist).",
+                reason="IAM_PERMISSION_DENIED",
+            )
         if not isinstance(body, dict) or body.get("delegates"):
             return _google_error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
         scopes = body.get("scope")
@@ -238,24 +289,35 @@ class LocalGCP:
         lifetime = _duration(body.get("lifetime", "3600s"))
         limit = 43200 if service_account in self.extended_lifetime else 3600
         if lifetime is None or not 1 <= lifetime <= limit:
-            return _google_error(400, "INVALID_ARGUMENT",
-                                 f"The lifetime must be between 1s and {limit}s; longer lifetimes need the "
-                                 "service account listed in constraints/iam.allowServiceAccountCredential"
-                                 "LifetimeExtension.")
+            return _google_error(
+                400,
+                "INVALID_ARGUMENT",
+                f"The lifetime must be between 1s and {limit}s; longer lifetimes need the "
+                "service account listed in constraints/iam.allowServiceAccountCredential"
+                "LifetimeExtension.",
+            )
         expires = int(time.time()) + lifetime
         access_token = "ya29.local-sa-" + secrets.token_urlsafe(32)
         with self._lock:
-            self._tokens[access_token] = LocalToken("service_account", token.principal, tuple(scopes),
-                                                    expires, service_account)
+            self._tokens[access_token] = LocalToken(
+                "service_account", token.principal, tuple(scopes), expires, service_account
+            )
             self.issued.append(access_token)
-        expire_time = datetime.fromtimestamp(expires, timezone.utc).strftime(EXPIRE_TIME)
+        expire_time = datetime.fromtimestamp(expires, UTC).strftime(EXPIRE_TIME)
         if self.fractional_expire_time:
             expire_time = expire_time[:-1] + ".123456789Z"
         return _json({"accessToken": access_token, "expireTime": expire_time})
 
 
-_STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
-                 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}
+_STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+}
 
 
 def _duration(value: Any) -> int | None:
@@ -279,6 +341,11 @@ def _oauth_error(error: str, description: str, status: int = 400) -> Response:
 def _google_error(code: int, status: str, message: str, *, reason: str | None = None) -> Response:
     error: dict[str, Any] = {"code": code, "message": message, "status": status}
     if reason:
-        error["details"] = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason,
-                             "domain": "iam.googleapis.com"}]
+        error["details"] = [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": reason,
+                "domain": "iam.googleapis.com",
+            }
+        ]
     return _json({"error": error}, code)

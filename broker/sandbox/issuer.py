@@ -11,7 +11,8 @@ import base64
 import json
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -68,14 +69,14 @@ class LocalIssuer:
     def key(self) -> IssuerKeyPair:
         return self.keys[0]
 
-    def start(self) -> "LocalIssuer":
+    def start(self) -> LocalIssuer:
         self.server.start()
         return self
 
     def stop(self) -> None:
         self.server.stop()
 
-    def __enter__(self) -> "LocalIssuer":
+    def __enter__(self) -> LocalIssuer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -91,25 +92,37 @@ class LocalIssuer:
         request = Request(environ)
         if request.path == "/.well-known/openid-configuration":
             self.discovery_requests += 1
-            response = Response(json.dumps({
-                "issuer": self.url, "jwks_uri": f"{self.url}/.well-known/jwks",
-                "subject_types_supported": ["public"], "response_types_supported": ["id_token"],
-                "id_token_signing_alg_values_supported": sorted({k.alg for k in self.keys}),
-            }), mimetype="application/json")
+            response = Response(
+                json.dumps(
+                    {
+                        "issuer": self.url,
+                        "jwks_uri": f"{self.url}/.well-known/jwks",
+                        "subject_types_supported": ["public"],
+                        "response_types_supported": ["id_token"],
+                        "id_token_signing_alg_values_supported": sorted({k.alg for k in self.keys}),
+                    }
+                ),
+                mimetype="application/json",
+            )
         elif request.path == "/.well-known/jwks":
             self.jwks_requests += 1
             if self.jwks_hook is not None:
                 response = self.jwks_hook(request)
             else:
-                response = Response(json.dumps({"keys": [k.public_jwk for k in self.keys]}),
-                                    mimetype="application/json")
+                response = Response(
+                    json.dumps({"keys": [k.public_jwk for k in self.keys]}), mimetype="application/json"
+                )
         else:
             response = Response("not found", status=404)
         return response(environ, start_response)
 
     # -- minting ----------------------------------------------------------------------------------
-    def sign_raw(self, header: dict[str, Any] | bytes, payload: dict[str, Any] | bytes,
-                 key: IssuerKeyPair | None = None) -> str:
+    def sign_raw(
+        self,
+        header: dict[str, Any] | bytes,
+        payload: dict[str, Any] | bytes,
+        key: IssuerKeyPair | None = None,
+    ) -> str:
         """Sign exactly the given header and payload (dicts are JSON-encoded; bytes are used as is)."""
         key = key or self.key
         h = header if isinstance(header, bytes) else json.dumps(header).encode()
@@ -117,8 +130,9 @@ class LocalIssuer:
         signing_input = f"{b64url(h)}.{b64url(p)}".encode()
         return f"{signing_input.decode()}.{b64url(key.sign(signing_input))}"
 
-    def mint(self, claims: dict[str, Any], header: dict[str, Any] | None = None,
-             key: IssuerKeyPair | None = None) -> str:
+    def mint(
+        self, claims: dict[str, Any], header: dict[str, Any] | None = None, key: IssuerKeyPair | None = None
+    ) -> str:
         key = key or self.key
         full_header = {"alg": key.alg, "kid": key.kid, "typ": "JWT"}
         full_header.update(header or {})

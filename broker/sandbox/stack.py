@@ -18,7 +18,7 @@ from typing import Any
 import requests
 import yaml
 
-from broker.keys import private_key_pem, generate_private_key
+from broker.keys import generate_private_key, private_key_pem
 from broker.sandbox.aws import LocalSTS
 from broker.sandbox.azure import LocalEntra
 from broker.sandbox.gcp import LocalGCP
@@ -58,7 +58,7 @@ class Sandbox:
         self.key_path = self.workdir / "broker-signing.pem"
 
     # -- lifecycle --------------------------------------------------------------------------------
-    def start(self) -> "Sandbox":
+    def start(self) -> Sandbox:
         self.github.start()
         self.gitlab.start()
         self.sts.start()
@@ -84,7 +84,7 @@ class Sandbox:
         self.gitlab.stop()
         self.github.stop()
 
-    def __enter__(self) -> "Sandbox":
+    def __enter__(self) -> Sandbox:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -94,11 +94,18 @@ class Sandbox:
     def config_dict(self) -> dict[str, Any]:
         """The demo policy, every rule bound to immutable ids: an AWS role for GitHub, one for
         GitLab, and a GCP and an Azure role each granted to the same GitHub and GitLab projects."""
-        github_rule = {"provider": "github",
-                       "claims": {"repository_id": "892734123", "ref": "refs/heads/main",
-                                  "event_name": ["push", "workflow_dispatch"]}}
-        gitlab_rule = {"provider": "gitlab",
-                       "claims": {"project_id": "20", "ref_protected": "true", "pipeline_source": ["push", "web"]}}
+        github_rule = {
+            "provider": "github",
+            "claims": {
+                "repository_id": "892734123",
+                "ref": "refs/heads/main",
+                "event_name": ["push", "workflow_dispatch"],
+            },
+        }
+        gitlab_rule = {
+            "provider": "gitlab",
+            "claims": {"project_id": "20", "ref_protected": "true", "pipeline_source": ["push", "web"]},
+        }
         return {
             "server": {
                 "issuer": self.broker_url,
@@ -114,35 +121,61 @@ class Sandbox:
             "roles": {
                 "deploy-prod": {
                     "cloud": "aws",
-                    "aws": {"role_arn": DEPLOY_ROLE_ARN, "region": "eu-west-1", "duration": 3600,
-                            "sts_endpoint": self.sts.url,
-                            "session_tags": {"repository": "{repository}", "ref": "{ref}"}},
-                    "allow": [{
-                        "provider": "github",
-                        "claims": {"repository_id": "892734123", "ref": "refs/heads/main",
-                                   "environment": ["production", "prod"], "event_name": ["push", "workflow_dispatch"]},
-                    }],
+                    "aws": {
+                        "role_arn": DEPLOY_ROLE_ARN,
+                        "region": "eu-west-1",
+                        "duration": 3600,
+                        "sts_endpoint": self.sts.url,
+                        "session_tags": {"repository": "{repository}", "ref": "{ref}"},
+                    },
+                    "allow": [
+                        {
+                            "provider": "github",
+                            "claims": {
+                                "repository_id": "892734123",
+                                "ref": "refs/heads/main",
+                                "environment": ["production", "prod"],
+                                "event_name": ["push", "workflow_dispatch"],
+                            },
+                        }
+                    ],
                 },
                 "gitlab-deploy": {
                     "cloud": "aws",
                     "aws": {"role_arn": GITLAB_ROLE_ARN, "duration": 900, "sts_endpoint": self.sts.url},
-                    "allow": [{
-                        "provider": "gitlab",
-                        "claims": {"project_id": "20", "ref_protected": "true", "pipeline_source": ["push", "web"]},
-                    }],
+                    "allow": [
+                        {
+                            "provider": "gitlab",
+                            "claims": {
+                                "project_id": "20",
+                                "ref_protected": "true",
+                                "pipeline_source": ["push", "web"],
+                            },
+                        }
+                    ],
                 },
                 "gcp-deploy": {
                     "cloud": "gcp",
-                    "gcp": {"audience": self.gcp.audience, "service_account": GCP_SERVICE_ACCOUNT,
-                            "scopes": ["https://www.googleapis.com/auth/cloud-platform"], "lifetime": 3600,
-                            "token_url": self.gcp.token_url, "iam_credentials_url": self.gcp.url},
+                    "gcp": {
+                        "audience": self.gcp.audience,
+                        "service_account": GCP_SERVICE_ACCOUNT,
+                        "scopes": ["https://www.googleapis.com/auth/cloud-platform"],
+                        "lifetime": 3600,
+                        "token_url": self.gcp.token_url,
+                        "iam_credentials_url": self.gcp.url,
+                    },
                     "allow": [copy.deepcopy(github_rule), copy.deepcopy(gitlab_rule)],
                 },
                 "azure-deploy": {
                     "cloud": "azure",
-                    "azure": {"tenant_id": AZURE_TENANT_ID, "client_id": AZURE_CLIENT_ID, "scope": AZURE_SCOPE,
-                              "subscription_id": AZURE_SUBSCRIPTION_ID, "authority_host": self.azure.url,
-                              "ca_bundle": str(self.ca_path.resolve())},
+                    "azure": {
+                        "tenant_id": AZURE_TENANT_ID,
+                        "client_id": AZURE_CLIENT_ID,
+                        "scope": AZURE_SCOPE,
+                        "subscription_id": AZURE_SUBSCRIPTION_ID,
+                        "authority_host": self.azure.url,
+                        "ca_bundle": str(self.ca_path.resolve()),
+                    },
                     "allow": [copy.deepcopy(github_rule), copy.deepcopy(gitlab_rule)],
                 },
             },
@@ -177,5 +210,6 @@ class Sandbox:
 
     def exchange(self, token: str | None, role: str = "deploy-prod", **body: Any) -> requests.Response:
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-        return requests.post(f"{self.broker_url}/v1/exchange", json={"role": role, **body},
-                             headers=headers, timeout=30)
+        return requests.post(
+            f"{self.broker_url}/v1/exchange", json={"role": role, **body}, headers=headers, timeout=30
+        )

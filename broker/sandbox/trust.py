@@ -41,8 +41,12 @@ class FederatedTrust:
             if key is None:
                 raise TrustRefused(f"no key {header.get('kid')!r} in the issuer's JWKS")
             claims = jwt.decode(
-                assertion, key.key, algorithms=["ES256", "RS256"], audience=self.audience,
-                issuer=self.issuer, options={"require": ["iss", "sub", "aud", "exp", "iat"]},
+                assertion,
+                key.key,
+                algorithms=["ES256", "RS256"],
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": ["iss", "sub", "aud", "exp", "iat"]},
             )
         except TrustRefused:
             raise

@@ -15,9 +15,15 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class LocalServer:
-    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0,
-                 ssl_context: ssl.SSLContext | None = None,
-                 handler: type[WSGIRequestHandler] = _QuietHandler) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+        handler: type[WSGIRequestHandler] = _QuietHandler,
+    ) -> None:
         self.app = app
         self._host, self._port = host, port
         self._ssl_context = ssl_context
@@ -32,11 +38,21 @@ class LocalServer:
         host = "localhost" if self._ssl_context else self._host
         return f"{scheme}://{host}:{self._server.server_port}"
 
-    def start(self) -> "LocalServer":
-        self._server = make_server(self._host, self._port, self.app, threaded=True,
-                                   request_handler=self._handler, ssl_context=self._ssl_context)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
-                                        name=f"local-server-{self._server.server_port}")
+    def start(self) -> LocalServer:
+        self._server = make_server(
+            self._host,
+            self._port,
+            self.app,
+            threaded=True,
+            request_handler=self._handler,
+            ssl_context=self._ssl_context,
+        )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            daemon=True,
+            name=f"local-server-{self._server.server_port}",
+        )
         self._thread.start()
         return self
 
@@ -46,7 +62,7 @@ class LocalServer:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "LocalServer":
+    def __enter__(self) -> LocalServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable, Iterator
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -18,8 +19,14 @@ Attack = Callable[..., dict[str, Any]]
 def attack(sandbox: Any, audit_events: list[dict[str, Any]], caplog: pytest.LogCaptureFixture) -> Attack:
     caplog.set_level(logging.DEBUG)
 
-    def send(token: str, status: int = 401, code: str = "invalid_token", *, role: str = "deploy-prod",
-             reason: str | None = None) -> dict[str, Any]:
+    def send(
+        token: str,
+        status: int = 401,
+        code: str = "invalid_token",
+        *,
+        role: str = "deploy-prod",
+        reason: str | None = None,
+    ) -> dict[str, Any]:
         calls = len(sandbox.sts.calls)
         response = sandbox.exchange(token, role=role)
         assert_refused(response, status, code)
@@ -49,11 +56,17 @@ def second_issuer(sandbox: Any, serve_config: Any) -> Any:
         issuer = LocalIssuer(alg).start()
         issuers.append(issuer)
         config = sandbox.config_dict()
-        config["providers"]["extra"] = {"issuer": issuer.url, "type": "github",
-                                        "algorithms": algorithms or [alg]}
-        config["roles"]["deploy-prod"]["allow"].append({
-            "provider": "extra",
-            "claims": {"repository_id": "892734123", "ref": "refs/heads/main", "event_name": "push"}})
+        config["providers"]["extra"] = {
+            "issuer": issuer.url,
+            "type": "github",
+            "algorithms": algorithms or [alg],
+        }
+        config["roles"]["deploy-prod"]["allow"].append(
+            {
+                "provider": "extra",
+                "claims": {"repository_id": "892734123", "ref": "refs/heads/main", "event_name": "push"},
+            }
+        )
         serve_config(config)
         return issuer
 

@@ -41,7 +41,9 @@ def test_mode_s_spoofed_jwks_for_the_real_kid(sandbox, broker, attack):
     evil = IssuerKeyPair()
     spoof = sandbox.github.sign_raw(
         gh_header(sandbox, jku=f"{sandbox.github.url}/.well-known/jwks/../../attacker/jwks.json"),
-        gh_claims(sandbox), evil)
+        gh_claims(sandbox),
+        evil,
+    )
     attack(spoof, reason="header carries jku")
 
 
@@ -49,7 +51,9 @@ def _public_key_spellings(sandbox: Any) -> dict[str, bytes]:
     public = sandbox.github.key.private_key.public_key()
     return {
         "pkcs1-pem": public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.PKCS1),
-        "spki-der": public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo),
+        "spki-der": public.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
         "jwk-json": json.dumps(sandbox.github.key.public_jwk).encode(),
         "jwk-json-sorted": RSAAlgorithm.to_jwk(public).encode(),
         "modulus": b64url_decode(sandbox.github.key.public_jwk["n"]),
@@ -68,11 +72,14 @@ def test_mode_i_inline_jwk_without_a_kid(sandbox, broker, attack):
     attack(sandbox.github.sign_raw(header, gh_claims(sandbox), evil), reason="header carries jwk")
 
 
-@pytest.mark.parametrize("change", [
-    {"kid": "another-kid"},
-    {"typ": "JWT", "x-injected": "1"},
-    {"alg": "RS256 "},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"kid": "another-kid"},
+        {"typ": "JWT", "x-injected": "1"},
+        {"alg": "RS256 "},
+    ],
+)
 def test_tamper_the_header_and_keep_the_signature(sandbox, broker, attack, change):
     token = sandbox.github_token()
     h, p, s = token.split(".")
@@ -93,12 +100,15 @@ def test_splice_the_payload_of_another_providers_token(sandbox, broker, attack):
     attack(f"{gh[0]}.{gl[1]}.{gh[2]}")
 
 
-@pytest.mark.parametrize("token", [
-    "eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0.",   # jwt_tool's default none token
-    ".".join(["A" * 10] * 3),
-    "Bearer " + "x" * 10,
-    "eyJ" + "." * 2,
-])
+@pytest.mark.parametrize(
+    "token",
+    [
+        "eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0.",  # jwt_tool's default none token
+        ".".join(["A" * 10] * 3),
+        "Bearer " + "x" * 10,
+        "eyJ" + "." * 2,
+    ],
+)
 def test_playbook_junk_is_refused_cleanly(sandbox, broker, attack, token):
     attack(token)
 

@@ -36,23 +36,34 @@ def hs(header: dict[str, Any], payload: dict[str, Any], secret: bytes, digest: A
 
 def test_cve_2017_11424_hmac_keyed_with_a_pkcs1_pem_public_key(sandbox, broker, attack):
     pem = sandbox.github.key.private_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.PKCS1)
+        serialization.Encoding.PEM, serialization.PublicFormat.PKCS1
+    )
     assert pem.startswith(b"-----BEGIN RSA PUBLIC KEY-----")
     attack(hs(gh_header(sandbox, alg="HS256"), gh_claims(sandbox), pem), reason="alg 'HS256' not in")
 
 
-@pytest.mark.parametrize("alg,digest", [("HS256", hashlib.sha256), ("HS384", hashlib.sha384), ("HS512", hashlib.sha512)])
+@pytest.mark.parametrize(
+    "alg,digest", [("HS256", hashlib.sha256), ("HS384", hashlib.sha384), ("HS512", hashlib.sha512)]
+)
 def test_cve_2022_29217_hmac_keyed_with_an_openssh_public_key(sandbox, broker, attack, alg, digest):
     ssh = sandbox.github.key.private_key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
     assert ssh.startswith(b"ssh-rsa ")
     attack(hs(gh_header(sandbox, alg=alg), gh_claims(sandbox), ssh, digest), reason=f"alg '{alg}' not in")
 
 
-@pytest.mark.parametrize("make_iss", [
-    lambda url: "http", lambda url: url[:12], lambda url: url.split("//")[1], lambda url: url[len("http://"):],
-    lambda url: "", lambda url: "/",
-])
+@pytest.mark.parametrize(
+    "make_iss",
+    [
+        lambda url: "http",
+        lambda url: url[:12],
+        lambda url: url.split("//")[1],
+        lambda url: url[len("http://") :],
+        lambda url: "",
+        lambda url: "/",
+    ],
+)
 def test_cve_2024_53861_a_substring_of_the_issuer_is_not_the_issuer(sandbox, broker, attack, make_iss):
     iss = make_iss(sandbox.github.url)
     assert iss in sandbox.github.url and iss != sandbox.github.url
@@ -63,11 +74,14 @@ def test_cve_2025_45768_a_short_hmac_key_is_never_a_key(sandbox, broker, attack)
     attack(hs(gh_header(sandbox, alg="HS256"), gh_claims(sandbox), b"k"), reason="alg 'HS256' not in")
 
 
-@pytest.mark.parametrize("extra", [
-    {"crit": ["b64"], "b64": False},
-    {"crit": ["x-policy"], "x-policy": "require-mfa"},
-    {"crit": []},
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"crit": ["b64"], "b64": False},
+        {"crit": ["x-policy"], "x-policy": "require-mfa"},
+        {"crit": []},
+    ],
+)
 def test_cve_2026_32597_critical_extensions_are_refused(sandbox, broker, attack, extra):
     attack(sandbox.github.sign_raw(gh_header(sandbox, **extra), gh_claims(sandbox)), reason="crit")
 
@@ -79,7 +93,11 @@ def test_cve_2026_48523_the_header_alg_is_the_one_verified(sandbox, broker, atta
     payload = json.dumps(gh_claims(sandbox)).encode()
     signing_input = f"{b64url(header)}.{b64url(payload)}".encode()
     digest = {"256": hashes.SHA256(), "384": hashes.SHA384(), "512": hashes.SHA512()}[scheme[2:]]
-    pad = padding.PSS(padding.MGF1(digest), digest.digest_size) if scheme.startswith("PS") else padding.PKCS1v15()
+    pad = (
+        padding.PSS(padding.MGF1(digest), digest.digest_size)
+        if scheme.startswith("PS")
+        else padding.PKCS1v15()
+    )
     signature = sandbox.github.key.private_key.sign(signing_input, pad, digest)
     attack(f"{signing_input.decode()}.{b64url(signature)}", reason="bad signature")
 

@@ -22,14 +22,19 @@ from tests.adversarial.forge import compact, gh_claims, gh_header, gl_claims
 def rsa_sign(sandbox: Any, data: bytes, alg: str) -> bytes:
     key = sandbox.github.key.private_key
     digest = {"256": hashes.SHA256(), "384": hashes.SHA384(), "512": hashes.SHA512()}[alg[2:]]
-    pad = padding.PKCS1v15() if alg.startswith("RS") else padding.PSS(padding.MGF1(digest), digest.digest_size)
+    pad = (
+        padding.PKCS1v15() if alg.startswith("RS") else padding.PSS(padding.MGF1(digest), digest.digest_size)
+    )
     return key.sign(data, pad, digest)
 
 
 # -- 3.1 Perform algorithm verification ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("alg", ["RS384", "RS512", "PS256", "PS512"])
-def test_3_1_the_real_key_under_an_algorithm_the_provider_does_not_pin_is_refused(sandbox, broker, attack, alg):
+def test_3_1_the_real_key_under_an_algorithm_the_provider_does_not_pin_is_refused(
+    sandbox, broker, attack, alg
+):
     header = json.dumps(gh_header(sandbox, alg=alg)).encode()
     payload = json.dumps(gh_claims(sandbox)).encode()
     signing_input = f"{b64url(header)}.{b64url(payload)}".encode()
@@ -39,11 +44,13 @@ def test_3_1_the_real_key_under_an_algorithm_the_provider_does_not_pin_is_refuse
 
 # -- 3.2 Use appropriate algorithms ----------------------------------------------------------------
 
+
 def test_3_2_an_ec_algorithm_naming_an_rsa_key_is_refused(sandbox, second_issuer, attack):
     issuer = second_issuer("RS256", algorithms=["RS256", "ES256"])
     evil = IssuerKeyPair("ES256")
-    token = issuer.sign_raw({"alg": "ES256", "kid": issuer.key.kid, "typ": "JWT"},
-                            gh_claims(sandbox, iss=issuer.url), evil)
+    token = issuer.sign_raw(
+        {"alg": "ES256", "kid": issuer.key.kid, "typ": "JWT"}, gh_claims(sandbox, iss=issuer.url), evil
+    )
     attack(token, reason="not usable with key")
 
 
@@ -55,15 +62,22 @@ def test_3_2_algorithms_outside_the_asymmetric_allow_list_are_refused(sandbox, b
 
 # -- 3.4 Validate cryptographic inputs -------------------------------------------------------------
 
+
 def test_3_4_a_weak_rsa_key_in_the_issuers_jwks_is_never_used(sandbox, second_issuer, attack):
     from cryptography.hazmat.primitives.asymmetric import rsa
     from jwt.algorithms import RSAAlgorithm
 
     issuer = second_issuer("RS256")
     weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
-    jwk = {**RSAAlgorithm.to_jwk(weak.public_key(), as_dict=True), "kid": "weak", "alg": "RS256", "use": "sig"}
-    issuer.jwks_hook = lambda r: Response(json.dumps({"keys": [k.public_jwk for k in issuer.keys] + [jwk]}),
-                                          mimetype="application/json")
+    jwk = {
+        **RSAAlgorithm.to_jwk(weak.public_key(), as_dict=True),
+        "kid": "weak",
+        "alg": "RS256",
+        "use": "sig",
+    }
+    issuer.jwks_hook = lambda r: Response(
+        json.dumps({"keys": [k.public_jwk for k in issuer.keys] + [jwk]}), mimetype="application/json"
+    )
     header = json.dumps({"alg": "RS256", "kid": "weak", "typ": "JWT"}).encode()
     payload = json.dumps(gh_claims(sandbox, iss=issuer.url)).encode()
     signing_input = f"{b64url(header)}.{b64url(payload)}".encode()
@@ -75,23 +89,37 @@ def test_3_4_an_ec_point_not_on_the_curve_is_never_a_key(sandbox, second_issuer,
     """Invalid-curve attacks need the verifier to accept an off-curve public key; the JWKS parser
     refuses one, so no token can name it."""
     issuer = second_issuer("ES256")
-    bogus = {"kty": "EC", "crv": "P-256", "kid": "off-curve", "use": "sig", "alg": "ES256",
-             "x": b64url((1).to_bytes(32, "big")), "y": b64url((1).to_bytes(32, "big"))}
-    issuer.jwks_hook = lambda r: Response(json.dumps({"keys": [k.public_jwk for k in issuer.keys] + [bogus]}),
-                                          mimetype="application/json")
+    bogus = {
+        "kty": "EC",
+        "crv": "P-256",
+        "kid": "off-curve",
+        "use": "sig",
+        "alg": "ES256",
+        "x": b64url((1).to_bytes(32, "big")),
+        "y": b64url((1).to_bytes(32, "big")),
+    }
+    issuer.jwks_hook = lambda r: Response(
+        json.dumps({"keys": [k.public_jwk for k in issuer.keys] + [bogus]}), mimetype="application/json"
+    )
     evil = IssuerKeyPair("ES256")
-    token = issuer.sign_raw({"alg": "ES256", "kid": "off-curve", "typ": "JWT"}, gh_claims(sandbox, iss=issuer.url), evil)
+    token = issuer.sign_raw(
+        {"alg": "ES256", "kid": "off-curve", "typ": "JWT"}, gh_claims(sandbox, iss=issuer.url), evil
+    )
     attack(token, reason="not in the issuer's JWKS")
 
 
 # -- 3.7 Use UTF-8 ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("encode", [
-    lambda text: text.encode("utf-16"),
-    lambda text: text.encode("utf-16-le"),
-    lambda text: b"\xef\xbb\xbf" + text.encode(),  # UTF-8 with a byte order mark
-    lambda text: text.replace('"push"', '"p\xfcsh"').encode("latin-1"),
-])
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda text: text.encode("utf-16"),
+        lambda text: text.encode("utf-16-le"),
+        lambda text: b"\xef\xbb\xbf" + text.encode(),  # UTF-8 with a byte order mark
+        lambda text: text.replace('"push"', '"p\xfcsh"').encode("latin-1"),
+    ],
+)
 def test_3_7_a_validly_signed_payload_that_is_not_plain_utf8_json_is_refused(sandbox, broker, attack, encode):
     payload = encode(json.dumps(gh_claims(sandbox)))
     attack(sandbox.github.sign_raw(gh_header(sandbox), payload), reason="payload is not valid JSON")
@@ -106,9 +134,17 @@ def test_3_7_a_lone_surrogate_in_the_jti_is_a_clean_single_use(sandbox, broker, 
 
 # -- 3.8 Validate issuer and subject ---------------------------------------------------------------
 
-@pytest.mark.parametrize("make_iss", [
-    lambda url: None, lambda url: 42, lambda url: [url], lambda url: {"url": url}, lambda url: "",
-])
+
+@pytest.mark.parametrize(
+    "make_iss",
+    [
+        lambda url: None,
+        lambda url: 42,
+        lambda url: [url],
+        lambda url: {"url": url},
+        lambda url: "",
+    ],
+)
 def test_3_8_an_issuer_that_is_not_a_string_is_unknown(sandbox, broker, attack, make_iss):
     attack(sandbox.github.mint(gh_claims(sandbox, iss=make_iss(sandbox.github.url))), reason="unknown issuer")
 
@@ -120,10 +156,20 @@ def test_3_8_a_subject_that_is_not_a_non_empty_string_is_refused(sandbox, broker
 
 # -- 3.9 Use and validate audience -----------------------------------------------------------------
 
-@pytest.mark.parametrize("make_aud", [
-    lambda url: [], lambda url: {"aud": url}, lambda url: [[url]], lambda url: url.upper(),
-    lambda url: 1, lambda url: None, lambda url: True, lambda url: url + "\x00",
-])
+
+@pytest.mark.parametrize(
+    "make_aud",
+    [
+        lambda url: [],
+        lambda url: {"aud": url},
+        lambda url: [[url]],
+        lambda url: url.upper(),
+        lambda url: 1,
+        lambda url: None,
+        lambda url: True,
+        lambda url: url + "\x00",
+    ],
+)
 def test_3_9_audience_type_and_case_confusion_is_refused(sandbox, broker, attack, make_aud):
     attack(sandbox.github.mint(gh_claims(sandbox, aud=make_aud(sandbox.broker_url))))
 
@@ -135,10 +181,20 @@ def test_3_9_githubs_default_audience_for_aws_is_not_ours(sandbox, broker, attac
 
 # -- 3.10 Do not trust received claims -------------------------------------------------------------
 
-@pytest.mark.parametrize("kid", [
-    "../../../../../../dev/null", "' OR '1'='1' --", "$(id)", "|cat /etc/passwd", "k" * 256,
-    "\x00", "%00", "https://attacker.example/key.pem",
-])
+
+@pytest.mark.parametrize(
+    "kid",
+    [
+        "../../../../../../dev/null",
+        "' OR '1'='1' --",
+        "$(id)",
+        "|cat /etc/passwd",
+        "k" * 256,
+        "\x00",
+        "%00",
+        "https://attacker.example/key.pem",
+    ],
+)
 def test_3_10_kid_injection_only_ever_looks_the_kid_up(sandbox, broker, attack, kid):
     token = sandbox.github.sign_raw(gh_header(sandbox, kid=kid), gh_claims(sandbox), IssuerKeyPair())
     attack(token, reason="not in the issuer's JWKS")
@@ -155,18 +211,22 @@ def test_3_10_a_key_url_in_the_header_is_never_fetched(sandbox, broker, attack, 
 
     def attacker(environ: dict[str, Any], start_response: Any) -> Any:
         hits.append(environ.get("PATH_INFO", ""))
-        return Response(json.dumps({"keys": [evil.public_jwk]}), mimetype="application/json")(environ, start_response)
+        return Response(json.dumps({"keys": [evil.public_jwk]}), mimetype="application/json")(
+            environ, start_response
+        )
 
     evil = IssuerKeyPair()
     with LocalServer(attacker) as server:
-        token = sandbox.github.sign_raw(gh_header(sandbox, kid=evil.kid, **{param: f"{server.url}/jwks"}),
-                                        gh_claims(sandbox), evil)
+        token = sandbox.github.sign_raw(
+            gh_header(sandbox, kid=evil.kid, **{param: f"{server.url}/jwks"}), gh_claims(sandbox), evil
+        )
         attack(token, reason=f"header carries {param}")
         assert requests.get(f"{server.url}/probe", timeout=5).ok  # the attacker's server was up
     assert hits == ["/probe"], "the broker fetched a URL the token named"
 
 
 # -- 3.11 Use explicit typing ----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("typ", ["secevent+jwt", "JOSE", "JWS", "", 7, ["JWT"], "JWT\x00"])
 def test_3_11_a_type_other_than_jwt_is_refused(sandbox, broker, attack, typ):
@@ -175,33 +235,58 @@ def test_3_11_a_type_other_than_jwt_is_refused(sandbox, broker, attack, typ):
 
 # -- 3.12 Mutually exclusive validation rules / 2.8 cross-JWT confusion ----------------------------
 
+
 @pytest.mark.parametrize("audience", ["BROKER", "sts.amazonaws.com"])
 def test_3_12_the_brokers_own_assertion_is_not_a_ci_token(sandbox, broker, attack, audience):
     signer = broker.extensions["broker"].signer
     aud = sandbox.broker_url if audience == "BROKER" else audience
-    assertion = signer.mint("deploy-prod", aud, {"provider": "github", "repository_id": "892734123",
-                                                  "ref": "refs/heads/main"})
+    assertion = signer.mint(
+        "deploy-prod", aud, {"provider": "github", "repository_id": "892734123", "ref": "refs/heads/main"}
+    )
     attack(assertion, reason="unknown issuer")
 
 
 def test_3_12_a_github_token_shaped_like_a_gitlab_one_gets_no_gitlab_role(sandbox, broker, attack):
     """Claims are read under the schema of the provider that signed them, never of their shape."""
-    forged = gl_claims(sandbox, iss=sandbox.github.url, repository="g/p", repository_id="20",
-                       repository_owner="g", repository_owner_id="72", run_id="1")
-    attack(sandbox.github.mint(forged), 403, "access_denied", role="gitlab-deploy",
-           reason="rule is for provider 'gitlab', token is from 'github'")
+    forged = gl_claims(
+        sandbox,
+        iss=sandbox.github.url,
+        repository="g/p",
+        repository_id="20",
+        repository_owner="g",
+        repository_owner_id="72",
+        run_id="1",
+    )
+    attack(
+        sandbox.github.mint(forged),
+        403,
+        "access_denied",
+        role="gitlab-deploy",
+        reason="rule is for provider 'gitlab', token is from 'github'",
+    )
 
 
 # -- 2.6 Multiplicity of JSON encodings ------------------------------------------------------------
 
-@pytest.mark.parametrize("value", [892734123.0, 8.92734123e8, "892734123.0", " 892734123", "0892734123", True])
+
+@pytest.mark.parametrize(
+    "value", [892734123.0, 8.92734123e8, "892734123.0", " 892734123", "0892734123", True]
+)
 def test_2_6_another_spelling_of_the_pinned_id_does_not_match(sandbox, broker, attack, value):
     attack(sandbox.github.mint(gh_claims(sandbox, repository_id=value)), 403, "access_denied")
 
 
-@pytest.mark.parametrize("text", [
-    '{"a": 1,}', "{'a': 1}", '{"a": 1} // comment', '{"a": NaN}', '{"a": 01}', '{"a": 1}{"b": 2}',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": 1,}',
+        "{'a': 1}",
+        '{"a": 1} // comment',
+        '{"a": NaN}',
+        '{"a": 01}',
+        '{"a": 1}{"b": 2}',
+    ],
+)
 def test_2_6_lenient_json_spellings_are_refused(sandbox, broker, attack, text):
     attack(sandbox.github.sign_raw(gh_header(sandbox), text.encode()), reason="payload is not valid JSON")
 

@@ -60,10 +60,25 @@ def test_a_der_signature_made_by_the_real_key_is_refused(sandbox, ec_issuer, att
     attack(with_signature(token, der), reason="bad signature")
 
 
-@pytest.mark.parametrize("case", [
-    "psychic r=0 s=0", "r=0", "s=0", "r=n s=n", "r=n+r", "s=n+s", "swapped", "all ff", "r=1 s=1",
-    "leading zero on r", "truncated", "padded to 33+33", "p-384 length", "empty",
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "psychic r=0 s=0",
+        "r=0",
+        "s=0",
+        "r=n s=n",
+        "r=n+r",
+        "s=n+s",
+        "swapped",
+        "all ff",
+        "r=1 s=1",
+        "leading zero on r",
+        "truncated",
+        "padded to 33+33",
+        "p-384 length",
+        "empty",
+    ],
+)
 def test_out_of_range_or_non_canonical_ecdsa_signatures_are_refused(sandbox, ec_issuer, attack, case):
     token = ec_token(sandbox, ec_issuer)
     sig = signature_of(token)
@@ -89,13 +104,25 @@ def test_out_of_range_or_non_canonical_ecdsa_signatures_are_refused(sandbox, ec_
 
 # -- RSA -------------------------------------------------------------------------------------------
 
+
 def rsa_modulus(sandbox: Any) -> int:
     return sandbox.github.key.private_key.public_key().public_numbers().n
 
 
-@pytest.mark.parametrize("case", [
-    "leading zero", "plus n", "zero", "one", "n minus one", "n", "all ff", "doubled", "truncated",
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "leading zero",
+        "plus n",
+        "zero",
+        "one",
+        "n minus one",
+        "n",
+        "all ff",
+        "doubled",
+        "truncated",
+    ],
+)
 def test_rsa_signatures_of_the_wrong_length_or_range_are_refused(sandbox, broker, attack, case):
     token = sandbox.github_token()
     sig = signature_of(token)

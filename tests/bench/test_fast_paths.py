@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -22,8 +22,15 @@ from broker.verify import _PYJWT_CLAIMS
 
 def claims(**overrides: Any) -> dict[str, Any]:
     now = int(time.time())
-    base = {"iss": "https://issuer.example", "aud": "https://broker.example", "sub": "repo:x",
-            "iat": now, "nbf": now, "exp": now + 300, "jti": "j"}
+    base = {
+        "iss": "https://issuer.example",
+        "aud": "https://broker.example",
+        "sub": "repo:x",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 300,
+        "jti": "j",
+    }
     base.update(overrides)
     return {k: v for k, v in base.items() if v is not None}
 
@@ -36,14 +43,17 @@ def test_pyjwt_accepts_a_good_claims_set():
     validate(claims())
 
 
-@pytest.mark.parametrize("bad, error", [
-    (dict(exp=int(time.time()) - 3600), "ExpiredSignatureError"),
-    (dict(nbf=int(time.time()) + 3600), "ImmatureSignatureError"),
-    (dict(aud="https://elsewhere.example"), "InvalidAudienceError"),
-    (dict(iss="https://evil.example"), "InvalidIssuerError"),
-    (dict(jti=None), "MissingRequiredClaimError"),
-    (dict(iat="yesterday"), "InvalidIssuedAtError"),
-])
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        (dict(exp=int(time.time()) - 3600), "ExpiredSignatureError"),
+        (dict(nbf=int(time.time()) + 3600), "ImmatureSignatureError"),
+        (dict(aud="https://elsewhere.example"), "InvalidAudienceError"),
+        (dict(iss="https://evil.example"), "InvalidIssuerError"),
+        (dict(jti=None), "MissingRequiredClaimError"),
+        (dict(iat="yesterday"), "InvalidIssuedAtError"),
+    ],
+)
 def test_pyjwt_still_refuses_what_it_refused_when_it_decoded_the_token(bad, error):
     import jwt
 
@@ -65,8 +75,9 @@ def timestamp_parser() -> Any:
     return factory._defaults["timestamp_parser"]
 
 
-@pytest.mark.parametrize("value", ["2026-11-28T06:32:51Z", "2026-11-28T06:32:51.123456Z",
-                                   "2026-11-28T07:32:51+01:00"])
+@pytest.mark.parametrize(
+    "value", ["2026-11-28T06:32:51Z", "2026-11-28T06:32:51.123456Z", "2026-11-28T07:32:51+01:00"]
+)
 def test_iso_timestamps_parse_to_the_same_instant_as_botocores_parser(value):
     ours = timestamp_parser()(value)
     assert ours.tzinfo is not None
@@ -77,5 +88,5 @@ def test_iso_timestamps_parse_to_the_same_instant_as_botocores_parser(value):
 def test_anything_else_goes_to_botocores_parser(value):
     ours = timestamp_parser()(value)
     assert ours == parse_timestamp(value)
-    assert ours.astimezone(timezone.utc) == parse_timestamp(value).astimezone(timezone.utc)
+    assert ours.astimezone(UTC) == parse_timestamp(value).astimezone(UTC)
     assert isinstance(ours, datetime)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC
+from typing import Any
 
 import jwt
 import pytest
@@ -18,8 +20,9 @@ from broker.sandbox.stack import Sandbox
 
 # Short enough for a quick suite, long enough that a loaded machine does not time out a healthy
 # local call (each verifies the assertion against the broker's JWKS over loopback).
-QUICK = HttpPolicy(connect_timeout=2.0, read_timeout=5.0, retries=2, backoff=0.01, max_backoff=0.05,
-                   max_retry_after=0.2)
+QUICK = HttpPolicy(
+    connect_timeout=2.0, read_timeout=5.0, retries=2, backoff=0.01, max_backoff=0.05, max_retry_after=0.2
+)
 
 
 @pytest.fixture(autouse=True)
@@ -32,8 +35,9 @@ def quick_http(monkeypatch: pytest.MonkeyPatch) -> HttpPolicy:
 @pytest.fixture
 def short_timeouts(monkeypatch: pytest.MonkeyPatch) -> HttpPolicy:
     """A read timeout a stalled endpoint exceeds quickly (set before serving the broker)."""
-    policy = HttpPolicy(connect_timeout=1.0, read_timeout=0.3, retries=2, backoff=0.01, max_backoff=0.05,
-                        max_retry_after=0.2)
+    policy = HttpPolicy(
+        connect_timeout=1.0, read_timeout=0.3, retries=2, backoff=0.01, max_backoff=0.05, max_retry_after=0.2
+    )
     monkeypatch.setattr(gcp_cloud, "HTTP_POLICY", policy)
     monkeypatch.setattr(azure_cloud, "HTTP_POLICY", policy)
     return policy
@@ -94,8 +98,20 @@ def debug_logs() -> Iterator[Callable[[], LogCapture]]:
     """Call after the broker is built (it quiets SDK loggers): turns every logger the SDKs use up
     to DEBUG, as an operator chasing a problem would, and captures what they write."""
     capture = LogCapture()
-    names = ("", "google", "google.auth", "google.auth.transport.requests", "urllib3", "azure",
-             "azure.identity", "azure.core", "msal", "requests", "broker", "broker.audit")
+    names = (
+        "",
+        "google",
+        "google.auth",
+        "google.auth.transport.requests",
+        "urllib3",
+        "azure",
+        "azure.identity",
+        "azure.core",
+        "msal",
+        "requests",
+        "broker",
+        "broker.audit",
+    )
     saved: dict[str, tuple[int, bool]] = {}
 
     def enable() -> LogCapture:
@@ -124,10 +140,22 @@ def mint(broker: Any, sandbox: Sandbox) -> Callable[..., str]:
 
     def sign(sub: str, aud: str, *, lifetime: int = 300, key_override: Any = None, **claims: Any) -> str:
         now = int(time.time())
-        payload = {"iss": sandbox.broker_url, "sub": sub, "aud": aud, "iat": now, "nbf": now,
-                   "exp": now + lifetime, "jti": f"test-{time.monotonic_ns()}", **claims}
-        return jwt.encode(payload, key_override or key.private_key, algorithm=key.alg,
-                          headers={"kid": key.kid, "typ": "JWT"})
+        payload = {
+            "iss": sandbox.broker_url,
+            "sub": sub,
+            "aud": aud,
+            "iat": now,
+            "nbf": now,
+            "exp": now + lifetime,
+            "jti": f"test-{time.monotonic_ns()}",
+            **claims,
+        }
+        return jwt.encode(
+            payload,
+            key_override or key.private_key,
+            algorithm=key.alg,
+            headers={"kid": key.kid, "typ": "JWT"},
+        )
 
     return sign
 
@@ -149,7 +177,7 @@ def role_config(sandbox: Sandbox, role: str, cloud: str, **changes: Any) -> dict
 
 
 def seconds_until(expires_at: str) -> float:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    expires = datetime.strptime(expires_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-    return (expires - datetime.now(timezone.utc)).total_seconds()
+    expires = datetime.strptime(expires_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return (expires - datetime.now(UTC)).total_seconds()

@@ -21,8 +21,7 @@ import requests
 
 from broker.config import ConfigError, build_config
 from broker.sandbox.faults import ClosingServer
-from broker.sandbox.stack import (AZURE_CLIENT_ID, AZURE_SCOPE, AZURE_SUBSCRIPTION_ID, AZURE_TENANT_ID,
-                                  Sandbox)
+from broker.sandbox.stack import AZURE_CLIENT_ID, AZURE_SCOPE, AZURE_SUBSCRIPTION_ID, AZURE_TENANT_ID, Sandbox
 from tests.clouds.conftest import role_config, seconds_until, secrets_in
 from tests.helpers import assert_refused, last_refusal
 
@@ -36,15 +35,20 @@ def azure_config(sandbox: Sandbox, **changes: Any) -> dict[str, Any]:
 
 # -- granted ------------------------------------------------------------------------------------
 
+
 def test_a_github_job_gets_a_working_entra_token(sandbox, broker, audit_events):
     response = sandbox.exchange(sandbox.github_token(), role=ROLE)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["role"] == ROLE and body["cloud"] == "azure"
     creds = body["credentials"]
-    assert creds == {"access_token": creds["access_token"], "token_type": "Bearer",
-                     "tenant_id": AZURE_TENANT_ID, "client_id": AZURE_CLIENT_ID,
-                     "subscription_id": AZURE_SUBSCRIPTION_ID}
+    assert creds == {
+        "access_token": creds["access_token"],
+        "token_type": "Bearer",
+        "tenant_id": AZURE_TENANT_ID,
+        "client_id": AZURE_CLIENT_ID,
+        "subscription_id": AZURE_SUBSCRIPTION_ID,
+    }
     assert 3500 < seconds_until(body["expires_at"]) <= 3600
     token = sandbox.azure.describe(creds["access_token"])
     assert token is not None
@@ -75,11 +79,15 @@ def test_one_exchange_is_one_token_request_and_nothing_else(sandbox, broker, off
     assert sandbox.exchange(sandbox.github_token(), role=ROLE).status_code == 200
     assert offline == []  # no instance discovery or metadata from login.microsoftonline.com
     calls = sandbox.azure.calls[before:]
-    assert calls == [{
-        "tenant": AZURE_TENANT_ID, "grant_type": "client_credentials", "client_id": AZURE_CLIENT_ID,
-        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-        "scope": AZURE_SCOPE,
-    }]
+    assert calls == [
+        {
+            "tenant": AZURE_TENANT_ID,
+            "grant_type": "client_credentials",
+            "client_id": AZURE_CLIENT_ID,
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "scope": AZURE_SCOPE,
+        }
+    ]
 
 
 def test_a_requested_duration_is_accepted_but_entra_sets_the_lifetime(sandbox, broker):
@@ -89,6 +97,7 @@ def test_a_requested_duration_is_accepted_but_entra_sets_the_lifetime(sandbox, b
 
 
 # -- the federated token, for clients that sign in themselves -----------------------------------
+
 
 def test_the_federated_token_is_off_unless_the_role_enables_it(sandbox, broker):
     creds = sandbox.exchange(sandbox.github_token(), role=ROLE).json()["credentials"]
@@ -119,15 +128,20 @@ def test_the_federated_token_signs_a_client_in_with_azure_identity(sandbox, serv
     creds = sandbox.exchange(sandbox.github_token(), role=ROLE).json()["credentials"]
     token_file = tmp_path / "federated-token"
     token_file.write_text(creds["federated_token"])
-    client = WorkloadIdentityCredential(tenant_id=creds["tenant_id"], client_id=creds["client_id"],
-                                        token_file_path=str(token_file), authority=creds["authority_host"],
-                                        connection_verify=str(sandbox.ca_path))
+    client = WorkloadIdentityCredential(
+        tenant_id=creds["tenant_id"],
+        client_id=creds["client_id"],
+        token_file_path=str(token_file),
+        authority=creds["authority_host"],
+        connection_verify=str(sandbox.ca_path),
+    )
     token = client.get_token(AZURE_SCOPE)
     described = sandbox.azure.describe(token.token)
     assert described is not None and described.subject == "role:azure-deploy"
 
 
 # -- denied -------------------------------------------------------------------------------------
+
 
 def test_a_job_no_rule_grants_never_reaches_entra(sandbox, broker, audit_events):
     before = len(sandbox.azure.calls)
@@ -138,10 +152,14 @@ def test_a_job_no_rule_grants_never_reaches_entra(sandbox, broker, audit_events)
 
 # -- upstream refusals --------------------------------------------------------------------------
 
-def assert_entra_refusal(response: requests.Response, audit_events: list[dict[str, Any]], sandbox: Sandbox,
-                         error: str, aadsts: int) -> dict[str, Any]:
+
+def assert_entra_refusal(
+    response: requests.Response, audit_events: list[dict[str, Any]], sandbox: Sandbox, error: str, aadsts: int
+) -> dict[str, Any]:
     body = assert_refused(response, 502, "upstream_error")
-    assert body["message"].startswith(f"Microsoft Entra ID refused the exchange: {error}: AADSTS{aadsts}: "), body
+    assert body["message"].startswith(
+        f"Microsoft Entra ID refused the exchange: {error}: AADSTS{aadsts}: "
+    ), body
     assert "Trace ID" not in body["message"]  # the first line only; the rest is in the audit reason
     assert "eyJ" not in body["message"]
     event = last_refusal(audit_events)
@@ -175,7 +193,9 @@ def test_an_issuer_the_credential_does_not_name_is_aadsts70021(sandbox, serve_co
     assert_entra_refusal(response, audit_events, sandbox, "invalid_client", 70021)
 
 
-def test_an_assertion_audience_the_credential_does_not_list_is_aadsts70021(sandbox, serve_config, audit_events):
+def test_an_assertion_audience_the_credential_does_not_list_is_aadsts70021(
+    sandbox, serve_config, audit_events
+):
     serve_config(azure_config(sandbox, assertion_audience="api://AzureADTokenExchangeUSGov"))
     response = sandbox.exchange(sandbox.github_token(), role=ROLE)
     body = assert_entra_refusal(response, audit_events, sandbox, "invalid_client", 70021)
@@ -183,7 +203,9 @@ def test_an_assertion_audience_the_credential_does_not_list_is_aadsts70021(sandb
 
 
 def test_a_sovereign_cloud_audience_works_when_the_credential_lists_it(sandbox, serve_config):
-    sandbox.azure.trust_role(AZURE_TENANT_ID, AZURE_CLIENT_ID, "azure-gov", audience="api://AzureADTokenExchangeUSGov")
+    sandbox.azure.trust_role(
+        AZURE_TENANT_ID, AZURE_CLIENT_ID, "azure-gov", audience="api://AzureADTokenExchangeUSGov"
+    )
     config = azure_config(sandbox, assertion_audience="api://AzureADTokenExchangeUSGov")
     config["roles"]["azure-gov"] = config["roles"].pop(ROLE)
     serve_config(config)
@@ -208,7 +230,10 @@ def test_an_entra_error_that_echoes_the_assertion_is_withheld(sandbox, broker, a
     sandbox.azure.echo_assertion = True
     response = sandbox.exchange(sandbox.github_token(), role=ROLE)
     body = assert_refused(response, 502, "upstream_error")
-    assert body["message"] == "Microsoft Entra ID refused the exchange: (message withheld: it echoed a credential)"
+    assert (
+        body["message"]
+        == "Microsoft Entra ID refused the exchange: (message withheld: it echoed a credential)"
+    )
     event = last_refusal(audit_events)
     assert event["reason"] == "entra HTTP 400: (message withheld: it echoed a credential)"
     # azure-identity itself logs Entra's error text when get_token fails: redacted there too.
@@ -217,6 +242,7 @@ def test_an_entra_error_that_echoes_the_assertion_is_withheld(sandbox, broker, a
 
 
 # -- one token per grant --------------------------------------------------------------------------
+
 
 def test_each_exchange_gets_its_own_token_from_its_own_assertion(sandbox, broker):
     first = sandbox.exchange(sandbox.github_token(run_id="2001"), role=ROLE)
@@ -229,6 +255,7 @@ def test_each_exchange_gets_its_own_token_from_its_own_assertion(sandbox, broker
 
 
 # -- TLS ------------------------------------------------------------------------------------------
+
 
 def test_an_authority_whose_certificate_is_not_trusted_is_a_502(sandbox, serve_config, tmp_path: Path):
     import trustme
@@ -248,7 +275,9 @@ def test_without_ca_bundle_the_system_trust_store_applies(sandbox, serve_config)
     assert body["message"] == "Microsoft Entra ID could not be reached"
 
 
-def test_a_ca_added_to_the_environments_bundle_is_trusted_too(sandbox, serve_config, monkeypatch, tmp_path: Path):
+def test_a_ca_added_to_the_environments_bundle_is_trusted_too(
+    sandbox, serve_config, monkeypatch, tmp_path: Path
+):
     """The other way to trust a private CA: REQUESTS_CA_BUNDLE naming system CAs plus the test CA."""
     system = Path(os.environ.get("REQUESTS_CA_BUNDLE") or "/etc/ssl/certs/ca-certificates.crt")
     bundle = tmp_path / "bundle.pem"
@@ -259,6 +288,7 @@ def test_a_ca_added_to_the_environments_bundle_is_trusted_too(sandbox, serve_con
 
 
 # -- unreliable upstreams: bounded retries, then 502 ----------------------------------------------
+
 
 def test_a_429_from_entra_is_retried(sandbox, broker):
     before = len(sandbox.azure.calls)
@@ -287,8 +317,9 @@ def test_a_503_from_entra_is_retried(sandbox, broker):
     assert sandbox.exchange(sandbox.github_token(), role=ROLE).status_code == 200
 
 
-def test_an_entra_that_times_out_is_a_502_after_bounded_retries(sandbox, short_timeouts, serve_config,
-                                                               audit_events):
+def test_an_entra_that_times_out_is_a_502_after_bounded_retries(
+    sandbox, short_timeouts, serve_config, audit_events
+):
     serve_config(sandbox.config_dict())
     sandbox.azure.faults.stall(1.0, times=3, path=TOKEN_PATH)
     started = time.monotonic()
@@ -315,6 +346,7 @@ def test_a_closed_port_is_a_502(sandbox, serve_config):
 
 # -- nothing secret is written anywhere ---------------------------------------------------------
 
+
 def test_no_assertion_or_token_reaches_logs_or_audit(sandbox, serve_config, audit_events, debug_logs):
     serve_config(azure_config(sandbox, federated_token=True))
     logs = debug_logs()
@@ -339,35 +371,56 @@ def test_no_assertion_or_token_reaches_logs_or_audit(sandbox, serve_config, audi
 
 # -- configuration, caught at load --------------------------------------------------------------
 
+
 def config_error(sandbox: Sandbox, **changes: Any) -> str:
     with pytest.raises(ConfigError) as caught:
         build_config(copy.deepcopy(azure_config(sandbox, **changes)), base_dir=sandbox.workdir)
     return str(caught.value)
 
 
-@pytest.mark.parametrize("changes, expected", [
-    ({"tenant_id": None}, "roles.azure-deploy.azure.tenant_id: is required"),
-    ({"tenant_id": "common"}, "roles.azure-deploy.azure.tenant_id: must name one tenant"),
-    ({"tenant_id": "not a tenant"}, "roles.azure-deploy.azure.tenant_id: 'not a tenant' is not valid"),
-    ({"client_id": None}, "roles.azure-deploy.azure.client_id: is required"),
-    ({"client_id": "my-app"}, "roles.azure-deploy.azure.client_id: 'my-app' is not valid"),
-    ({"scope": None}, "roles.azure-deploy.azure.scope: is required"),
-    ({"scope": "https://management.azure.com/user_impersonation"}, "expected a resource's .default scope"),
-    ({"subscription_id": "prod"}, "roles.azure-deploy.azure.subscription_id: 'prod' is not valid"),
-    ({"authority_host": "http://login.microsoftonline.com"}, "authority_host: 'http://login.microsoftonline.com' must use https://"),
-    ({"authority_host": "http://127.0.0.1:8443"}, "authority_host: must use https:// (azure-identity refuses any other scheme, even for loopback"),
-    ({"authority_host": "https://login.microsoftonline.com/my-tenant"}, "authority_host: is the host only"),
-    ({"federated_token": "yes"}, "roles.azure-deploy.azure.federated_token: must be true or false"),
-    ({"ca_bundle": "/nonexistent/ca.pem"}, "roles.azure-deploy.azure.ca_bundle: '/nonexistent/ca.pem' is not a readable file"),
-    ({"duration": 3600}, "roles.azure-deploy.azure.duration: unknown key"),
-])
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"tenant_id": None}, "roles.azure-deploy.azure.tenant_id: is required"),
+        ({"tenant_id": "common"}, "roles.azure-deploy.azure.tenant_id: must name one tenant"),
+        ({"tenant_id": "not a tenant"}, "roles.azure-deploy.azure.tenant_id: 'not a tenant' is not valid"),
+        ({"client_id": None}, "roles.azure-deploy.azure.client_id: is required"),
+        ({"client_id": "my-app"}, "roles.azure-deploy.azure.client_id: 'my-app' is not valid"),
+        ({"scope": None}, "roles.azure-deploy.azure.scope: is required"),
+        (
+            {"scope": "https://management.azure.com/user_impersonation"},
+            "expected a resource's .default scope",
+        ),
+        ({"subscription_id": "prod"}, "roles.azure-deploy.azure.subscription_id: 'prod' is not valid"),
+        (
+            {"authority_host": "http://login.microsoftonline.com"},
+            "authority_host: 'http://login.microsoftonline.com' must use https://",
+        ),
+        (
+            {"authority_host": "http://127.0.0.1:8443"},
+            "authority_host: must use https:// (azure-identity refuses any other scheme, even for loopback",
+        ),
+        (
+            {"authority_host": "https://login.microsoftonline.com/my-tenant"},
+            "authority_host: is the host only",
+        ),
+        ({"federated_token": "yes"}, "roles.azure-deploy.azure.federated_token: must be true or false"),
+        (
+            {"ca_bundle": "/nonexistent/ca.pem"},
+            "roles.azure-deploy.azure.ca_bundle: '/nonexistent/ca.pem' is not a readable file",
+        ),
+        ({"duration": 3600}, "roles.azure-deploy.azure.duration: unknown key"),
+    ],
+)
 def test_config_errors_are_caught_at_load(sandbox, changes, expected):
     assert expected in config_error(sandbox, **changes)
 
 
 def test_defaults_load(sandbox):
-    config = build_config(azure_config(sandbox, authority_host=None, subscription_id=None, ca_bundle=None),
-                          base_dir=sandbox.workdir)
+    config = build_config(
+        azure_config(sandbox, authority_host=None, subscription_id=None, ca_bundle=None),
+        base_dir=sandbox.workdir,
+    )
     settings = config.roles[ROLE].settings
     assert settings.authority_host == "https://login.microsoftonline.com"
     assert settings.assertion_audience == "api://AzureADTokenExchange"
@@ -376,13 +429,17 @@ def test_defaults_load(sandbox):
 
 
 def test_a_verified_domain_is_a_valid_tenant(sandbox):
-    config = build_config(azure_config(sandbox, tenant_id="contoso.onmicrosoft.com"), base_dir=sandbox.workdir)
+    config = build_config(
+        azure_config(sandbox, tenant_id="contoso.onmicrosoft.com"), base_dir=sandbox.workdir
+    )
     assert config.roles[ROLE].settings.tenant_id == "contoso.onmicrosoft.com"
 
 
 def test_ci_broker_check_reports_an_http_authority(sandbox, capsys):
     from broker.cli import main
 
-    path = sandbox.write_config(azure_config(sandbox, authority_host="http://127.0.0.1:8443"), name="bad-azure.yaml")
+    path = sandbox.write_config(
+        azure_config(sandbox, authority_host="http://127.0.0.1:8443"), name="bad-azure.yaml"
+    )
     assert main(["check", "--config", str(path)]) == 2
     assert "roles.azure-deploy.azure.authority_host" in capsys.readouterr().err

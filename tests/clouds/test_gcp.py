@@ -12,7 +12,7 @@ import copy
 import json
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ def iam_calls(sandbox: Sandbox) -> list[dict[str, Any]]:
 
 # -- granted ------------------------------------------------------------------------------------
 
+
 def test_a_github_job_gets_a_working_service_account_token(sandbox, broker, audit_events):
     response = sandbox.exchange(sandbox.github_token(), role=ROLE)
     assert response.status_code == 200, response.text
@@ -61,7 +62,11 @@ def test_a_github_job_gets_a_working_service_account_token(sandbox, broker, audi
     assert token.principal == sandbox.gcp.principal("role:gcp-deploy")
     assert token.scopes == (CLOUD_PLATFORM,)
     event = audit_events[-1]
-    assert event["outcome"] == "granted" and event["cloud"] == "gcp" and event["expires_at"] == body["expires_at"]
+    assert (
+        event["outcome"] == "granted"
+        and event["cloud"] == "gcp"
+        and event["expires_at"] == body["expires_at"]
+    )
 
 
 def test_a_gitlab_job_gets_the_same_role(sandbox, broker):
@@ -97,8 +102,9 @@ def test_the_sts_request_has_exactly_the_documented_fields(sandbox, broker):
     discovery = requests.get(f"{sandbox.broker_url}/.well-known/openid-configuration", timeout=5).json()
     keys = jwt.PyJWKSet.from_dict(requests.get(discovery["jwks_uri"], timeout=5).json())
     key = next(k for k in keys.keys if k.key_id == jwt.get_unverified_header(subject_token)["kid"])
-    claims = jwt.decode(subject_token, key.key, algorithms=["ES256"], audience=sandbox.gcp.audience,
-                        issuer=sandbox.broker_url)
+    claims = jwt.decode(
+        subject_token, key.key, algorithms=["ES256"], audience=sandbox.gcp.audience, issuer=sandbox.broker_url
+    )
     assert claims["sub"] == "role:gcp-deploy"
     iam = iam_calls(sandbox)[-1]
     assert iam["service_account"] == GCP_SERVICE_ACCOUNT
@@ -129,8 +135,9 @@ def test_a_requested_duration_becomes_the_token_lifetime(sandbox, broker):
 
 
 def test_a_duration_above_the_roles_lifetime_is_refused(sandbox, broker):
-    body = assert_refused(sandbox.exchange(sandbox.github_token(), role=ROLE, duration=3601), 400,
-                          "invalid_request")
+    body = assert_refused(
+        sandbox.exchange(sandbox.github_token(), role=ROLE, duration=3601), 400, "invalid_request"
+    )
     assert "3600" in body["message"]
 
 
@@ -154,6 +161,7 @@ def test_an_extended_lifetime_the_org_policy_does_not_allow_is_a_502(sandbox, se
 
 # -- denied -------------------------------------------------------------------------------------
 
+
 def test_a_job_no_rule_grants_never_reaches_gcp(sandbox, broker, audit_events):
     before = len(sandbox.gcp.calls)
     response = sandbox.exchange(sandbox.github_token(repository_id="1"), role=ROLE)
@@ -164,8 +172,10 @@ def test_a_job_no_rule_grants_never_reaches_gcp(sandbox, broker, audit_events):
 
 # -- upstream refusals --------------------------------------------------------------------------
 
-def assert_gcp_refusal(response: requests.Response, audit_events: list[dict[str, Any]], sandbox: Sandbox,
-                       step: str, code: str) -> dict[str, Any]:
+
+def assert_gcp_refusal(
+    response: requests.Response, audit_events: list[dict[str, Any]], sandbox: Sandbox, step: str, code: str
+) -> dict[str, Any]:
     body = assert_refused(response, 502, "upstream_error")
     assert body["message"].startswith(f"GCP {step} refused the exchange: {code}: "), body["message"]
     assert "eyJ" not in body["message"]
@@ -231,13 +241,17 @@ def test_an_iam_error_that_echoes_the_federated_token_is_withheld(sandbox, broke
     sandbox.gcp.echo_bearer = True
     response = sandbox.exchange(sandbox.github_token(), role=ROLE)
     body = assert_refused(response, 502, "upstream_error")
-    assert body["message"] == "GCP IAM Credentials refused the exchange: (message withheld: it echoed a credential)"
+    assert (
+        body["message"]
+        == "GCP IAM Credentials refused the exchange: (message withheld: it echoed a credential)"
+    )
     federated = [t for t, info in sandbox.gcp._tokens.items() if info.kind == "federated"]
     assert federated
     assert not secrets_in(response.text + json.dumps(audit_events), federated)
 
 
 # -- one token per grant --------------------------------------------------------------------------
+
 
 def test_each_exchange_gets_its_own_token_from_its_own_assertion(sandbox, broker):
     first = sandbox.exchange(sandbox.github_token(run_id="1001"), role=ROLE)
@@ -254,11 +268,17 @@ def test_the_back_end_caps_the_lifetime_at_the_roles_own(sandbox, broker):
     from broker.clouds import Grant
 
     state = broker.extensions["broker"]
-    grant = Grant(role=ROLE, provider="github", claims={}, context={"provider": "github"}, duration=7200,
-                  mint_assertion=lambda audience, extra: state.signer.mint(ROLE, audience, {}, extra))
+    grant = Grant(
+        role=ROLE,
+        provider="github",
+        claims={},
+        context={"provider": "github"},
+        duration=7200,
+        mint_assertion=lambda audience, extra: state.signer.mint(ROLE, audience, {}, extra),
+    )
     issued = state.backends[ROLE].issue(grant)
     assert iam_calls(sandbox)[-1]["body"]["lifetime"] == "3600s"
-    assert (issued.expires_at - datetime.now(timezone.utc)).total_seconds() <= 3600
+    assert (issued.expires_at - datetime.now(UTC)).total_seconds() <= 3600
 
 
 def test_private_endpoints_over_tls_are_trusted_through_ca_bundle(sandbox, serve_config):
@@ -274,6 +294,7 @@ def test_private_endpoints_over_tls_are_trusted_through_ca_bundle(sandbox, serve
 
 
 # -- unreliable upstreams: bounded retries, then 502 ----------------------------------------------
+
 
 def test_a_429_from_sts_is_retried(sandbox, broker):
     before = len(sandbox.gcp.subject_tokens)
@@ -306,8 +327,9 @@ def test_a_503_from_iam_is_retried(sandbox, broker):
     assert sandbox.gcp.faults.pending == 0
 
 
-def test_an_sts_that_times_out_is_a_502_after_bounded_retries(sandbox, short_timeouts, serve_config,
-                                                              audit_events):
+def test_an_sts_that_times_out_is_a_502_after_bounded_retries(
+    sandbox, short_timeouts, serve_config, audit_events
+):
     serve_config(sandbox.config_dict())
     sandbox.gcp.faults.stall(1.0, times=3, path="/v1/token")
     started = time.monotonic()
@@ -342,8 +364,10 @@ def test_a_closed_port_is_a_502(sandbox, serve_config):
 
 # -- google-auth traps --------------------------------------------------------------------------
 
-def test_load_credentials_from_dict_with_scopes_calls_cloud_resource_manager(sandbox, broker, offline,
-                                                                             mint, tmp_path: Path):
+
+def test_load_credentials_from_dict_with_scopes_calls_cloud_resource_manager(
+    sandbox, broker, offline, mint, tmp_path: Path
+):
     """Why the back end builds identity_pool.Credentials itself: google-auth's loader, given
     scopes, exchanges a token at load time and then asks Cloud Resource Manager (on the public
     internet, whatever token_url says) for the project id, with the new token as its bearer.
@@ -354,9 +378,11 @@ def test_load_credentials_from_dict_with_scopes_calls_cloud_resource_manager(san
     assertion_file = tmp_path / "assertion.jwt"
     assertion_file.write_text(mint("role:gcp-deploy", sandbox.gcp.audience))
     info = {
-        "type": "external_account", "audience": sandbox.gcp.audience,
+        "type": "external_account",
+        "audience": sandbox.gcp.audience,
         "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
-        "token_url": sandbox.gcp.token_url, "credential_source": {"file": str(assertion_file)},
+        "token_url": sandbox.gcp.token_url,
+        "credential_source": {"file": str(assertion_file)},
     }
     exchanges = len(sts_calls(sandbox))
     with pytest.warns(DeprecationWarning), pytest.raises(TransportError):
@@ -388,11 +414,12 @@ def test_the_expiry_is_iams_expire_time_in_whole_seconds(sandbox, broker):
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", expires_at)
     token = sandbox.gcp.describe(response.json()["credentials"]["access_token"])
     assert token is not None
-    assert expires_at == datetime.fromtimestamp(token.expires_at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert expires_at == datetime.fromtimestamp(token.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def test_an_expire_time_google_auth_cannot_parse_is_a_502_that_repeats_nothing(sandbox, broker,
-                                                                               audit_events, debug_logs):
+def test_an_expire_time_google_auth_cannot_parse_is_a_502_that_repeats_nothing(
+    sandbox, broker, audit_events, debug_logs
+):
     """google-auth parses expireTime as whole seconds only; a fractional one fails the refresh and
     its error carries the whole IAM response, access token included. None of it may surface."""
     logs = debug_logs()
@@ -408,6 +435,7 @@ def test_an_expire_time_google_auth_cannot_parse_is_a_502_that_repeats_nothing(s
 
 
 # -- nothing secret is written anywhere ---------------------------------------------------------
+
 
 def test_no_assertion_or_token_reaches_logs_or_audit(sandbox, broker, audit_events, debug_logs):
     logs = debug_logs()
@@ -433,6 +461,7 @@ def test_no_assertion_or_token_reaches_logs_or_audit(sandbox, broker, audit_even
 
 # -- configuration, caught at load --------------------------------------------------------------
 
+
 def load(sandbox: Sandbox, config: dict[str, Any]) -> Any:
     return build_config(copy.deepcopy(config), base_dir=sandbox.workdir)
 
@@ -443,28 +472,66 @@ def config_error(sandbox: Sandbox, **changes: Any) -> str:
     return str(caught.value)
 
 
-@pytest.mark.parametrize("changes, expected", [
-    ({"audience": None}, "roles.gcp-deploy.gcp.audience: is required"),
-    ({"audience": "https://iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/ci/providers/b"},
-     "roles.gcp-deploy.gcp.audience: "),
-    ({"audience": "//iam.googleapis.com/projects/my-project/locations/global/workloadIdentityPools/ci-broker/providers/broker"},
-     "expected the provider's full resource name"),
-    ({"service_account": "deployer@my-project"}, "roles.gcp-deploy.gcp.service_account: 'deployer@my-project' is not valid"),
-    ({"service_account": "deployer"}, "roles.gcp-deploy.gcp.service_account: 'deployer' is not valid"),
-    ({"service_account": "deployer@evil.example.com/x?.iam.gserviceaccount.com"}, "service_account"),
-    ({"lifetime": 7200}, "roles.gcp-deploy.gcp.lifetime: must be at most 3600 unless extended_lifetime is true"),
-    ({"lifetime": 43201, "extended_lifetime": True}, "roles.gcp-deploy.gcp.lifetime: must be at most 43200"),
-    ({"lifetime": 0}, "roles.gcp-deploy.gcp.lifetime: must be at least 1"),
-    ({"service_account": None, "extended_lifetime": True}, "extended_lifetime: applies only with service_account"),
-    ({"service_account": None, "lifetime": 7200}, "lifetime: must be at most 3600 without service_account"),
-    ({"token_url": "http://sts.example.com/v1/token"}, "roles.gcp-deploy.gcp.token_url: 'http://sts.example.com/v1/token' must use https://"),
-    ({"iam_credentials_url": "https://iamcredentials.googleapis.com/v1"}, "iam_credentials_url: is the service's base URL"),
-    ({"scopes": ["cloud-platform"]}, "roles.gcp-deploy.gcp.scopes[0]: 'cloud-platform' is not an OAuth scope"),
-    ({"scopes": []}, "roles.gcp-deploy.gcp.scopes: must be a non-empty list"),
-    ({"ca_bundle": "/nonexistent/ca.pem"}, "roles.gcp-deploy.gcp.ca_bundle: '/nonexistent/ca.pem' is not a readable file"),
-    ({"extended_lifetime": "yes"}, "roles.gcp-deploy.gcp.extended_lifetime: must be true or false"),
-    ({"lifetme": 3600}, "roles.gcp-deploy.gcp.lifetme: unknown key"),
-])
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"audience": None}, "roles.gcp-deploy.gcp.audience: is required"),
+        (
+            {
+                "audience": "https://iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/ci/providers/b"
+            },
+            "roles.gcp-deploy.gcp.audience: ",
+        ),
+        (
+            {
+                "audience": "//iam.googleapis.com/projects/my-project/locations/global/workloadIdentityPools/ci-broker/providers/broker"
+            },
+            "expected the provider's full resource name",
+        ),
+        (
+            {"service_account": "deployer@my-project"},
+            "roles.gcp-deploy.gcp.service_account: 'deployer@my-project' is not valid",
+        ),
+        ({"service_account": "deployer"}, "roles.gcp-deploy.gcp.service_account: 'deployer' is not valid"),
+        ({"service_account": "deployer@evil.example.com/x?.iam.gserviceaccount.com"}, "service_account"),
+        (
+            {"lifetime": 7200},
+            "roles.gcp-deploy.gcp.lifetime: must be at most 3600 unless extended_lifetime is true",
+        ),
+        (
+            {"lifetime": 43201, "extended_lifetime": True},
+            "roles.gcp-deploy.gcp.lifetime: must be at most 43200",
+        ),
+        ({"lifetime": 0}, "roles.gcp-deploy.gcp.lifetime: must be at least 1"),
+        (
+            {"service_account": None, "extended_lifetime": True},
+            "extended_lifetime: applies only with service_account",
+        ),
+        (
+            {"service_account": None, "lifetime": 7200},
+            "lifetime: must be at most 3600 without service_account",
+        ),
+        (
+            {"token_url": "http://sts.example.com/v1/token"},
+            "roles.gcp-deploy.gcp.token_url: 'http://sts.example.com/v1/token' must use https://",
+        ),
+        (
+            {"iam_credentials_url": "https://iamcredentials.googleapis.com/v1"},
+            "iam_credentials_url: is the service's base URL",
+        ),
+        (
+            {"scopes": ["cloud-platform"]},
+            "roles.gcp-deploy.gcp.scopes[0]: 'cloud-platform' is not an OAuth scope",
+        ),
+        ({"scopes": []}, "roles.gcp-deploy.gcp.scopes: must be a non-empty list"),
+        (
+            {"ca_bundle": "/nonexistent/ca.pem"},
+            "roles.gcp-deploy.gcp.ca_bundle: '/nonexistent/ca.pem' is not a readable file",
+        ),
+        ({"extended_lifetime": "yes"}, "roles.gcp-deploy.gcp.extended_lifetime: must be true or false"),
+        ({"lifetme": 3600}, "roles.gcp-deploy.gcp.lifetme: unknown key"),
+    ],
+)
 def test_config_errors_are_caught_at_load(sandbox, changes, expected):
     assert expected in config_error(sandbox, **changes)
 
@@ -478,14 +545,17 @@ def test_a_gcp_section_on_an_aws_role_is_an_error(sandbox):
 
 
 def test_defaults_and_extended_lifetime_load(sandbox):
-    config = load(sandbox, gcp_config(sandbox, scopes=None, lifetime=None, token_url=None,
-                                      iam_credentials_url=None))
+    config = load(
+        sandbox, gcp_config(sandbox, scopes=None, lifetime=None, token_url=None, iam_credentials_url=None)
+    )
     settings = config.roles[ROLE].settings
     assert settings.scopes == (CLOUD_PLATFORM,)
     assert settings.lifetime == 3600 and config.roles[ROLE].max_duration == 3600
     assert settings.token_url == "https://sts.googleapis.com/v1/token"
-    assert settings.impersonation_url == ("https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/"
-                                          f"{GCP_SERVICE_ACCOUNT}:generateAccessToken")
+    assert settings.impersonation_url == (
+        "https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/"
+        f"{GCP_SERVICE_ACCOUNT}:generateAccessToken"
+    )
     extended = load(sandbox, gcp_config(sandbox, lifetime=43200, extended_lifetime=True))
     assert extended.roles[ROLE].max_duration == 43200
 
@@ -499,6 +569,8 @@ def test_a_short_lifetime_without_a_service_account_is_a_warning(sandbox):
 def test_ci_broker_check_reports_a_malformed_service_account(sandbox, tmp_path: Path, capsys):
     from broker.cli import main
 
-    path = sandbox.write_config(gcp_config(sandbox, service_account="deployer@my-project"), name="bad-gcp.yaml")
+    path = sandbox.write_config(
+        gcp_config(sandbox, service_account="deployer@my-project"), name="bad-gcp.yaml"
+    )
     assert main(["check", "--config", str(path)]) == 2
     assert "roles.gcp-deploy.gcp.service_account" in capsys.readouterr().err

@@ -27,10 +27,17 @@ FIC_AUDIENCE = "api://AzureADTokenExchange"
 
 # -- GCP STS ------------------------------------------------------------------------------------
 
+
 def sts(sandbox: Sandbox, subject_token: str, **fields: str) -> requests.Response:
-    form = {"grant_type": TOKEN_EXCHANGE, "audience": sandbox.gcp.audience, "scope": IAM,
-            "requested_token_type": ACCESS_TOKEN, "subject_token_type": JWT_TYPE,
-            "subject_token": subject_token, **fields}
+    form = {
+        "grant_type": TOKEN_EXCHANGE,
+        "audience": sandbox.gcp.audience,
+        "scope": IAM,
+        "requested_token_type": ACCESS_TOKEN,
+        "subject_token_type": JWT_TYPE,
+        "subject_token": subject_token,
+        **fields,
+    }
     return requests.post(sandbox.gcp.token_url, data=form, timeout=10)
 
 
@@ -61,7 +68,9 @@ def test_sts_refuses_a_subject_outside_the_attribute_condition(sandbox, mint):
 
 
 def test_sts_refuses_a_forged_signature(sandbox, mint):
-    forged = mint("role:gcp-deploy", sandbox.gcp.audience, key_override=ec.generate_private_key(ec.SECP256R1()))
+    forged = mint(
+        "role:gcp-deploy", sandbox.gcp.audience, key_override=ec.generate_private_key(ec.SECP256R1())
+    )
     error, description = sts_error(sts(sandbox, forged))
     assert error == "invalid_grant" and "verification failed" in description
 
@@ -83,12 +92,15 @@ def test_sts_refuses_a_provider_that_does_not_exist(sandbox, mint):
     assert error == "invalid_target"
 
 
-@pytest.mark.parametrize("field, value, expected", [
-    ("grant_type", "client_credentials", "unsupported_grant_type"),
-    ("subject_token_type", "urn:ietf:params:oauth:token-type:saml2", "invalid_request"),
-    ("requested_token_type", "urn:ietf:params:oauth:token-type:id_token", "invalid_request"),
-    ("scope", "https://www.googleapis.com/auth/devstorage.full_control", "invalid_scope"),
-])
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("grant_type", "client_credentials", "unsupported_grant_type"),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:saml2", "invalid_request"),
+        ("requested_token_type", "urn:ietf:params:oauth:token-type:id_token", "invalid_request"),
+        ("scope", "https://www.googleapis.com/auth/devstorage.full_control", "invalid_scope"),
+    ],
+)
 def test_sts_refuses_malformed_requests(sandbox, mint, field, value, expected):
     error, _ = sts_error(sts(sandbox, mint("role:gcp-deploy", sandbox.gcp.audience), **{field: value}))
     assert error == expected
@@ -101,14 +113,21 @@ def test_sts_refuses_a_subject_token_that_is_not_a_jwt(sandbox, broker):
 
 # -- GCP IAM Credentials -------------------------------------------------------------------------
 
+
 def federated_token(sandbox: Sandbox, mint: Any, role: str = "gcp-deploy", scope: str = IAM) -> str:
     response = sts(sandbox, mint(f"role:{role}", sandbox.gcp.audience), scope=scope)
     assert response.status_code == 200, response.text
     return response.json()["access_token"]
 
 
-def generate(sandbox: Sandbox, bearer: str | None, *, service_account: str = GCP_SERVICE_ACCOUNT,
-             project: str = "-", **body: Any) -> requests.Response:
+def generate(
+    sandbox: Sandbox,
+    bearer: str | None,
+    *,
+    service_account: str = GCP_SERVICE_ACCOUNT,
+    project: str = "-",
+    **body: Any,
+) -> requests.Response:
     headers = {"Authorization": f"Bearer {bearer}"} if bearer is not None else {}
     url = f"{sandbox.gcp.url}/v1/projects/{project}/serviceAccounts/{service_account}:generateAccessToken"
     return requests.post(url, json={"scope": [CLOUD_PLATFORM], **body}, headers=headers, timeout=10)
@@ -177,12 +196,21 @@ def test_iam_refuses_more_than_an_hour_unless_the_org_policy_lists_the_account(s
 
 # -- Entra ID token endpoint -------------------------------------------------------------------
 
-def entra(sandbox: Sandbox, assertion: str, *, tenant: str = AZURE_TENANT_ID, **fields: str) -> requests.Response:
-    form = {"grant_type": "client_credentials", "client_id": AZURE_CLIENT_ID,
-            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            "client_assertion": assertion, "scope": AZURE_SCOPE, **fields}
-    return requests.post(f"{sandbox.azure.url}/{tenant}/oauth2/v2.0/token", data=form,
-                         verify=str(sandbox.ca_path), timeout=10)
+
+def entra(
+    sandbox: Sandbox, assertion: str, *, tenant: str = AZURE_TENANT_ID, **fields: str
+) -> requests.Response:
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": AZURE_CLIENT_ID,
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": assertion,
+        "scope": AZURE_SCOPE,
+        **fields,
+    }
+    return requests.post(
+        f"{sandbox.azure.url}/{tenant}/oauth2/v2.0/token", data=form, verify=str(sandbox.ca_path), timeout=10
+    )
 
 
 def aadsts(response: requests.Response) -> int:
@@ -208,8 +236,11 @@ def test_entra_serves_https_only(sandbox, broker):
 
 def test_entra_certificate_is_valid_only_with_the_sandbox_ca(sandbox, broker):
     with pytest.raises(requests.exceptions.SSLError):
-        requests.get(f"{sandbox.azure.url}/common/discovery/instance", verify=ssl.get_default_verify_paths().cafile
-                     or True, timeout=5)
+        requests.get(
+            f"{sandbox.azure.url}/common/discovery/instance",
+            verify=ssl.get_default_verify_paths().cafile or True,
+            timeout=5,
+        )
 
 
 def test_entra_refuses_an_unknown_tenant(sandbox, mint):
@@ -217,8 +248,9 @@ def test_entra_refuses_an_unknown_tenant(sandbox, mint):
 
 
 def test_entra_refuses_an_application_the_tenant_lacks(sandbox, mint):
-    response = entra(sandbox, mint("role:azure-deploy", FIC_AUDIENCE),
-                     client_id="99999999-9999-4999-8999-999999999999")
+    response = entra(
+        sandbox, mint("role:azure-deploy", FIC_AUDIENCE), client_id="99999999-9999-4999-8999-999999999999"
+    )
     assert aadsts(response) == 700016
 
 
@@ -248,20 +280,28 @@ def test_entra_refuses_an_assertion_that_is_not_a_jwt(sandbox, broker):
     assert aadsts(entra(sandbox, "not-a-jwt")) == 50027
 
 
-@pytest.mark.parametrize("fields, code", [
-    ({"scope": "https://management.azure.com/user_impersonation"}, 1002012),
-    ({"scope": "https://nothing.example.com/.default"}, 500011),
-    ({"grant_type": "password"}, 70003),
-    ({"client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:saml2-bearer"}, 90014),
-])
+@pytest.mark.parametrize(
+    "fields, code",
+    [
+        ({"scope": "https://management.azure.com/user_impersonation"}, 1002012),
+        ({"scope": "https://nothing.example.com/.default"}, 500011),
+        ({"grant_type": "password"}, 70003),
+        ({"client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:saml2-bearer"}, 90014),
+    ],
+)
 def test_entra_refuses_malformed_requests(sandbox, mint, fields, code):
     assert aadsts(entra(sandbox, mint("role:azure-deploy", FIC_AUDIENCE), **fields)) == code
 
 
 def test_entra_serves_the_metadata_msal_clients_fetch(sandbox, broker):
     verify = str(sandbox.ca_path)
-    discovery = requests.get(f"{sandbox.azure.url}/common/discovery/instance", verify=verify, timeout=5).json()
+    discovery = requests.get(
+        f"{sandbox.azure.url}/common/discovery/instance", verify=verify, timeout=5
+    ).json()
     assert discovery["tenant_discovery_endpoint"].endswith("/{tenant}/v2.0/.well-known/openid-configuration")
-    metadata = requests.get(f"{sandbox.azure.url}/{AZURE_TENANT_ID}/v2.0/.well-known/openid-configuration",
-                            verify=verify, timeout=5).json()
+    metadata = requests.get(
+        f"{sandbox.azure.url}/{AZURE_TENANT_ID}/v2.0/.well-known/openid-configuration",
+        verify=verify,
+        timeout=5,
+    ).json()
     assert metadata["token_endpoint"] == f"{sandbox.azure.url}/{AZURE_TENANT_ID}/oauth2/v2.0/token"

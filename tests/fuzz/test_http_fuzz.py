@@ -15,12 +15,18 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "fuzz_http.py"
 
 def test_a_short_http_fuzz_run_has_no_server_errors() -> None:
     requests = os.environ.get("FUZZ_HTTP_REQUESTS", "3000")
-    result = subprocess.run([sys.executable, str(SCRIPT), "--requests", requests, "--json"],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--requests", requests, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.stdout, result.stderr[-3000:]
     report = json.loads(result.stdout)
-    print(f"\nhttp fuzz, seed {report['seed']}: {report['requests']} requests in {report['elapsed_s']}s: "
-          f"{report['by_status']}")
+    print(
+        f"\nhttp fuzz, seed {report['seed']}: {report['requests']} requests in {report['elapsed_s']}s: "
+        f"{report['by_status']}"
+    )
     assert report["server_errors"] == 0, report["problems"]
     assert report["connection_errors"] == 0, report["problems"]
     assert report["leaks"] == 0, report["problems"]

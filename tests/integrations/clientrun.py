@@ -21,8 +21,25 @@ from pathlib import Path
 from support import CLIENT, require_tool
 
 # The applets a minimal alpine image offers the client (busybox provides all of them).
-BUSYBOX_APPLETS = ["sh", "awk", "sed", "tr", "cut", "od", "mktemp", "rm", "mkdir", "grep", "sleep",
-                   "timeout", "cat", "env", "wget", "printf", "head"]
+BUSYBOX_APPLETS = [
+    "sh",
+    "awk",
+    "sed",
+    "tr",
+    "cut",
+    "od",
+    "mktemp",
+    "rm",
+    "mkdir",
+    "grep",
+    "sleep",
+    "timeout",
+    "cat",
+    "env",
+    "wget",
+    "printf",
+    "head",
+]
 
 
 def busybox_bin(root: Path, without: tuple[str, ...] = ()) -> Path:
@@ -73,7 +90,7 @@ def parse_file_command(text: str) -> dict[str, str]:
         name, sep, delimiter = line.partition("<<")
         assert sep and delimiter.startswith("ghadelimiter_"), f"not delimiter syntax: {line!r}"
         end = lines.index(delimiter, i + 1)
-        values[name] = "\n".join(lines[i + 1:end])
+        values[name] = "\n".join(lines[i + 1 : end])
         i = end + 1
     return values
 
@@ -93,14 +110,20 @@ class Result:
         return self.stdout + self.stderr
 
     def masked(self) -> list[str]:
-        return [line[len("::add-mask::"):].replace("%25", "%")
-                for line in self.stdout.splitlines() if line.startswith("::add-mask::")]
+        return [
+            line[len("::add-mask::") :].replace("%25", "%")
+            for line in self.stdout.splitlines()
+            if line.startswith("::add-mask::")
+        ]
 
 
 def _base_env(extra: dict[str, str]) -> dict[str, str]:
     # Nothing from the developer's or CI's environment may steer the client.
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("CI_BROKER_", "GITHUB_", "ACTIONS_", "AWS_", "AZURE_", "ARM_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CI_BROKER_", "GITHUB_", "ACTIONS_", "AWS_", "AZURE_", "ARM_"))
+    }
     env.update(extra)
     return env
 
@@ -112,38 +135,77 @@ def run_github(tmp: Path, flavor: Flavor, env: dict[str, str], timeout: int = 60
     for path in files.values():
         path.write_text("")
     argv, shell_env = flavor.command(tmp)
-    full = _base_env({"CI_BROKER_TARGET": "github", "CI_BROKER_HTTP_TOOLS": flavor.tools,
-                      "RUNNER_TEMP": str(runner / "temp"), "GITHUB_ACTIONS": "true",
-                      **{k: str(v) for k, v in files.items()}, **shell_env, **env})
+    full = _base_env(
+        {
+            "CI_BROKER_TARGET": "github",
+            "CI_BROKER_HTTP_TOOLS": flavor.tools,
+            "RUNNER_TEMP": str(runner / "temp"),
+            "GITHUB_ACTIONS": "true",
+            **{k: str(v) for k, v in files.items()},
+            **shell_env,
+            **env,
+        }
+    )
     (runner / "temp").mkdir(exist_ok=True)
-    proc = subprocess.run([*argv, str(CLIENT)], env=full, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [*argv, str(CLIENT)],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     raw_env = files["GITHUB_ENV"].read_text()
-    return Result(proc.returncode, proc.stdout, proc.stderr, parse_file_command(raw_env),
-                  parse_file_command(files["GITHUB_OUTPUT"].read_text()),
-                  parse_file_command(files["GITHUB_STATE"].read_text()), raw_env)
+    return Result(
+        proc.returncode,
+        proc.stdout,
+        proc.stderr,
+        parse_file_command(raw_env),
+        parse_file_command(files["GITHUB_OUTPUT"].read_text()),
+        parse_file_command(files["GITHUB_STATE"].read_text()),
+        raw_env,
+    )
 
 
 ENV_MARK = "----- job environment -----"
 
 
-def run_gitlab(tmp: Path, flavor: Flavor, env: dict[str, str], prologue: str = "set -eu",
-               epilogue: str = "", via_stdin: bool = False, timeout: int = 60) -> Result:
+def run_gitlab(
+    tmp: Path,
+    flavor: Flavor,
+    env: dict[str, str],
+    prologue: str = "set -eu",
+    epilogue: str = "",
+    via_stdin: bool = False,
+    timeout: int = 60,
+) -> Result:
     """Inline the client into a job-like shell, then print the job's environment after a mark."""
     argv, shell_env = flavor.command(tmp)
     project = tmp / "project"
     project.mkdir(parents=True, exist_ok=True)
     script = "\n".join([prologue, CLIENT.read_text(), epilogue, f"echo '{ENV_MARK}'", "env", ""])
-    full = _base_env({"CI_BROKER_HTTP_TOOLS": flavor.tools, "CI_PROJECT_DIR": str(project),
-                      "GITLAB_CI": "true", **shell_env, **env})
+    full = _base_env(
+        {
+            "CI_BROKER_HTTP_TOOLS": flavor.tools,
+            "CI_PROJECT_DIR": str(project),
+            "GITLAB_CI": "true",
+            **shell_env,
+            **env,
+        }
+    )
     if via_stdin:
         # How GitLab's docker executor feeds the job: the script arrives on the shell's stdin,
         # so a command that read stdin would swallow the rest of the job.
-        proc = subprocess.run(argv, input=script, env=full, capture_output=True, text=True,
-                              timeout=timeout)
+        proc = subprocess.run(argv, input=script, env=full, capture_output=True, text=True, timeout=timeout)
     else:
-        proc = subprocess.run([*argv, "-c", script], env=full, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            [*argv, "-c", script],
+            env=full,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
     before, _, after = proc.stdout.partition(ENV_MARK + "\n")
     job_env = dict(line.split("=", 1) for line in after.splitlines() if "=" in line)
     return Result(proc.returncode, before, proc.stderr, job_env)

@@ -4,13 +4,13 @@ a sandbox of its own. Paths, tools and helpers live in support.py.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import pytest
+from serving import ServedBroker
 
 from broker.sandbox.stack import Sandbox, free_port
-from serving import ServedBroker
 
 
 @dataclass

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 from urllib.parse import parse_qs, urlsplit
 
 
@@ -25,8 +25,9 @@ class _Server:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.owner = self  # type: ignore[attr-defined]
         # A short poll keeps shutdown (each test's teardown) from waiting half a second.
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -43,7 +44,7 @@ class _Server:
 
 
 class _Quiet(BaseHTTPRequestHandler):
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args) -> None:
         pass
 
     def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
@@ -72,7 +73,7 @@ class OIDCRequestEndpoint(_Server):
 
 
 class _OIDCHandler(_Quiet):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         owner: OIDCRequestEndpoint = self.server.owner  # type: ignore[attr-defined]
         query = parse_qs(urlsplit(self.path).query)
         if self.headers.get("Authorization", "").lower() != f"bearer {owner.request_token}".lower():
@@ -110,24 +111,36 @@ class ScriptedBroker(_Server):
     @staticmethod
     def error(status: int, code: str, message: str, request_id: str = "req-0123") -> Reply:
         body = {"error": code, "message": message, "request_id": request_id}
-        return Reply(status, json.dumps(body).encode(),
-                     {"Content-Type": "application/json", "X-Request-Id": request_id})
+        return Reply(
+            status,
+            json.dumps(body).encode(),
+            {"Content-Type": "application/json", "X-Request-Id": request_id},
+        )
 
     @staticmethod
     def granted(cloud: str, credentials: dict[str, str], role: str = "deploy") -> Reply:
-        body = {"role": role, "cloud": cloud, "expires_at": "2030-01-01T00:00:00Z",
-                "credentials": credentials}
+        body = {
+            "role": role,
+            "cloud": cloud,
+            "expires_at": "2030-01-01T00:00:00Z",
+            "credentials": credentials,
+        }
         return Reply(200, json.dumps(body).encode())
 
 
 class _BrokerHandler(_Quiet):
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._send(200, b'{"status":"ok"}')
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         owner: ScriptedBroker = self.server.owner  # type: ignore[attr-defined]
         length = int(self.headers.get("Content-Length", "0"))
-        owner.seen.append(Seen(self.headers.get("Authorization", ""),
-                               self.headers.get("Content-Type", ""), self.rfile.read(length)))
+        owner.seen.append(
+            Seen(
+                self.headers.get("Authorization", ""),
+                self.headers.get("Content-Type", ""),
+                self.rfile.read(length),
+            )
+        )
         reply = owner.replies[min(len(owner.seen), len(owner.replies)) - 1]
         self._send(reply.status, reply.body, reply.headers)

@@ -11,8 +11,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pytest
 
@@ -24,17 +24,28 @@ COMPONENT = ROOT / "gitlab-templates" / "templates" / "ci-broker.yml"
 VENV_BIN = Path(sys.executable).parent
 
 # Sample values in the shapes the clouds use (none is real), shared by the client and Action tests.
-JWT = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJyZXBvOm8vcjpyZWY6cmVmcy9oZWFkcy9tYWluIn0.c2lnbmF0dXJlLV8"
-AWS = {"access_key_id": "ASIAZZEXAMPLE7KEYID0", "secret_access_key": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYzEXAMPLEKEY",
-       "session_token": "IQoJb3JpZ2luX2VjEXAMPLE//////////wEaCXVzLWVhc3QtMSJHMEUCIQD+session=",
-       "region": "eu-west-1"}
-GCP = {"access_token": "ya29.a0AfB_byEXAMPLE-gcp-access-token_0123456789", "token_type": "Bearer",
-       "service_account": "deployer@my-project.iam.gserviceaccount.com"}
-AZURE = {"access_token": "eyJ0eXAiOiJKV1QifQ.eyJhdWQiOiJhcm0ifQ.azure-access-token-sig",
-         "token_type": "Bearer", "tenant_id": "00000000-0000-0000-0000-000000000000",
-         "client_id": "11111111-1111-1111-1111-111111111111",
-         "subscription_id": "22222222-2222-2222-2222-222222222222",
-         "federated_token": "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJyb2xlOmF6dXJlLWRlcGxveSJ9.assertion-sig"}
+JWT = (
+    "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJyZXBvOm8vcjpyZWY6cmVmcy9oZWFkcy9tYWluIn0.c2lnbmF0dXJlLV8"
+)
+AWS = {
+    "access_key_id": "ASIAZZEXAMPLE7KEYID0",
+    "secret_access_key": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYzEXAMPLEKEY",
+    "session_token": "IQoJb3JpZ2luX2VjEXAMPLE//////////wEaCXVzLWVhc3QtMSJHMEUCIQD+session=",
+    "region": "eu-west-1",
+}
+GCP = {
+    "access_token": "ya29.a0AfB_byEXAMPLE-gcp-access-token_0123456789",
+    "token_type": "Bearer",
+    "service_account": "deployer@my-project.iam.gserviceaccount.com",
+}
+AZURE = {
+    "access_token": "eyJ0eXAiOiJKV1QifQ.eyJhdWQiOiJhcm0ifQ.azure-access-token-sig",
+    "token_type": "Bearer",
+    "tenant_id": "00000000-0000-0000-0000-000000000000",
+    "client_id": "11111111-1111-1111-1111-111111111111",
+    "subscription_id": "22222222-2222-2222-2222-222222222222",
+    "federated_token": "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJyb2xlOmF6dXJlLWRlcGxveSJ9.assertion-sig",
+}
 
 
 def require_tool(name: str, path: Path | str | None = None) -> str:
@@ -53,8 +64,9 @@ def act_path() -> str:
 
 
 def gitlab_ci_local_path() -> str:
-    return require_tool("gitlab-ci-local",
-                        ROOT / ".tools" / "npm" / "node_modules" / ".bin" / "gitlab-ci-local")
+    return require_tool(
+        "gitlab-ci-local", ROOT / ".tools" / "npm" / "node_modules" / ".bin" / "gitlab-ci-local"
+    )
 
 
 def files_containing(root: Path, secrets: Iterable[str]) -> list[str]:
@@ -76,7 +88,12 @@ def assert_no_secret(text: str, secrets: Iterable[str], where: str) -> None:
 
 def git_repo(path: Path) -> None:
     """act and gitlab-ci-local read the project's git metadata; give them a real repository."""
-    env = {**os.environ, "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@example.com",
-           "GIT_COMMITTER_NAME": "ci", "GIT_COMMITTER_EMAIL": "ci@example.com"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "ci",
+        "GIT_AUTHOR_EMAIL": "ci@example.com",
+        "GIT_COMMITTER_NAME": "ci",
+        "GIT_COMMITTER_EMAIL": "ci@example.com",
+    }
     for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "test"]):
         subprocess.run(["git", *args], cwd=path, check=True, env=env, capture_output=True)

@@ -13,8 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from clientrun import (FLAVORS, Flavor, Result, busybox_bin, run_github, run_gitlab, stub_tool)
+from clientrun import FLAVORS, Flavor, Result, busybox_bin, run_github, run_gitlab, stub_tool
 from endpoints import OIDCRequestEndpoint, Reply, ScriptedBroker
 from support import AWS, AZURE, GCP, JWT, assert_no_secret
 
@@ -33,8 +32,9 @@ def oidc() -> OIDCRequestEndpoint:
 def github_env(broker: str, oidc: OIDCRequestEndpoint | None, **extra: str) -> dict[str, str]:
     env = {"CI_BROKER_URL": broker, "CI_BROKER_ROLE": "deploy", **extra}
     if oidc is not None:
-        env.update(ACTIONS_ID_TOKEN_REQUEST_URL=oidc.request_url,
-                   ACTIONS_ID_TOKEN_REQUEST_TOKEN=oidc.request_token)
+        env.update(
+            ACTIONS_ID_TOKEN_REQUEST_URL=oidc.request_url, ACTIONS_ID_TOKEN_REQUEST_TOKEN=oidc.request_token
+        )
     return env
 
 
@@ -48,30 +48,39 @@ def assert_masked_first(result: Result, secrets: list[str]) -> None:
     for value in secrets:
         assert value in masked, "a secret was not masked"
     lines = result.stdout.splitlines()
-    first_other = next((i for i, line in enumerate(lines) if not line.startswith("::add-mask::")),
-                       len(lines))
+    first_other = next((i for i, line in enumerate(lines) if not line.startswith("::add-mask::")), len(lines))
     assert all(not line.startswith("::add-mask::") for line in lines[first_other:])
     assert_no_secret("\n".join(lines[first_other:]) + result.stderr, secrets, "the step's log")
 
 
 # -- GitHub: success per cloud ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("flavor", FLAVORS, ids=FLAVOR_IDS)
 def test_github_aws_exports_env_and_outputs(tmp_path: Path, oidc, flavor: Flavor) -> None:
     with ScriptedBroker(ScriptedBroker.granted("aws", AWS)) as broker:
-        result = run_github(tmp_path, flavor, github_env(broker.url, oidc,
-                                                         CI_BROKER_OUTPUT_CREDENTIALS="true"))
+        result = run_github(
+            tmp_path, flavor, github_env(broker.url, oidc, CI_BROKER_OUTPUT_CREDENTIALS="true")
+        )
     assert result.returncode == 0, result.log
     assert_masked_first(result, secrets_of(AWS) + [JWT])
     assert result.env == {
-        "AWS_ACCESS_KEY_ID": AWS["access_key_id"], "AWS_SECRET_ACCESS_KEY": AWS["secret_access_key"],
-        "AWS_SESSION_TOKEN": AWS["session_token"], "AWS_REGION": "eu-west-1",
-        "AWS_DEFAULT_REGION": "eu-west-1", "CI_BROKER_CLOUD": "aws",
-        "CI_BROKER_EXPIRES_AT": "2030-01-01T00:00:00Z"}
+        "AWS_ACCESS_KEY_ID": AWS["access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": AWS["secret_access_key"],
+        "AWS_SESSION_TOKEN": AWS["session_token"],
+        "AWS_REGION": "eu-west-1",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "CI_BROKER_CLOUD": "aws",
+        "CI_BROKER_EXPIRES_AT": "2030-01-01T00:00:00Z",
+    }
     assert result.outputs == {
-        "cloud": "aws", "expires-at": "2030-01-01T00:00:00Z",
-        "access-key-id": AWS["access_key_id"], "secret-access-key": AWS["secret_access_key"],
-        "session-token": AWS["session_token"], "region": "eu-west-1"}
+        "cloud": "aws",
+        "expires-at": "2030-01-01T00:00:00Z",
+        "access-key-id": AWS["access_key_id"],
+        "secret-access-key": AWS["secret_access_key"],
+        "session-token": AWS["session_token"],
+        "region": "eu-west-1",
+    }
     # What reached the broker: the job's token as a bearer, the role as a JSON object.
     (seen,) = broker.seen
     assert seen.authorization == f"Bearer {JWT}"
@@ -89,8 +98,7 @@ def test_github_outputs_hold_no_credentials_by_default(tmp_path: Path, oidc) -> 
 
 def test_github_export_env_false_exports_nothing(tmp_path: Path, oidc) -> None:
     with ScriptedBroker(ScriptedBroker.granted("aws", AWS)) as broker:
-        result = run_github(tmp_path, DASH_CURL, github_env(broker.url, oidc,
-                                                            CI_BROKER_EXPORT_ENV="false"))
+        result = run_github(tmp_path, DASH_CURL, github_env(broker.url, oidc, CI_BROKER_EXPORT_ENV="false"))
     assert result.returncode == 0, result.log
     assert result.env == {}
     assert_masked_first(result, secrets_of(AWS))
@@ -98,13 +106,27 @@ def test_github_export_env_false_exports_nothing(tmp_path: Path, oidc) -> None:
 
 def test_github_audience_and_duration_are_sent(tmp_path: Path, oidc) -> None:
     with ScriptedBroker(ScriptedBroker.granted("aws", AWS)) as broker:
-        result = run_github(tmp_path, DASH_CURL, github_env(
-            broker.url + "/", oidc, CI_BROKER_AUDIENCE="https://broker.example.com/a b",
-            CI_BROKER_DURATION="900"))
+        result = run_github(
+            tmp_path,
+            DASH_CURL,
+            github_env(
+                broker.url + "/",
+                oidc,
+                CI_BROKER_AUDIENCE="https://broker.example.com/a b",
+                CI_BROKER_DURATION="900",
+            ),
+        )
         assert result.returncode != 0  # an audience must be one printable word
-        result = run_github(tmp_path, DASH_CURL, github_env(
-            broker.url + "/", oidc, CI_BROKER_AUDIENCE="https://broker.example.com/x?y=1&z",
-            CI_BROKER_DURATION="900"))
+        result = run_github(
+            tmp_path,
+            DASH_CURL,
+            github_env(
+                broker.url + "/",
+                oidc,
+                CI_BROKER_AUDIENCE="https://broker.example.com/x?y=1&z",
+                CI_BROKER_DURATION="900",
+            ),
+        )
     assert result.returncode == 0, result.log
     assert oidc.audiences == ["https://broker.example.com/x?y=1&z"]
     assert json.loads(broker.seen[-1].body) == {"role": "deploy", "duration": 900}
@@ -112,8 +134,9 @@ def test_github_audience_and_duration_are_sent(tmp_path: Path, oidc) -> None:
 
 def test_github_gcp_exports_gcloud_and_terraform_tokens(tmp_path: Path, oidc) -> None:
     with ScriptedBroker(ScriptedBroker.granted("gcp", GCP)) as broker:
-        result = run_github(tmp_path, DASH_CURL, github_env(broker.url, oidc,
-                                                            CI_BROKER_OUTPUT_CREDENTIALS="true"))
+        result = run_github(
+            tmp_path, DASH_CURL, github_env(broker.url, oidc, CI_BROKER_OUTPUT_CREDENTIALS="true")
+        )
     assert result.returncode == 0, result.log
     assert_masked_first(result, [GCP["access_token"]])
     assert result.env["CLOUDSDK_AUTH_ACCESS_TOKEN"] == GCP["access_token"]
@@ -159,12 +182,14 @@ def test_github_env_delimiter_is_random_per_run(tmp_path: Path, oidc) -> None:
         for attempt in range(2):
             result = run_github(tmp_path / str(attempt), DASH_CURL, github_env(broker.url, oidc))
             assert result.returncode == 0, result.log
-            delimiters |= {line.partition("<<")[2] for line in result.raw_env_file.splitlines()
-                           if "<<" in line}
+            delimiters |= {
+                line.partition("<<")[2] for line in result.raw_env_file.splitlines() if "<<" in line
+            }
     assert len(delimiters) == 2 and all(len(d) == 45 for d in delimiters)
 
 
 # -- GitHub: failures, each with its message ---------------------------------------------------------
+
 
 def test_missing_id_token_permission_says_how_to_fix(tmp_path: Path) -> None:
     result = run_github(tmp_path, DASH_CURL, github_env("https://broker.example.com", None))
@@ -199,8 +224,10 @@ def test_403_points_at_ci_broker_explain(tmp_path: Path, oidc, flavor: Flavor) -
     if flavor.shell == "busybox":
         assert "the broker denied role 'deploy': HTTP 403 (wget hid the broker's message" in result.stderr
     else:
-        assert ("the broker denied role 'deploy': HTTP 403 access_denied: no rule of the role grants "
-                "this token (request id req-9b1c)") in result.stderr
+        assert (
+            "the broker denied role 'deploy': HTTP 403 access_denied: no rule of the role grants "
+            "this token (request id req-9b1c)"
+        ) in result.stderr
     assert "ci-broker explain --config CONFIG --role deploy --claims CLAIMS.json" in result.stderr
 
 
@@ -208,8 +235,9 @@ def test_unreachable_broker_is_retried_with_backoff_then_fails(tmp_path: Path, o
     from broker.sandbox.stack import free_port
 
     started = time.monotonic()
-    result = run_github(tmp_path, DASH_CURL, github_env(f"http://127.0.0.1:{free_port()}", oidc,
-                                                        CI_BROKER_MAX_ATTEMPTS="3"))
+    result = run_github(
+        tmp_path, DASH_CURL, github_env(f"http://127.0.0.1:{free_port()}", oidc, CI_BROKER_MAX_ATTEMPTS="3")
+    )
     elapsed = time.monotonic() - started
     assert result.returncode == 1
     assert "did not answer; trying again in 1s (attempt 1 of 3)" in result.stderr
@@ -222,9 +250,12 @@ def test_unreachable_broker_is_retried_with_backoff_then_fails(tmp_path: Path, o
 
 def test_503_then_success_retries_with_a_fresh_token(tmp_path: Path) -> None:
     tokens = iter([JWT, JWT.replace("c2lnbmF0dXJlLV8", "c2Vjb25kLXNpZw")])
-    with OIDCRequestEndpoint(lambda audience: next(tokens)) as oidc, ScriptedBroker(
-            ScriptedBroker.error(503, "unavailable", "replay store down"),
-            ScriptedBroker.granted("aws", AWS)) as broker:
+    with (
+        OIDCRequestEndpoint(lambda audience: next(tokens)) as oidc,
+        ScriptedBroker(
+            ScriptedBroker.error(503, "unavailable", "replay store down"), ScriptedBroker.granted("aws", AWS)
+        ) as broker,
+    ):
         result = run_github(tmp_path, DASH_CURL, github_env(broker.url, oidc))
     assert result.returncode == 0, result.log
     assert "the broker answered HTTP 503 unavailable: replay store down" in result.stderr
@@ -267,22 +298,52 @@ def test_oidc_endpoint_refusal_is_reported(tmp_path: Path, oidc) -> None:
 
 BAD_ANSWERS = {
     "not-json": b"credentials: yes",
-    "trailing-data": json.dumps({"role": "d", "cloud": "aws", "expires_at": "2030-01-01T00:00:00Z",
-                                 "credentials": AWS}).encode() + b" {}",
-    "duplicate-key": (b'{"role":"d","cloud":"aws","cloud":"gcp","expires_at":"2030-01-01T00:00:00Z",'
-                      b'"credentials":' + json.dumps(AWS).encode() + b"}"),
-    "newline-in-secret": json.dumps({"role": "d", "cloud": "aws", "expires_at": "2030-01-01T00:00:00Z",
-                                     "credentials": {**AWS, "secret_access_key": "abc\nAWS_PROFILE<<x"}}).encode(),
-    "space-in-secret": json.dumps({"role": "d", "cloud": "aws", "expires_at": "2030-01-01T00:00:00Z",
-                                   "credentials": {**AWS, "session_token": "a b"}}).encode(),
-    "number-for-secret": json.dumps({"role": "d", "cloud": "aws", "expires_at": "2030-01-01T00:00:00Z",
-                                     "credentials": {**AWS, "access_key_id": 12}}).encode(),
-    "missing-secret": json.dumps({"role": "d", "cloud": "aws", "expires_at": "2030-01-01T00:00:00Z",
-                                  "credentials": {"access_key_id": "A"}}).encode(),
-    "unknown-cloud": json.dumps({"role": "d", "cloud": "oracle", "expires_at": "2030-01-01T00:00:00Z",
-                                 "credentials": AWS}).encode(),
-    "expiry-injection": json.dumps({"role": "d", "cloud": "aws", "expires_at": "2030$(id)",
-                                    "credentials": AWS}).encode(),
+    "trailing-data": json.dumps(
+        {"role": "d", "cloud": "aws", "expires_at": "2030-01-01T00:00:00Z", "credentials": AWS}
+    ).encode()
+    + b" {}",
+    "duplicate-key": (
+        b'{"role":"d","cloud":"aws","cloud":"gcp","expires_at":"2030-01-01T00:00:00Z",'
+        b'"credentials":' + json.dumps(AWS).encode() + b"}"
+    ),
+    "newline-in-secret": json.dumps(
+        {
+            "role": "d",
+            "cloud": "aws",
+            "expires_at": "2030-01-01T00:00:00Z",
+            "credentials": {**AWS, "secret_access_key": "abc\nAWS_PROFILE<<x"},
+        }
+    ).encode(),
+    "space-in-secret": json.dumps(
+        {
+            "role": "d",
+            "cloud": "aws",
+            "expires_at": "2030-01-01T00:00:00Z",
+            "credentials": {**AWS, "session_token": "a b"},
+        }
+    ).encode(),
+    "number-for-secret": json.dumps(
+        {
+            "role": "d",
+            "cloud": "aws",
+            "expires_at": "2030-01-01T00:00:00Z",
+            "credentials": {**AWS, "access_key_id": 12},
+        }
+    ).encode(),
+    "missing-secret": json.dumps(
+        {
+            "role": "d",
+            "cloud": "aws",
+            "expires_at": "2030-01-01T00:00:00Z",
+            "credentials": {"access_key_id": "A"},
+        }
+    ).encode(),
+    "unknown-cloud": json.dumps(
+        {"role": "d", "cloud": "oracle", "expires_at": "2030-01-01T00:00:00Z", "credentials": AWS}
+    ).encode(),
+    "expiry-injection": json.dumps(
+        {"role": "d", "cloud": "aws", "expires_at": "2030$(id)", "credentials": AWS}
+    ).encode(),
 }
 
 
@@ -305,15 +366,25 @@ def test_broker_message_cannot_forge_workflow_commands(tmp_path: Path, oidc) -> 
     assert "%250A::endgroup::" in result.stdout, "'%' in annotation data must be escaped"
 
 
-@pytest.mark.parametrize("url", ["http://broker.example.com", "http://127.0.0.1.nip.io:80",
-                                 "http://10.0.0.1", "ftp://127.0.0.1", "broker.example.com",
-                                 "http://user@127.0.0.1", 'https://x"y',
-                                 "http://localhost:80@evil.example.com",
-                                 "http://[::1]:80@evil.example.com/v1",
-                                 "http://127.0.0.1:80@evil.example.com",
-                                 "https://broker.example.com@evil.example.com",
-                                 "http://localhost.evil.example.com", "http://localhost:80x",
-                                 "http://127.1.2"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://broker.example.com",
+        "http://127.0.0.1.nip.io:80",
+        "http://10.0.0.1",
+        "ftp://127.0.0.1",
+        "broker.example.com",
+        "http://user@127.0.0.1",
+        'https://x"y',
+        "http://localhost:80@evil.example.com",
+        "http://[::1]:80@evil.example.com/v1",
+        "http://127.0.0.1:80@evil.example.com",
+        "https://broker.example.com@evil.example.com",
+        "http://localhost.evil.example.com",
+        "http://localhost:80x",
+        "http://127.1.2",
+    ],
+)
 def test_plain_http_only_to_loopback(tmp_path: Path, oidc, url: str) -> None:
     # A token sent in clear text to anything but this machine could be replayed by whoever reads it.
     result = run_github(tmp_path, DASH_CURL, github_env(url, oidc))
@@ -322,11 +393,27 @@ def test_plain_http_only_to_loopback(tmp_path: Path, oidc, url: str) -> None:
     assert oidc.audiences == [], "no token may be requested for a URL that will be refused"
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1", "http://127.0.0.1:8080/", "http://localhost:1",
-                                 "http://[::1]:8080", "https://broker.example.com:8443/base"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1",
+        "http://127.0.0.1:8080/",
+        "http://localhost:1",
+        "http://[::1]:8080",
+        "https://broker.example.com:8443/base",
+    ],
+)
 def test_loopback_http_and_any_https_are_accepted(tmp_path: Path, url: str) -> None:
-    result = run_gitlab(tmp_path, DASH_CURL, {"CI_BROKER_URL": url, "CI_BROKER_ROLE": "deploy",
-                                              "CI_BROKER_ID_TOKEN": JWT, "CI_BROKER_MAX_ATTEMPTS": "1"})
+    result = run_gitlab(
+        tmp_path,
+        DASH_CURL,
+        {
+            "CI_BROKER_URL": url,
+            "CI_BROKER_ROLE": "deploy",
+            "CI_BROKER_ID_TOKEN": JWT,
+            "CI_BROKER_MAX_ATTEMPTS": "1",
+        },
+    )
     assert "must" not in result.stderr, result.stderr
     assert "did not answer" in result.stderr or "HTTP" in result.stderr
 
@@ -342,9 +429,16 @@ def test_role_names_are_checked_before_anything_is_sent(tmp_path: Path, oidc, ro
 
 def test_no_http_tool_fails_with_install_hint(tmp_path: Path) -> None:
     bindir = busybox_bin(tmp_path, without=("wget",))
-    result = run_gitlab(tmp_path, Flavor("busybox-nothing", "busybox", "curl python3 wget"),
-                        {"PATH": str(bindir), "CI_BROKER_URL": "https://broker.example.com",
-                         "CI_BROKER_ROLE": "deploy", "CI_BROKER_ID_TOKEN": JWT})
+    result = run_gitlab(
+        tmp_path,
+        Flavor("busybox-nothing", "busybox", "curl python3 wget"),
+        {
+            "PATH": str(bindir),
+            "CI_BROKER_URL": "https://broker.example.com",
+            "CI_BROKER_ROLE": "deploy",
+            "CI_BROKER_ID_TOKEN": JWT,
+        },
+    )
     assert result.returncode == 1
     assert "no HTTP client in this job's image: it needs curl, wget or python3." in result.stderr
     assert "apk add --no-cache curl" in result.stderr
@@ -355,18 +449,30 @@ def test_busybox_wget_without_tls_verification_is_not_trusted_with_the_token(tmp
     stubs = tmp_path / "stubs"
     calls = tmp_path / "wget-calls"
     # busybox wget built with its own TLS code prints this note and goes on without checking.
-    stub_tool(stubs, "wget", f'printf "%s\\n" "$*" >> {calls}\n'
-                             'echo "wget: note: TLS certificate validation not implemented" >&2\n'
-                             'echo "  HTTP/1.1 200 OK" >&2\n')
-    result = run_gitlab(tmp_path, Flavor("busybox-tls", "busybox", "wget"),
-                        {"PATH": f"{stubs}:{bindir}", "CI_BROKER_URL": "https://broker.example.com",
-                         "CI_BROKER_ROLE": "deploy", "CI_BROKER_ID_TOKEN": JWT})
+    stub_tool(
+        stubs,
+        "wget",
+        f'printf "%s\\n" "$*" >> {calls}\n'
+        'echo "wget: note: TLS certificate validation not implemented" >&2\n'
+        'echo "  HTTP/1.1 200 OK" >&2\n',
+    )
+    result = run_gitlab(
+        tmp_path,
+        Flavor("busybox-tls", "busybox", "wget"),
+        {
+            "PATH": f"{stubs}:{bindir}",
+            "CI_BROKER_URL": "https://broker.example.com",
+            "CI_BROKER_ROLE": "deploy",
+            "CI_BROKER_ID_TOKEN": JWT,
+        },
+    )
     assert result.returncode == 1
     assert "does not verify TLS certificates; refusing to send the token" in result.stderr
     assert JWT not in calls.read_text()
 
 
 # -- GitLab: exports in the job's own shell ----------------------------------------------------------
+
 
 def gitlab_env(broker: str, **extra: str) -> dict[str, str]:
     return {"CI_BROKER_URL": broker, "CI_BROKER_ROLE": "deploy", "CI_BROKER_ID_TOKEN": JWT, **extra}
@@ -390,11 +496,13 @@ def test_gitlab_exports_into_the_job_shell(tmp_path: Path, flavor: Flavor) -> No
 
 @pytest.mark.parametrize("flavor", FLAVORS, ids=FLAVOR_IDS)
 def test_gitlab_leaves_no_helpers_and_keeps_shell_options(tmp_path: Path, flavor: Flavor) -> None:
-    check = ('for f in _cib_main _cib_die _cib_get _cib_request; do '
-             'if command -v "$f" >/dev/null 2>&1; then echo "left: $f"; fi; done\n'
-             'if set | grep -q "^_cib_"; then echo "left: variables"; fi\n'
-             'case $- in *e*) echo errexit-kept;; esac\n'
-             'case $- in *u*) echo nounset-kept;; esac')
+    check = (
+        "for f in _cib_main _cib_die _cib_get _cib_request; do "
+        'if command -v "$f" >/dev/null 2>&1; then echo "left: $f"; fi; done\n'
+        'if set | grep -q "^_cib_"; then echo "left: variables"; fi\n'
+        "case $- in *e*) echo errexit-kept;; esac\n"
+        "case $- in *u*) echo nounset-kept;; esac"
+    )
     with ScriptedBroker(ScriptedBroker.granted("aws", AWS)) as broker:
         result = run_gitlab(tmp_path, flavor, gitlab_env(broker.url), epilogue=check)
     assert result.returncode == 0, result.log
@@ -404,8 +512,13 @@ def test_gitlab_leaves_no_helpers_and_keeps_shell_options(tmp_path: Path, flavor
 
 def test_gitlab_debug_trace_is_paused_while_secrets_are_handled(tmp_path: Path) -> None:
     with ScriptedBroker(ScriptedBroker.granted("aws", AWS)) as broker:
-        result = run_gitlab(tmp_path, DASH_CURL, gitlab_env(broker.url), prologue="set -eux",
-                            epilogue="case $- in *x*) echo xtrace-restored;; esac")
+        result = run_gitlab(
+            tmp_path,
+            DASH_CURL,
+            gitlab_env(broker.url),
+            prologue="set -eux",
+            epilogue="case $- in *x*) echo xtrace-restored;; esac",
+        )
     assert result.returncode == 0, result.log
     assert "xtrace-restored" in result.stdout
     # The trace resumes after the client and may show what the job itself does with the
@@ -417,8 +530,14 @@ def test_gitlab_debug_trace_is_paused_while_secrets_are_handled(tmp_path: Path) 
 def test_gitlab_job_script_on_stdin_is_not_swallowed(tmp_path: Path) -> None:
     with ScriptedBroker(ScriptedBroker.granted("aws", AWS)) as broker:
         for flavor in FLAVORS:
-            result = run_gitlab(tmp_path, flavor, gitlab_env(broker.url), prologue="set -e",
-                                epilogue="echo rest-of-the-job-ran", via_stdin=True)
+            result = run_gitlab(
+                tmp_path,
+                flavor,
+                gitlab_env(broker.url),
+                prologue="set -e",
+                epilogue="echo rest-of-the-job-ran",
+                via_stdin=True,
+            )
             assert result.returncode == 0, (flavor.name, result.log)
             assert "rest-of-the-job-ran" in result.stdout, flavor.name
 

@@ -20,18 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from endpoints import OIDCRequestEndpoint, ScriptedBroker
+from support import ACTION_DIR, AZURE, act_path, assert_no_secret, git_repo
 
 from broker.sandbox.issuer import github_claims
 from broker.sandbox.stack import free_port
-from endpoints import OIDCRequestEndpoint, ScriptedBroker
-from support import ACTION_DIR, AZURE, act_path, assert_no_secret, git_repo
 
 ACTION = "example/ci-broker/actions/credentials@v1"
 WATCH = "example/watch@v1"
 
 # Runs as a step after the action: uses the credentials, shows (masked) values, hands them to the
 # test through a file outside the workspace, and looks for them in the workspace and RUNNER_TEMP.
-USE_CREDENTIALS = '''
+USE_CREDENTIALS = """
 import json, os, pathlib, boto3
 arn = boto3.client("sts").get_caller_identity()["Arn"]
 print("caller:", arn)
@@ -48,13 +48,13 @@ for root in (os.environ["GITHUB_WORKSPACE"], os.environ["RUNNER_TEMP"]):
 outputs = {k[4:].lower(): v for k, v in os.environ.items() if k.startswith("OUT_")}
 pathlib.Path(os.environ["HANDOFF"]).write_text(json.dumps({"env": found, "outputs": outputs, "arn": arn}))
 print("workspace scanned")
-'''
+"""
 
-WATCH_POST = '''
+WATCH_POST = """
 const fs = require('fs');
 const file = process.env.AZURE_FEDERATED_TOKEN_FILE;
 console.log(`watcher: federated token file ${file && fs.existsSync(file) ? 'STILL THERE' : 'gone'}`);
-'''
+"""
 
 
 @dataclass
@@ -67,15 +67,24 @@ class ActRun:
         return [line.split("|", 1)[1].strip() for line in self.output.splitlines() if "|" in line]
 
 
-def run_act(tmp: Path, steps: list[dict[str, Any]], env: dict[str, str], *,
-            permissions: dict[str, str] | None = None, timeout: int = 120) -> ActRun:
+def run_act(
+    tmp: Path,
+    steps: list[dict[str, Any]],
+    env: dict[str, str],
+    *,
+    permissions: dict[str, str] | None = None,
+    timeout: int = 120,
+) -> ActRun:
     import time
 
     repo = tmp / "repo"
     (repo / ".github" / "workflows").mkdir(parents=True)
-    workflow = {"name": "deploy", "on": "push",
-                "permissions": permissions or {"id-token": "write", "contents": "read"},
-                "jobs": {"deploy": {"runs-on": "ubuntu-latest", "steps": steps}}}
+    workflow = {
+        "name": "deploy",
+        "on": "push",
+        "permissions": permissions or {"id-token": "write", "contents": "read"},
+        "jobs": {"deploy": {"runs-on": "ubuntu-latest", "steps": steps}},
+    }
     (repo / ".github" / "workflows" / "deploy.yml").write_text(json.dumps(workflow, indent=2))
     git_repo(repo)
     # Only the action directory, not the whole project: act copies what it is pointed at.
@@ -84,29 +93,52 @@ def run_act(tmp: Path, steps: list[dict[str, Any]], env: dict[str, str], *,
     watch_repo = tmp / "watch-repo"
     watch_repo.mkdir()
     (watch_repo / "action.yml").write_text(
-        "name: watch\nruns:\n  using: node24\n  main: main.js\n  post: post.js\n")
+        "name: watch\nruns:\n  using: node24\n  main: main.js\n  post: post.js\n"
+    )
     (watch_repo / "main.js").write_text("")
     (watch_repo / "post.js").write_text(WATCH_POST)
     home = tmp / "home"
     home.mkdir()
-    argv = [act_path(), "push", "-W", ".github/workflows/deploy.yml",
-            "-P", "ubuntu-latest=-self-hosted", "--no-cache-server",
-            "--local-repository", f"example/ci-broker@v1={action_repo}",
-            "--local-repository", f"example/watch@v1={watch_repo}"]
+    argv = [
+        act_path(),
+        "push",
+        "-W",
+        ".github/workflows/deploy.yml",
+        "-P",
+        "ubuntu-latest=-self-hosted",
+        "--no-cache-server",
+        "--local-repository",
+        f"example/ci-broker@v1={action_repo}",
+        "--local-repository",
+        f"example/watch@v1={watch_repo}",
+    ]
     for name, value in env.items():
         argv += ["--env", f"{name}={value}"]
-    proc_env = {k: v for k, v in os.environ.items()
-                if not k.startswith(("CI_BROKER_", "GITHUB_", "ACTIONS_", "AWS_", "AZURE_", "ARM_"))}
+    proc_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CI_BROKER_", "GITHUB_", "ACTIONS_", "AWS_", "AZURE_", "ARM_"))
+    }
     proc_env.update(HOME=str(home), ACT_DISABLE_VERSION_CHECK="1", NO_COLOR="1")
     started = time.monotonic()
-    proc = subprocess.run(argv, cwd=repo, env=proc_env, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        argv,
+        cwd=repo,
+        env=proc_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     return ActRun(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - started)
 
 
 def action_step(broker_url: str, **inputs: str) -> dict[str, Any]:
-    return {"id": "creds", "uses": ACTION,
-            "with": {"broker-url": broker_url, "role": "deploy-prod", **inputs}}
+    return {
+        "id": "creds",
+        "uses": ACTION,
+        "with": {"broker-url": broker_url, "role": "deploy-prod", **inputs},
+    }
 
 
 @pytest.fixture
@@ -123,8 +155,10 @@ def github_oidc(served_broker):
 
 
 def oidc_env(endpoint: OIDCRequestEndpoint) -> dict[str, str]:
-    return {"ACTIONS_ID_TOKEN_REQUEST_URL": endpoint.request_url,
-            "ACTIONS_ID_TOKEN_REQUEST_TOKEN": endpoint.request_token}
+    return {
+        "ACTIONS_ID_TOKEN_REQUEST_URL": endpoint.request_url,
+        "ACTIONS_ID_TOKEN_REQUEST_TOKEN": endpoint.request_token,
+    }
 
 
 def test_aws_credentials_work_in_later_steps_and_stay_masked(tmp_path, served_broker, github_oidc):
@@ -135,11 +169,19 @@ def test_aws_credentials_work_in_later_steps_and_stay_masked(tmp_path, served_br
     steps = [
         {"uses": WATCH},
         action_step(served_broker.url, **{"output-credentials": "true"}),
-        {"name": "use the credentials", "run": f"{sys.executable} {script}",
-         "env": {"AWS_ENDPOINT_URL_STS": served_broker.box.sts.url, "HANDOFF": str(handoff),
-                 "OUT_SECRET": "${{ steps.creds.outputs.secret-access-key }}",
-                 **{f"OUT_{name.upper().replace('-', '_')}": f"${{{{ steps.creds.outputs.{name} }}}}"
-                    for name in outputs}}},
+        {
+            "name": "use the credentials",
+            "run": f"{sys.executable} {script}",
+            "env": {
+                "AWS_ENDPOINT_URL_STS": served_broker.box.sts.url,
+                "HANDOFF": str(handoff),
+                "OUT_SECRET": "${{ steps.creds.outputs.secret-access-key }}",
+                **{
+                    f"OUT_{name.upper().replace('-', '_')}": f"${{{{ steps.creds.outputs.{name} }}}}"
+                    for name in outputs
+                },
+            },
+        },
     ]
     run = run_act(tmp_path, steps, oidc_env(github_oidc))
     assert run.returncode == 0, run.output
@@ -156,8 +198,12 @@ def test_aws_credentials_work_in_later_steps_and_stay_masked(tmp_path, served_br
     assert outs["secret_access_key"] == env["AWS_SECRET_ACCESS_KEY"]
     assert outs["session_token"] == env["AWS_SESSION_TOKEN"] and outs["region"] == "eu-west-1"
     # Masked wherever act shows them; nothing secret in the workspace or RUNNER_TEMP.
-    secrets = [env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env["AWS_SESSION_TOKEN"],
-               *github_oidc.issued]
+    secrets = [
+        env["AWS_ACCESS_KEY_ID"],
+        env["AWS_SECRET_ACCESS_KEY"],
+        env["AWS_SESSION_TOKEN"],
+        *github_oidc.issued,
+    ]
     assert_no_secret(run.output, secrets, "act's output")
     assert "secret seen by the step: ***" in run.output
     assert "secret from the outputs: ***" in run.output
@@ -178,8 +224,11 @@ def test_403_shows_the_brokers_answer_and_points_at_explain(tmp_path, served_bro
     github_oidc.claims["repository_id"] = "1"  # a repository no rule of deploy-prod names
     run = run_act(tmp_path, [action_step(served_broker.url)], oidc_env(github_oidc))
     assert run.returncode != 0, run.output
-    match = re.search(r"the broker denied role 'deploy-prod': HTTP 403 access_denied: .+ "
-                      r"\(request id ([0-9a-f]+)\)", run.output)
+    match = re.search(
+        r"the broker denied role 'deploy-prod': HTTP 403 access_denied: .+ "
+        r"\(request id ([0-9a-f]+)\)",
+        run.output,
+    )
     assert match, run.output
     assert match.group(1) in served_broker.log_text(), "the id leads to the broker's audit event"
     assert "ci-broker explain --config CONFIG --role deploy-prod --claims CLAIMS.json" in run.output
@@ -187,11 +236,17 @@ def test_403_shows_the_brokers_answer_and_points_at_explain(tmp_path, served_bro
 
 
 def test_401_wrong_audience_shows_the_brokers_answer(tmp_path, served_broker, github_oidc):
-    run = run_act(tmp_path, [action_step(served_broker.url, audience="https://not-the-broker.example.com")],
-                  oidc_env(github_oidc))
+    run = run_act(
+        tmp_path,
+        [action_step(served_broker.url, audience="https://not-the-broker.example.com")],
+        oidc_env(github_oidc),
+    )
     assert run.returncode != 0
-    assert re.search(r"the broker refused this job's token: HTTP 401 invalid_token: .+ "
-                     r"\(request id [0-9a-f]+\)", run.output), run.output
+    assert re.search(
+        r"the broker refused this job's token: HTTP 401 invalid_token: .+ "
+        r"\(request id [0-9a-f]+\)",
+        run.output,
+    ), run.output
     assert "Check that audience matches the broker's server.audience" in run.output
     assert github_oidc.audiences == ["https://not-the-broker.example.com"]
 
@@ -206,21 +261,27 @@ def test_unreachable_broker_is_retried_then_fails(tmp_path, github_oidc):
 
 
 def test_azure_federated_token_file_is_removed_by_the_post_step(tmp_path):
-    check = textwrap.dedent('''
+    check = textwrap.dedent("""
         f="$AZURE_FEDERATED_TOKEN_FILE"
         case "$f" in "$RUNNER_TEMP"/*) echo "token file under RUNNER_TEMP";; esac
         test "$(stat -c %a "$f")" = 600 && echo "token file mode 600"
         test "$ARM_OIDC_TOKEN_FILE_PATH" = "$f" && test "$ARM_USE_OIDC" = true && echo "azurerm set"
         echo "tenant=$ARM_TENANT_ID client=$AZURE_CLIENT_ID"
-    ''')
-    with OIDCRequestEndpoint(lambda audience: "eyJhbGciOiJub25lIn0.e30.c2ln") as oidc, \
-            ScriptedBroker(ScriptedBroker.granted("azure", AZURE)) as broker:
+    """)
+    with (
+        OIDCRequestEndpoint(lambda audience: "eyJhbGciOiJub25lIn0.e30.c2ln") as oidc,
+        ScriptedBroker(ScriptedBroker.granted("azure", AZURE)) as broker,
+    ):
         steps = [{"uses": WATCH}, action_step(broker.url), {"name": "check", "run": check}]
         run = run_act(tmp_path, steps, oidc_env(oidc))
     assert run.returncode == 0, run.output
     lines = run.step_lines()
-    for expected in ("token file under RUNNER_TEMP", "token file mode 600", "azurerm set",
-                     f"tenant={AZURE['tenant_id']} client={AZURE['client_id']}"):
+    for expected in (
+        "token file under RUNNER_TEMP",
+        "token file mode 600",
+        "azurerm set",
+        f"tenant={AZURE['tenant_id']} client={AZURE['client_id']}",
+    ):
         assert expected in lines, run.output
     # Post steps run in reverse order: ours, then the watcher's, which must find the file gone.
     assert "ci-broker: removed the federated token file" in lines
@@ -228,7 +289,7 @@ def test_azure_federated_token_file_is_removed_by_the_post_step(tmp_path):
     assert_no_secret(run.output, [AZURE["access_token"], AZURE["federated_token"]], "act's output")
 
 
-GCP_AZURE_CHECK = '''
+GCP_AZURE_CHECK = """
 import json, os, pathlib
 names = ["CLOUDSDK_AUTH_ACCESS_TOKEN", "GOOGLE_OAUTH_ACCESS_TOKEN", "AZURE_ACCESS_TOKEN",
          "ARM_TENANT_ID", "ARM_CLIENT_ID", "ARM_SUBSCRIPTION_ID", "AZURE_TENANT_ID",
@@ -236,7 +297,7 @@ names = ["CLOUDSDK_AUTH_ACCESS_TOKEN", "GOOGLE_OAUTH_ACCESS_TOKEN", "AZURE_ACCES
 print("gcloud token seen by the step:", os.environ["CLOUDSDK_AUTH_ACCESS_TOKEN"])
 print("azure token seen by the step:", os.environ["AZURE_ACCESS_TOKEN"])
 pathlib.Path(os.environ["HANDOFF"]).write_text(json.dumps({n: os.environ.get(n) for n in names}))
-'''
+"""
 
 
 def test_gcp_and_azure_roles_export_their_tools_environment(tmp_path, served_broker, github_oidc):
@@ -251,15 +312,27 @@ def test_gcp_and_azure_roles_export_their_tools_environment(tmp_path, served_bro
     gcp = action_step(served_broker.url, role="gcp-deploy", **{"output-credentials": "true"})
     azure = action_step(served_broker.url, role="azure-deploy")
     azure["id"] = "azure"
-    steps = [gcp, azure, {"name": "check", "run": f"{sys.executable} {script}",
-                          "env": {"HANDOFF": str(handoff),
-                                  "SA": "${{ steps.creds.outputs.service-account }}"}},
-             {"name": "outputs", "run": "echo \"sa=$SA cloud=${{ steps.azure.outputs.cloud }}\"",
-              "env": {"SA": "${{ steps.creds.outputs.service-account }}"}}]
+    steps = [
+        gcp,
+        azure,
+        {
+            "name": "check",
+            "run": f"{sys.executable} {script}",
+            "env": {"HANDOFF": str(handoff), "SA": "${{ steps.creds.outputs.service-account }}"},
+        },
+        {
+            "name": "outputs",
+            "run": 'echo "sa=$SA cloud=${{ steps.azure.outputs.cloud }}"',
+            "env": {"SA": "${{ steps.creds.outputs.service-account }}"},
+        },
+    ]
     run = run_act(tmp_path, steps, oidc_env(github_oidc))
     assert run.returncode == 0, run.output
     env = json.loads(handoff.read_text())
-    assert env["CLOUDSDK_AUTH_ACCESS_TOKEN"] and env["GOOGLE_OAUTH_ACCESS_TOKEN"] == env["CLOUDSDK_AUTH_ACCESS_TOKEN"]
+    assert (
+        env["CLOUDSDK_AUTH_ACCESS_TOKEN"]
+        and env["GOOGLE_OAUTH_ACCESS_TOKEN"] == env["CLOUDSDK_AUTH_ACCESS_TOKEN"]
+    )
     for prefix in ("ARM", "AZURE"):
         assert env[f"{prefix}_TENANT_ID"] == stack.AZURE_TENANT_ID
         assert env[f"{prefix}_CLIENT_ID"] == stack.AZURE_CLIENT_ID

@@ -22,21 +22,21 @@ from typing import Any
 
 import pytest
 import yaml
+from support import COMPONENT, TEMPLATE, assert_no_secret, files_containing, git_repo, gitlab_ci_local_path
 
 from broker.sandbox.issuer import gitlab_claims
-from support import COMPONENT, TEMPLATE, assert_no_secret, files_containing, git_repo, gitlab_ci_local_path
 
 ROLE = "gitlab-deploy"
 
 # The job's script: use the credentials with boto3 against the sandbox STS, hand the values to the
 # test through a file outside the project, and never print them.
-USE_CREDENTIALS = '''
+USE_CREDENTIALS = """
 import json, os, pathlib, boto3
 arn = boto3.client("sts").get_caller_identity()["Arn"]
 print("caller:", arn)
 names = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "CI_BROKER_CLOUD"]
 pathlib.Path(os.environ["HANDOFF"]).write_text(json.dumps({n: os.environ.get(n) for n in names}))
-'''
+"""
 
 
 @dataclass
@@ -65,13 +65,23 @@ def run_pipeline(tmp: Path, ci_yaml: str, token: str, job: str) -> PipelineRun:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CI_", "GITLAB_", "AWS_"))}
     env.update(HOME=str(home), NO_COLOR="1", FORCE_COLOR="0")
     started = time.monotonic()
-    proc = subprocess.run([gitlab_ci_local_path(), "--variable", f"CI_BROKER_ID_TOKEN={token}", job],
-                          cwd=project, env=env, capture_output=True, text=True, timeout=180,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [gitlab_ci_local_path(), "--variable", f"CI_BROKER_ID_TOKEN={token}", job],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+    )
     log_file = project / ".gitlab-ci-local" / "output" / f"{job}.log"
-    return PipelineRun(proc.returncode, proc.stdout + proc.stderr,
-                       log_file.read_text() if log_file.exists() else "", project,
-                       time.monotonic() - started)
+    return PipelineRun(
+        proc.returncode,
+        proc.stdout + proc.stderr,
+        log_file.read_text() if log_file.exists() else "",
+        project,
+        time.monotonic() - started,
+    )
 
 
 def gitlab_token(served_broker, **claims: Any) -> str:
@@ -82,11 +92,17 @@ def deploy_job(tmp: Path, served_broker, **extra: Any) -> dict[str, Any]:
     tmp.mkdir(parents=True, exist_ok=True)
     script = tmp / "use_credentials.py"
     script.write_text(USE_CREDENTIALS)
-    job = {"extends": ".ci-broker",
-           "variables": {"CI_BROKER_URL": served_broker.url, "CI_BROKER_ROLE": ROLE,
-                         "AWS_ENDPOINT_URL_STS": served_broker.box.sts.url,
-                         "AWS_DEFAULT_REGION": "us-east-1", "HANDOFF": str(tmp / "handoff.json")},
-           "script": [f"{sys.executable} {script}"]}
+    job = {
+        "extends": ".ci-broker",
+        "variables": {
+            "CI_BROKER_URL": served_broker.url,
+            "CI_BROKER_ROLE": ROLE,
+            "AWS_ENDPOINT_URL_STS": served_broker.box.sts.url,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "HANDOFF": str(tmp / "handoff.json"),
+        },
+        "script": [f"{sys.executable} {script}"],
+    }
     job.update(extra)
     return job
 
@@ -108,8 +124,9 @@ def handoff_secrets(tmp: Path) -> dict[str, str]:
 
 def test_extends_gives_the_job_working_aws_credentials(tmp_path, served_broker):
     token = gitlab_token(served_broker)
-    run = run_pipeline(tmp_path, pipeline(TEMPLATE_INCLUDE, deploy=deploy_job(tmp_path, served_broker)),
-                       token, "deploy")
+    run = run_pipeline(
+        tmp_path, pipeline(TEMPLATE_INCLUDE, deploy=deploy_job(tmp_path, served_broker)), token, "deploy"
+    )
     assert run.returncode == 0, run.output
     assert re.search(r"caller: arn:aws:sts::123456789012:assumed-role/gitlab-deploy/", run.job_log)
     seen = handoff_secrets(tmp_path)
@@ -125,7 +142,8 @@ def test_reference_in_the_jobs_own_before_script(tmp_path, served_broker):
     job["before_script"] = ["echo job-setup-ran", "!reference [.ci-broker, before_script]"]
     # PyYAML cannot write a tagged sequence; put the tag in as GitLab users write it.
     text = pipeline(TEMPLATE_INCLUDE, deploy=job).replace(
-        "'!reference [.ci-broker, before_script]'", "!reference [.ci-broker, before_script]")
+        "'!reference [.ci-broker, before_script]'", "!reference [.ci-broker, before_script]"
+    )
     run = run_pipeline(tmp_path, text, gitlab_token(served_broker), "deploy")
     assert run.returncode == 0, run.output
     assert run.job_log.index("job-setup-ran") < run.job_log.index("credentials for role")
@@ -134,8 +152,12 @@ def test_reference_in_the_jobs_own_before_script(tmp_path, served_broker):
 
 
 def test_component_with_inputs(tmp_path, served_broker):
-    include = [{"local": f"ci/templates/{COMPONENT.name}",
-                "inputs": {"url": served_broker.url, "role": ROLE, "job": ".deploy-creds"}}]
+    include = [
+        {
+            "local": f"ci/templates/{COMPONENT.name}",
+            "inputs": {"url": served_broker.url, "role": ROLE, "job": ".deploy-creds"},
+        }
+    ]
     job = deploy_job(tmp_path, served_broker, extends=".deploy-creds")
     del job["variables"]["CI_BROKER_URL"], job["variables"]["CI_BROKER_ROLE"]
     job["script"].insert(0, 'echo "audience=$CI_BROKER_AUDIENCE"')
@@ -148,11 +170,15 @@ def test_component_with_inputs(tmp_path, served_broker):
 
 def test_403_fails_the_job_with_the_brokers_answer(tmp_path, served_broker):
     token = gitlab_token(served_broker, project_id="99")  # no rule of the role names it
-    run = run_pipeline(tmp_path, pipeline(TEMPLATE_INCLUDE, deploy=deploy_job(tmp_path, served_broker)),
-                       token, "deploy")
+    run = run_pipeline(
+        tmp_path, pipeline(TEMPLATE_INCLUDE, deploy=deploy_job(tmp_path, served_broker)), token, "deploy"
+    )
     assert run.returncode != 0
-    match = re.search(rf"the broker denied role '{ROLE}': HTTP 403 access_denied: .+ "
-                      r"\(request id ([0-9a-f]+)\)", run.job_log)
+    match = re.search(
+        rf"the broker denied role '{ROLE}': HTTP 403 access_denied: .+ "
+        r"\(request id ([0-9a-f]+)\)",
+        run.job_log,
+    )
     assert match, run.output
     assert match.group(1) in served_broker.log_text()
     assert f"ci-broker explain --config CONFIG --role {ROLE} --claims CLAIMS.json" in run.job_log
@@ -162,14 +188,23 @@ def test_403_fails_the_job_with_the_brokers_answer(tmp_path, served_broker):
 
 def test_a_replayed_token_is_refused_with_401(tmp_path, served_broker):
     token = gitlab_token(served_broker)
-    first = run_pipeline(tmp_path / "first", pipeline(
-        TEMPLATE_INCLUDE, deploy=deploy_job(tmp_path / "first", served_broker)), token, "deploy")
+    first = run_pipeline(
+        tmp_path / "first",
+        pipeline(TEMPLATE_INCLUDE, deploy=deploy_job(tmp_path / "first", served_broker)),
+        token,
+        "deploy",
+    )
     assert first.returncode == 0, first.output
-    second = run_pipeline(tmp_path / "second", pipeline(
-        TEMPLATE_INCLUDE, deploy=deploy_job(tmp_path / "second", served_broker)), token, "deploy")
+    second = run_pipeline(
+        tmp_path / "second",
+        pipeline(TEMPLATE_INCLUDE, deploy=deploy_job(tmp_path / "second", served_broker)),
+        token,
+        "deploy",
+    )
     assert second.returncode != 0
-    assert re.search(r"the broker refused this job's token: HTTP 401 invalid_token: .+ \(request id",
-                     second.job_log), second.output
+    assert re.search(
+        r"the broker refused this job's token: HTTP 401 invalid_token: .+ \(request id", second.job_log
+    ), second.output
 
 
 def test_azure_role_exports_the_ids_and_token(tmp_path, served_broker):
@@ -177,15 +212,25 @@ def test_azure_role_exports_the_ids_and_token(tmp_path, served_broker):
         pytest.skip("the sandbox has no azure-deploy role")
     from broker.sandbox import stack
 
-    check = ('test "$ARM_TENANT_ID" = "$AZURE_TENANT_ID" && test "$ARM_CLIENT_ID" = "$AZURE_CLIENT_ID" '
-             '&& test -n "$AZURE_ACCESS_TOKEN" && echo "azure ids: $AZURE_TENANT_ID $AZURE_CLIENT_ID '
-             '$ARM_SUBSCRIPTION_ID" && printf %s "$AZURE_ACCESS_TOKEN" > "$HANDOFF"')
-    job = {"extends": ".ci-broker", "script": [check],
-           "variables": {"CI_BROKER_URL": served_broker.url, "CI_BROKER_ROLE": "azure-deploy",
-                         "HANDOFF": str(tmp_path / "token")}}
-    run = run_pipeline(tmp_path, pipeline(TEMPLATE_INCLUDE, deploy=job), gitlab_token(served_broker),
-                       "deploy")
+    check = (
+        'test "$ARM_TENANT_ID" = "$AZURE_TENANT_ID" && test "$ARM_CLIENT_ID" = "$AZURE_CLIENT_ID" '
+        '&& test -n "$AZURE_ACCESS_TOKEN" && echo "azure ids: $AZURE_TENANT_ID $AZURE_CLIENT_ID '
+        '$ARM_SUBSCRIPTION_ID" && printf %s "$AZURE_ACCESS_TOKEN" > "$HANDOFF"'
+    )
+    job = {
+        "extends": ".ci-broker",
+        "script": [check],
+        "variables": {
+            "CI_BROKER_URL": served_broker.url,
+            "CI_BROKER_ROLE": "azure-deploy",
+            "HANDOFF": str(tmp_path / "token"),
+        },
+    }
+    run = run_pipeline(
+        tmp_path, pipeline(TEMPLATE_INCLUDE, deploy=job), gitlab_token(served_broker), "deploy"
+    )
     assert run.returncode == 0, run.output
-    assert (f"azure ids: {stack.AZURE_TENANT_ID} {stack.AZURE_CLIENT_ID} "
-            f"{stack.AZURE_SUBSCRIPTION_ID}") in run.job_log
+    assert (
+        f"azure ids: {stack.AZURE_TENANT_ID} {stack.AZURE_CLIENT_ID} {stack.AZURE_SUBSCRIPTION_ID}"
+    ) in run.job_log
     assert_clean(run, [(tmp_path / "token").read_text()])

@@ -14,7 +14,6 @@ import subprocess
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from support import CLIENT, require_tool
 
 PROGRAM = re.search(r"_cib_awk_json='(.*?)'\n", CLIENT.read_text(), re.S).group(1)
@@ -32,17 +31,30 @@ def awk(request) -> list[str]:
 
 def read(awk: list[str], document: str | bytes, want: str) -> tuple[int, bytes]:
     data = document.encode() if isinstance(document, str) else document
-    proc = subprocess.run([*awk, "-v", f"want={want}", PROGRAM], input=data, capture_output=True,
-                          env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"}, timeout=30)
+    proc = subprocess.run(
+        [*awk, "-v", f"want={want}", PROGRAM],
+        input=data,
+        capture_output=True,
+        env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"},
+        timeout=30,
+    )
     value = proc.stdout[:-1] if proc.returncode == FOUND else b""
     if proc.returncode == FOUND:
         assert proc.stdout.endswith(b"x"), "the value is followed by the x sentinel"
     return proc.returncode, value
 
 
-ANSWER = {"role": "deploy-prod", "cloud": "aws", "expires_at": "2030-01-01T00:00:00Z",
-          "credentials": {"access_key_id": "ASIAEXAMPLE", "secret_access_key": "a/b+c=",
-                          "session_token": "x" * 2000, "region": "eu-west-1"}}
+ANSWER = {
+    "role": "deploy-prod",
+    "cloud": "aws",
+    "expires_at": "2030-01-01T00:00:00Z",
+    "credentials": {
+        "access_key_id": "ASIAEXAMPLE",
+        "secret_access_key": "a/b+c=",
+        "session_token": "x" * 2000,
+        "region": "eu-west-1",
+    },
+}
 
 
 def test_reads_the_brokers_answer(awk) -> None:
@@ -60,8 +72,10 @@ def test_escapes_decode_like_json(awk) -> None:
 
 
 def test_other_values_are_parsed_and_skipped(awk) -> None:
-    document = ('{"n": -12.5e+3, "z": 0, "t": true, "f": false, "x": null, "l": [1, "a", {"k": []}],'
-                ' "e": {}, "s": ""}')
+    document = (
+        '{"n": -12.5e+3, "z": 0, "t": true, "f": false, "x": null, "l": [1, "a", {"k": []}],'
+        ' "e": {}, "s": ""}'
+    )
     assert read(awk, document, "s") == (FOUND, b"")
     for name in ("n", "z", "t", "f", "x", "l", "e"):
         assert read(awk, document, name)[0] == NOT_A_STRING
@@ -109,22 +123,34 @@ def test_nesting_up_to_the_limit_is_fine(awk) -> None:
 
 
 def test_a_large_answer_is_read_quickly(awk) -> None:
-    big = {"role": "r", "cloud": "gcp", "expires_at": "2030-01-01T00:00:00Z",
-           "credentials": {"access_token": "ya29." + "A" * 60_000, "token_type": "Bearer"}}
-    assert read(awk, json.dumps(big), "credentials.access_token")[1] == big["credentials"]["access_token"].encode()
+    big = {
+        "role": "r",
+        "cloud": "gcp",
+        "expires_at": "2030-01-01T00:00:00Z",
+        "credentials": {"access_token": "ya29." + "A" * 60_000, "token_type": "Bearer"},
+    }
+    assert (
+        read(awk, json.dumps(big), "credentials.access_token")[1]
+        == big["credentials"]["access_token"].encode()
+    )
 
 
-_text = st.text(alphabet=st.characters(min_codepoint=1, max_codepoint=0x10FFFF,
-                                       blacklist_categories=("Cs",)), max_size=30)
+_text = st.text(
+    alphabet=st.characters(min_codepoint=1, max_codepoint=0x10FFFF, blacklist_categories=("Cs",)), max_size=30
+)
 _key = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_-", min_size=1, max_size=8)
-_leaf = st.one_of(_text, st.integers(), st.booleans(), st.none(),
-                  st.floats(allow_nan=False, allow_infinity=False))
+_leaf = st.one_of(
+    _text, st.integers(), st.booleans(), st.none(), st.floats(allow_nan=False, allow_infinity=False)
+)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(fields=st.dictionaries(_key, st.one_of(_leaf, st.dictionaries(_key, _leaf, max_size=4)),
-                              min_size=1, max_size=6),
-       ensure_ascii=st.booleans())
+@given(
+    fields=st.dictionaries(
+        _key, st.one_of(_leaf, st.dictionaries(_key, _leaf, max_size=4)), min_size=1, max_size=6
+    ),
+    ensure_ascii=st.booleans(),
+)
 def test_agrees_with_python_json(awk, fields: dict, ensure_ascii: bool) -> None:
     document = json.dumps(fields, ensure_ascii=ensure_ascii)
     for key, value in fields.items():

@@ -11,15 +11,17 @@ import subprocess
 import sys
 
 import yaml
-
 from support import ACTION_DIR, CLIENT, COMPONENT, ROOT, TEMPLATE, require_tool
 
 CLIENT_TEXT = CLIENT.read_text()
 
 
 def test_templates_embed_the_client_byte_for_byte() -> None:
-    check = subprocess.run([sys.executable, str(ROOT / "gitlab-templates" / "embed-client.py"), "--check"],
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        [sys.executable, str(ROOT / "gitlab-templates" / "embed-client.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
     assert check.returncode == 0, check.stderr
     template = yaml.safe_load(TEMPLATE.read_text())
     assert template[".ci-broker"]["before_script"] == [CLIENT_TEXT]
@@ -52,14 +54,21 @@ def test_action_matches_contract_section_5() -> None:
     assert inputs["broker-url"]["required"] is True and inputs["role"]["required"] is True
     assert inputs["export-env"]["default"] == "true"
     assert inputs["output-credentials"]["default"] == "false"
-    assert {"cloud", "expires-at", "access-key-id", "secret-access-key", "session-token",
-            "access-token"} <= set(action["outputs"])
+    assert {
+        "cloud",
+        "expires-at",
+        "access-key-id",
+        "secret-access-key",
+        "session-token",
+        "access-token",
+    } <= set(action["outputs"])
     runs = action["runs"]
     assert runs["using"] in {"node20", "node24"}
     for script in (runs["main"], runs["post"]):
         assert (ACTION_DIR / script).is_file()
-        node = subprocess.run([require_tool("node"), "--check", str(ACTION_DIR / script)],
-                              capture_output=True, text=True)
+        node = subprocess.run(
+            [require_tool("node"), "--check", str(ACTION_DIR / script)], capture_output=True, text=True
+        )
         assert node.returncode == 0, node.stderr
 
 
@@ -88,7 +97,7 @@ def test_client_removes_every_name_it_defines() -> None:
     assigned |= set(re.findall(r"\bfor (_cib_[a-z_]+) in", CLIENT_TEXT))
     assigned |= set(re.findall(r"read -r (_cib_[a-z_]+)", CLIENT_TEXT))
     functions = set(re.findall(r"^(_cib_[a-z_]+)\(\) \{", CLIENT_TEXT, re.M))
-    tail = CLIENT_TEXT[CLIENT_TEXT.rindex("\n_cib_main\n"):]
+    tail = CLIENT_TEXT[CLIENT_TEXT.rindex("\n_cib_main\n") :]
     unset_vars, _, rest = tail.partition("unset -f")
     unset_functions = rest.split("\nif ")[0]
     assert assigned - set(re.findall(r"_cib_[a-z_]+", unset_vars)) == {"_cib_xtrace"}

@@ -11,8 +11,9 @@ import copy
 import json
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from werkzeug.wrappers import Request, Response
@@ -24,8 +25,9 @@ from broker.service import build_broker
 from tests.helpers import assert_refused
 
 CONNECT, READ = 0.5, 1.0
-SETTINGS = KeyCacheSettings(refresh_interval=300, unknown_kid_cooldown=0.5, connect_timeout=CONNECT,
-                            read_timeout=READ)
+SETTINGS = KeyCacheSettings(
+    refresh_interval=300, unknown_kid_cooldown=0.5, connect_timeout=CONNECT, read_timeout=READ
+)
 # One fetch's worth of timeouts plus the lock wait and slack for a loaded CI machine.
 BOUND = 2 * (CONNECT + READ) + 1.5
 
@@ -43,9 +45,12 @@ def serve_flaky(sandbox: Any, serve_config: Any, flaky: LocalIssuer) -> Callable
     def serve(settings: KeyCacheSettings = SETTINGS) -> Any:
         config = sandbox.config_dict()
         config["providers"]["flaky"] = {"issuer": flaky.url, "type": "github"}
-        config["roles"]["deploy-prod"]["allow"].append({
-            "provider": "flaky",
-            "claims": {"repository_id": "892734123", "ref": "refs/heads/main", "event_name": "push"}})
+        config["roles"]["deploy-prod"]["allow"].append(
+            {
+                "provider": "flaky",
+                "claims": {"repository_id": "892734123", "ref": "refs/heads/main", "event_name": "push"},
+            }
+        )
         loaded = build_config(copy.deepcopy(config), base_dir=sandbox.workdir)
         broker = build_broker(loaded, key_settings=settings, start_refresher=False)
         return serve_config(config, broker=broker)
@@ -64,14 +69,19 @@ def json_response(body: Any, status: int = 200) -> Response:
 OUTAGES: dict[str, Callable[[LocalIssuer], Callable[[Request], Response]]] = {
     "500": lambda i: lambda r: Response("internal error", status=500),
     "503 html": lambda i: lambda r: Response("<html>maintenance</html>", status=503, mimetype="text/html"),
-    "invalid json": lambda i: lambda r: Response("{\"keys\": [", mimetype="application/json"),
+    "invalid json": lambda i: lambda r: Response('{"keys": [', mimetype="application/json"),
     "empty key set": lambda i: lambda r: json_response({"keys": []}),
     "not a key set": lambda i: lambda r: json_response(["keys"]),
-    "only unusable keys": lambda i: lambda r: json_response({"keys": [{"kty": "oct", "kid": "x", "k": "c2VjcmV0"}]}),
+    "only unusable keys": lambda i: (
+        lambda r: json_response({"keys": [{"kty": "oct", "kid": "x", "k": "c2VjcmV0"}]})
+    ),
     # A redirect to the very same, valid JWKS: still refused, redirects are never followed.
-    "redirect": lambda i: lambda r: Response("", status=302,
-                                             headers={"Location": f"{i.url}/.well-known/jwks?again"}),
-    "slow": lambda i: lambda r: (time.sleep(READ + 2), json_response({"keys": [k.public_jwk for k in i.keys]}))[1],
+    "redirect": lambda i: (
+        lambda r: Response("", status=302, headers={"Location": f"{i.url}/.well-known/jwks?again"})
+    ),
+    "slow": lambda i: (
+        lambda r: (time.sleep(READ + 2), json_response({"keys": [k.public_jwk for k in i.keys]}))[1]
+    ),
     # Headers at once, then the body stalls past the read timeout.
     "stalled body": lambda i: lambda r: Response(_stall(i), mimetype="application/json"),
     # Every byte inside the read timeout, the whole far beyond it.
@@ -97,8 +107,9 @@ def _trickle(issuer: LocalIssuer) -> Iterator[bytes]:
 
 
 @pytest.mark.parametrize("outage", sorted(OUTAGES) + ["down"])
-def test_with_nothing_cached_an_outage_is_503_within_the_bound(sandbox, serve_flaky, flaky, outage,
-                                                              audit_events):
+def test_with_nothing_cached_an_outage_is_503_within_the_bound(
+    sandbox, serve_flaky, flaky, outage, audit_events
+):
     t = token(sandbox, flaky)
     serve_flaky()
     if outage == "down":
@@ -160,14 +171,17 @@ def test_a_burst_during_a_slow_outage_waits_boundedly_and_fetches_little(sandbox
     assert {status for status, _ in results} == {503}
     slowest = max(elapsed for _, elapsed in results)
     assert slowest < BOUND, f"slowest request waited {slowest:.1f}s"
-    assert flaky.jwks_requests <= 2, f"{flaky.jwks_requests} fetches for one burst"  # 1 unless CI stalls a thread past the cooldown
+    assert flaky.jwks_requests <= 2, (
+        f"{flaky.jwks_requests} fetches for one burst"
+    )  # 1 unless CI stalls a thread past the cooldown
 
 
 def test_a_gzip_encoded_jwks_is_read(sandbox, serve_flaky, flaky):
     import gzip
 
-    flaky.jwks_hook = lambda r: Response(gzip.compress(_keys_json(flaky)), mimetype="application/json",
-                                         headers={"Content-Encoding": "gzip"})
+    flaky.jwks_hook = lambda r: Response(
+        gzip.compress(_keys_json(flaky)), mimetype="application/json", headers={"Content-Encoding": "gzip"}
+    )
     serve_flaky()
     assert sandbox.exchange(token(sandbox, flaky)).status_code == 200
 
@@ -178,7 +192,9 @@ def test_service_returns_when_the_issuer_recovers(sandbox, serve_flaky, flaky):
     assert_refused(sandbox.exchange(token(sandbox, flaky)), 503, "unavailable")
     flaky.jwks_hook = None
     deadline = time.monotonic() + 10
-    while (response := sandbox.exchange(token(sandbox, flaky))).status_code == 503 and time.monotonic() < deadline:
+    while (
+        response := sandbox.exchange(token(sandbox, flaky))
+    ).status_code == 503 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert response.status_code == 200, response.text
 
@@ -196,8 +212,11 @@ def test_a_rotated_key_is_picked_up_on_the_first_token_that_names_it(sandbox, se
 
 
 def test_a_removed_key_stops_verifying_after_the_cache_refreshes(sandbox, serve_flaky, flaky):
-    app = serve_flaky(KeyCacheSettings(refresh_interval=0.5, unknown_kid_cooldown=30,
-                                       connect_timeout=CONNECT, read_timeout=READ))
+    app = serve_flaky(
+        KeyCacheSettings(
+            refresh_interval=0.5, unknown_kid_cooldown=30, connect_timeout=CONNECT, read_timeout=READ
+        )
+    )
     cache = app.extensions["broker"].caches["flaky"]
     refresher = KeyRefresher([cache], interval=0.5)
     refresher.start()
@@ -209,8 +228,9 @@ def test_a_removed_key_stops_verifying_after_the_cache_refreshes(sandbox, serve_
         assert sandbox.exchange(token(sandbox, flaky, key=old)).status_code == 200
         new = flaky.rotate(keep_old=False)
         deadline = time.monotonic() + 5
-        while (response := sandbox.exchange(token(sandbox, flaky, key=old))).status_code == 200 \
-                and time.monotonic() < deadline:
+        while (
+            response := sandbox.exchange(token(sandbox, flaky, key=old))
+        ).status_code == 200 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert_refused(response, 401, "invalid_token")
         assert sandbox.exchange(token(sandbox, flaky, key=new)).status_code == 200

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import socket
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -48,8 +49,13 @@ def no_crypto(broker: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     return counts
 
 
-def post(url: str, *, token: str | None = "x.y.z", body: bytes | str | None = None,
-         headers: dict[str, str] | None = None) -> requests.Response:
+def post(
+    url: str,
+    *,
+    token: str | None = "x.y.z",
+    body: bytes | str | None = None,
+    headers: dict[str, str] | None = None,
+) -> requests.Response:
     all_headers = {"Content-Type": "application/json", **(headers or {})}
     if token is not None:
         all_headers["Authorization"] = f"Bearer {token}"
@@ -60,10 +66,13 @@ def post(url: str, *, token: str | None = "x.y.z", body: bytes | str | None = No
 def test_a_body_over_the_limit_is_413_also_when_chunked(sandbox, no_crypto):
     big = json.dumps({"role": "deploy-prod", "pad": "x" * MAX_BODY_BYTES}).encode()
     assert_refused(post(sandbox.broker_url, token=sandbox.github_token(), body=big), 413, "payload_too_large")
-    chunks = iter([big[i:i + 512] for i in range(0, len(big), 512)])
+    chunks = iter([big[i : i + 512] for i in range(0, len(big), 512)])
     # A generator body goes out with Transfer-Encoding: chunked and no Content-Length.
-    assert_refused(post(sandbox.broker_url, token=sandbox.github_token(), body=chunks),  # type: ignore[arg-type]
-                   413, "payload_too_large")
+    assert_refused(
+        post(sandbox.broker_url, token=sandbox.github_token(), body=chunks),  # type: ignore[arg-type]
+        413,
+        "payload_too_large",
+    )
     assert no_crypto == {"verify": 0, "key": 0}
 
 
@@ -91,7 +100,7 @@ def test_deeply_nested_json_bodies_are_400(sandbox, no_crypto, depth):
 @pytest.mark.parametrize("depth", [50, 1200, 5000])
 def test_deeply_nested_token_payloads_are_401_before_any_crypto(sandbox, no_crypto, depth):
     header = b64url(json.dumps({"alg": "RS256", "kid": sandbox.github.key.kid}).encode())
-    payload = b64url(("{\"iss\": " + "[" * depth + "]" * depth + "}").encode())
+    payload = b64url(('{"iss": ' + "[" * depth + "]" * depth + "}").encode())
     token = f"{header}.{payload}.{b64url(b'sig')}"
     assert len(token) <= MAX_TOKEN_CHARS
     assert_refused(post(sandbox.broker_url, token=token), 401, "invalid_token")
@@ -99,6 +108,7 @@ def test_deeply_nested_token_payloads_are_401_before_any_crypto(sandbox, no_cryp
 
 
 # -- through gunicorn: limits the WSGI app never sees ---------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sandbox, ServedBroker]]:
@@ -149,22 +159,29 @@ def test_a_token_over_the_cap_through_gunicorn_is_our_413(served):
 def test_a_chunked_oversized_body_through_gunicorn_is_413(served):
     box, _ = served
     body = json.dumps({"role": "deploy-prod", "pad": "x" * (4 * MAX_BODY_BYTES)}).encode()
-    head = (f"POST /v1/exchange HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Authorization: Bearer {box.github_token()}\r\nTransfer-Encoding: chunked\r\n"
-            "Connection: close\r\n\r\n").encode()
-    chunked = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 1000]), body[i:i + 1000]) for i in range(0, len(body), 1000))
+    head = (
+        f"POST /v1/exchange HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {box.github_token()}\r\nTransfer-Encoding: chunked\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    chunked = b"".join(
+        b"%x\r\n%s\r\n" % (len(body[i : i + 1000]), body[i : i + 1000]) for i in range(0, len(body), 1000)
+    )
     status, response = raw_request(box.broker_url, head + chunked + b"0\r\n\r\n")
     assert status == 413, response[:300]
 
 
-@pytest.mark.parametrize("data", [
-    b"GARBAGE\r\n\r\n",
-    b"POST /v1/exchange HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
-    b"POST /v1/exchange HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    b"POST /v1/exchange HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-    b"POST /v1/exchange HTTP/1.1\r\nHost: x\r\nX-Bad\x00Name: y\r\n\r\n",
-    b"POST /v1/exchange HTTP/9.9\r\nHost: x\r\n\r\n",
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"POST /v1/exchange HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        b"POST /v1/exchange HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /v1/exchange HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /v1/exchange HTTP/1.1\r\nHost: x\r\nX-Bad\x00Name: y\r\n\r\n",
+        b"POST /v1/exchange HTTP/9.9\r\nHost: x\r\n\r\n",
+    ],
+)
 def test_malformed_http_is_4xx_and_the_server_lives_on(served, data):
     box, server = served
     status, response = raw_request(box.broker_url, data)

@@ -25,10 +25,13 @@ def _fill(template, role, issuer_url):
 
 
 def _aws_accepts(module, role, claims, issuer_url):
-    [document] = [d for n, d in module.typed_blocks("data", "aws_iam_policy_document") if n == "trust_web_identity"]
+    [document] = [
+        d for n, d in module.typed_blocks("data", "aws_iam_policy_document") if n == "trust_web_identity"
+    ]
     [statement] = document["statement"]
     assert (
-        dict(module.typed_blocks("resource", "aws_iam_openid_connect_provider"))["broker"]["url"] == "${var.issuer_url}"
+        dict(module.typed_blocks("resource", "aws_iam_openid_connect_provider"))["broker"]["url"]
+        == "${var.issuer_url}"
     )
     context = {f"{issuer_url.removeprefix('https://')}:{k}": v for k, v in claims.items()}
     return claims["iss"] == issuer_url and all(

@@ -74,7 +74,11 @@ def _require_cloud_support(cloud):
 
 
 def _findings(result):
-    return [line for line in (result.stdout + result.stderr).splitlines() if re.match(r"\s*(error|warning):", line)]
+    return [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if re.match(r"\s*(error|warning):", line)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +144,9 @@ def test_example_snippet_passes_broker_check(cloud, source, tmp_path, request):
         roles_yaml = yaml.safe_dump(snippet.render(cloud, values), sort_keys=False)
     config = _broker_config(tmp_path, values["issuer_url"], roles_yaml)
     result = _broker_check(config)
-    assert result.returncode == 0, f"ci-broker check refused the {cloud} snippet:\n{result.stdout}{result.stderr}"
+    assert result.returncode == 0, (
+        f"ci-broker check refused the {cloud} snippet:\n{result.stdout}{result.stderr}"
+    )
     # The examples are what operators copy: they should not even draw a warning.
     assert not _findings(result), _findings(result)
 

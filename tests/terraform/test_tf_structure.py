@@ -12,7 +12,11 @@ TERRAFORM_CHECK = "`terraform fmt -check -recursive terraform/`"
 
 
 def test_the_three_modules_and_examples_exist():
-    assert sorted(p.name for p in MODULES.iterdir() if p.is_dir()) == ["aws-trust", "azure-trust", "gcp-trust"]
+    assert sorted(p.name for p in MODULES.iterdir() if p.is_dir()) == [
+        "aws-trust",
+        "azure-trust",
+        "gcp-trust",
+    ]
     assert sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir()) == ["aws", "azure", "gcp"]
 
 
@@ -55,7 +59,9 @@ def test_every_variable_has_a_description_and_a_type(every_config):
     for config in every_config:
         variables = config.variables()
         for name, body in variables.items():
-            assert str(body.get("description", "")).strip(), f"{config.name}: variable {name} has no description"
+            assert str(body.get("description", "")).strip(), (
+                f"{config.name}: variable {name} has no description"
+            )
             assert "type" in body, f"{config.name}: variable {name} has no type"
 
 
@@ -107,7 +113,9 @@ def test_example_calls_its_module_and_passes_the_snippet_on(examples, cloud):
 
 def test_terraform_fmt(terraform):
     result = run_terraform(["fmt", "-check", "-recursive", "-diff", str(TERRAFORM)], cwd=TERRAFORM)
-    assert result.returncode == 0, f"terraform fmt -check -recursive terraform/ failed:\n{result.stdout}{result.stderr}"
+    assert result.returncode == 0, (
+        f"terraform fmt -check -recursive terraform/ failed:\n{result.stdout}{result.stderr}"
+    )
 
 
 @pytest.mark.parametrize("cloud", CLOUDS)
@@ -116,4 +124,6 @@ def test_module_readme_documents_every_input_and_output(modules, cloud):
     readme = (config.path / "README.md").read_text()
     for kind, names in (("input", config.variables()), ("output", config.outputs())):
         for name in names:
-            assert re.search(rf"^\| `{name}` \|", readme, re.M), f"{config.name}/README.md has no row for {kind} {name}"
+            assert re.search(rf"^\| `{name}` \|", readme, re.M), (
+                f"{config.name}/README.md has no row for {kind} {name}"
+            )

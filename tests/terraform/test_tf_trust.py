@@ -22,7 +22,9 @@ def _trust_documents(every_config):
     for config in every_config:
         for _, role in config.typed_blocks("resource", "aws_iam_role"):
             referenced = set(re.findall(r"data\.aws_iam_policy_document\.(\w+)", role["assume_role_policy"]))
-            assert referenced, f"{config.name}: an aws_iam_role trust policy is not an aws_iam_policy_document"
+            assert referenced, (
+                f"{config.name}: an aws_iam_role trust policy is not an aws_iam_policy_document"
+            )
             documents = dict(config.typed_blocks("data", "aws_iam_policy_document"))
             for name in sorted(referenced):
                 yield config, name, documents[name]
@@ -53,10 +55,16 @@ def test_aws_web_identity_trust_pins_aud_and_sub_with_string_equals(every_config
             seen += 1
             assert "sts:AssumeRoleWithWebIdentity" in statement["actions"], (config.name, name)
             conditions = _conditions(statement)
-            assert set(conditions) == {"${local.issuer_host}:aud", "${local.issuer_host}:sub"}, (config.name, name)
+            assert set(conditions) == {"${local.issuer_host}:aud", "${local.issuer_host}:sub"}, (
+                config.name,
+                name,
+            )
             aud = conditions["${local.issuer_host}:aud"]
             sub = conditions["${local.issuer_host}:sub"]
-            assert aud["test"] == "StringEquals" and aud["values"] == ["sts.amazonaws.com"], (config.name, name)
+            assert aud["test"] == "StringEquals" and aud["values"] == ["sts.amazonaws.com"], (
+                config.name,
+                name,
+            )
             assert sub["test"] == "StringEquals" and sub["values"] == [ROLE_SUBJECT], (config.name, name)
             # One role per statement: for_each over the roles, keyed by broker role name.
             assert expr(document["for_each"]) in ("${local.web_identity?var.roles:{}}", "${var.roles}"), name
@@ -110,7 +118,9 @@ def test_no_loose_match_anywhere_in_iam_conditions(every_config):
                 for principal in statement.get("principals", []):
                     assert principal["type"] != "*" and "*" not in principal["identifiers"], config.name
         # Comments are not parsed, so they may still name these operators.
-        assert not LOOSE_OPERATORS.search(json.dumps(config.files)), f"{config.name} uses a loose IAM operator"
+        assert not LOOSE_OPERATORS.search(json.dumps(config.files)), (
+            f"{config.name} uses a loose IAM operator"
+        )
 
 
 def test_gcp_every_provider_has_an_attribute_condition_on_exact_subjects(every_config, modules):
@@ -134,7 +144,9 @@ def test_gcp_audience_is_the_providers_own_resource_name(modules):
         "//iam.googleapis.com/projects/${data.google_project.pool.number}/locations/global"
         "/workloadIdentityPools/${var.pool_id}/providers/${var.provider_id}"
     )
-    assert local["audience"] == "//iam.googleapis.com/${google_iam_workload_identity_pool_provider.broker.name}"
+    assert (
+        local["audience"] == "//iam.googleapis.com/${google_iam_workload_identity_pool_provider.broker.name}"
+    )
 
 
 def test_gcp_bindings_name_one_subject_never_a_principal_set(every_config, modules):
@@ -148,11 +160,13 @@ def test_gcp_bindings_name_one_subject_never_a_principal_set(every_config, modul
         for kind in ("google_service_account_iam_member", "google_project_iam_member"):
             for name, binding in config.typed_blocks("resource", kind):
                 bindings += 1
-                assert re.fullmatch(r"\$\{local\.principals\[each\.(key|value\.role)\]\}", expr(binding["member"])), (
-                    name
-                )
+                assert re.fullmatch(
+                    r"\$\{local\.principals\[each\.(key|value\.role)\]\}", expr(binding["member"])
+                ), name
         for kind in ("google_service_account_iam_binding", "google_service_account_iam_policy"):
-            assert not list(config.typed_blocks("resource", kind)), f"{config.name} replaces a whole IAM policy"
+            assert not list(config.typed_blocks("resource", kind)), (
+                f"{config.name} replaces a whole IAM policy"
+            )
     assert bindings
     sa_binding = dict(modules["gcp"].typed_blocks("resource", "google_service_account_iam_member"))
     assert sa_binding["workload_identity_user"]["role"] == "roles/iam.workloadIdentityUser"
@@ -199,7 +213,10 @@ def test_no_wildcard_in_any_subject(every_config):
                 for condition in statement.get("condition", []):
                     if condition["variable"].endswith(":sub"):
                         subjects += as_list(condition["values"])
-        for kind in ("azuread_application_federated_identity_credential", "azurerm_federated_identity_credential"):
+        for kind in (
+            "azuread_application_federated_identity_credential",
+            "azurerm_federated_identity_credential",
+        ):
             subjects += [c["subject"] for _, c in config.typed_blocks("resource", kind)]
         local = config.locals()
         subjects += [local[k] for k in ("subjects", "principals") if k in local]
@@ -215,4 +232,6 @@ def test_example_role_names_are_broker_role_names(examples):
         values = parse_file(config.path / "example.tfvars")
         for name in values["roles"]:
             assert re.fullmatch(ROLE_NAME_PATTERN, name), (cloud, name)
-        assert set(values.get("allow_rules", {})) == set(values["roles"]), f"{cloud}: every example role needs rules"
+        assert set(values.get("allow_rules", {})) == set(values["roles"]), (
+            f"{cloud}: every example role needs rules"
+        )

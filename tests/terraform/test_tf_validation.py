@@ -17,14 +17,20 @@ TERRAFORM_CHECK = "the modules' variable validations, run by terraform"
 
 @pytest.fixture(scope="module")
 def stubs(terraform, tmp_path_factory):
-    return {cloud: snippet.stub_module(cloud, tmp_path_factory.mktemp(f"{cloud}-validation")) for cloud in CLOUDS}
+    return {
+        cloud: snippet.stub_module(cloud, tmp_path_factory.mktemp(f"{cloud}-validation")) for cloud in CLOUDS
+    }
 
 
 def _refused_by_validation(text, variable, message=""):
     # Not just any error: the validation block of the variable the case is about, and where
     # a variable has several, the one whose message is given.
     flat = " ".join(text.split())
-    return "This was checked by the validation rule" in text and f'variable "{variable}"' in text and message in flat
+    return (
+        "This was checked by the validation rule" in text
+        and f'variable "{variable}"' in text
+        and message in flat
+    )
 
 
 # The start of the error message each kind of case must produce.
@@ -80,7 +86,11 @@ def _isolated(overrides):
     names = [o.split("=", 1)[0] for o in overrides]
     if "roles" in names and "allow_rules" not in names:
         overrides.insert(0, "allow_rules={}")
-    if "allow_rules" in names and "roles" not in names and any(o.startswith("allow_rules={x") for o in overrides):
+    if (
+        "allow_rules" in names
+        and "roles" not in names
+        and any(o.startswith("allow_rules={x") for o in overrides)
+    ):
         overrides.insert(0, "roles={x = {}}")
     return overrides
 
@@ -97,11 +107,17 @@ COMMON_REFUSALS = [
     ("no roles", "roles={}"),
     ("rule with no conditions", 'allow_rules={x = [{provider = "github", claims = {}}]}'),
     ("rule without provider", 'allow_rules={x = [{claims = {repository_id = "1"}}]}'),
-    ("rule with an unknown key", 'allow_rules={x = [{provider = "github", claims = {a = "1"}, deny = true}]}'),
+    (
+        "rule with an unknown key",
+        'allow_rules={x = [{provider = "github", claims = {a = "1"}, deny = true}]}',
+    ),
     ("rules not a list", 'allow_rules={x = {provider = "github", claims = {a = "1"}}}'),
     ("rules for an unknown role", f"allow_rules={{nope = {GOOD_RULE}}}"),
     ("unquoted number", 'allow_rules={x = [{provider = "github", claims = {repository_id = 892734123}}]}'),
-    ("boolean", 'allow_rules={x = [{provider = "gitlab", claims = {project_id = "1", ref_protected = true}}]}'),
+    (
+        "boolean",
+        'allow_rules={x = [{provider = "gitlab", claims = {project_id = "1", ref_protected = true}}]}',
+    ),
     ("number in a list", 'allow_rules={x = [{provider = "github", claims = {repository_id = ["1", 2]}}]}'),
     ("empty list", 'allow_rules={x = [{provider = "github", claims = {repository_id = []}}]}'),
     ("two patterns", 'allow_rules={x = [{provider = "github", claims = {ref = {glob = "a", regex = "b"}}}]}'),
@@ -121,7 +137,11 @@ def test_module_refuses(stubs, cloud, case, override):
 # (case, the variable whose validation must refuse it, overrides...)
 CLOUD_REFUSALS = {
     "aws": [
-        ("duration above max_session_duration", "roles", "roles={x = {duration = 7200, max_session_duration = 3600}}"),
+        (
+            "duration above max_session_duration",
+            "roles",
+            "roles={x = {duration = 7200, max_session_duration = 3600}}",
+        ),
         ("duration under 15 minutes", "roles", "roles={x = {duration = 600}}"),
         ("max session over 12 hours", "roles", "roles={x = {max_session_duration = 50000}}"),
         ("IAM role name too long", "roles", f'roles={{"{"a" * 60}" = {{}}}}'),
@@ -177,7 +197,11 @@ CLOUD_REFUSALS = {
             ' role_definition_id = "/r"}]}}',
         ),
         ("role names that clash once dots are hyphens", "roles", 'roles={"a.b" = {}, "a-b" = {}}'),
-        ("managed identity without a resource group", "resource_group_name", "identity_type=user_assigned_identity"),
+        (
+            "managed identity without a resource group",
+            "resource_group_name",
+            "identity_type=user_assigned_identity",
+        ),
     ],
 }
 
@@ -202,7 +226,13 @@ def test_cloud_specific_refusals(stubs, cloud, case, variable, overrides):
         ("aws", ["mode=assume_role", "broker_principal_arn=arn:aws:iam::123456789012:role/ci-broker"]),
         ("aws", ["issuer_url=https://broker.example.com/ci/v1"]),
         ("aws", ["allow_rules={}", 'roles={"Plan.v2_x-1" = {iam_role_name = "plan"}}']),
-        ("gcp", ["allow_rules={}", 'roles={x = {project_roles = ["roles/storage.objectViewer"], lifetime = 900}}']),
+        (
+            "gcp",
+            [
+                "allow_rules={}",
+                'roles={x = {project_roles = ["roles/storage.objectViewer"], lifetime = 900}}',
+            ],
+        ),
         (
             "gcp",
             [
@@ -211,7 +241,10 @@ def test_cloud_specific_refusals(stubs, cloud, case, variable, overrides):
                 " lifetime = 43200}}",
             ],
         ),
-        ("azure", ["identity_type=user_assigned_identity", "resource_group_name=rg-ci", "location=westeurope"]),
+        (
+            "azure",
+            ["identity_type=user_assigned_identity", "resource_group_name=rg-ci", "location=westeurope"],
+        ),
     ],
 )
 def test_module_accepts(stubs, cloud, overrides):

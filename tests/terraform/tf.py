@@ -52,8 +52,7 @@ class Config:
         """Every ``kind`` block (variable, output, module, ...) as (file name, body)."""
         for _file_name, content in self.files.items():
             for entry in content.get(kind, []):
-                for label, body in entry.items():
-                    yield label, body
+                yield from entry.items()
 
     def typed_blocks(self, kind: str, type_name: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every resource or data block of one type as (name, body)."""
