@@ -33,7 +33,7 @@ from broker import logs
 from broker.config import Config
 
 HEADER_FIELD_LIMIT = 64 * 1024
-DEFAULT_THREADS = 16  # the CLI default too; see the module docstring and bench/RESULTS.md
+DEFAULT_THREADS = 16  # `serve --threads` default; see the module docstring and bench/RESULTS.md
 GRACEFUL_TIMEOUT = 30  # in-flight exchanges finish after SIGTERM; the cloud calls time out in 10 s
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -127,11 +127,12 @@ def serve(
     config: Config,
     bind: str,
     workers: int,
-    threads: int = DEFAULT_THREADS,
+    threads: int | None = None,
     *,
     audit_log: str | None = None,
     log_level: str = "INFO",
 ) -> None:
+    threads = DEFAULT_THREADS if threads is None else threads
     metrics_dir, made = prepare_metrics_dir()
     master = os.getpid()
     try:

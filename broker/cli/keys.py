@@ -1,31 +1,36 @@
-"""Operator commands: `ci-broker discovery` and `ci-broker keys check|rotate`.
-
-Kept apart from `broker.cli` so the everyday commands stay short; `broker.cli` registers these.
-"""
+"""Signing keys and the broker's issuer documents: `keygen`, `keys check|rotate`, `discovery`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-EXIT_OK, EXIT_UNSAFE, EXIT_ERROR = 0, 1, 2
-Handler = Callable[[argparse.Namespace], int]
+from broker.cli.common import EXIT_ERROR, EXIT_OK, Handler, Subparsers, add_config_option, load
+
+if TYPE_CHECKING:
+    from broker.keys import SigningKey
+
+EXIT_UNSAFE = 1
 
 
-def add_commands(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    with_config: Callable[[argparse.ArgumentParser], None],
-) -> dict[str, Handler]:
+def register(sub: Subparsers) -> None:
+    p = sub.add_parser("keygen", help="write a new PEM signing key (mode 0600)")
+    p.add_argument("--alg", choices=("ES256", "RS256"), default="ES256")
+    p.add_argument("--out", required=True)
+    p.set_defaults(handler=keygen)
+
     p = sub.add_parser("discovery", help="write the OIDC discovery document and JWKS as static files")
-    with_config(p)
+    add_config_option(p)
     p.add_argument("--out", required=True, help="directory; files go under OUT/.well-known/")
+    p.set_defaults(handler=discovery)
 
     p = sub.add_parser("keys", help="signing-key rotation: check a config against the live JWKS")
-    keys = p.add_subparsers(dest="keys_command", required=True)
-    k = keys.add_parser("check", help="is deploying this config safe now? which rotation step is it?")
-    with_config(k)
+    p.set_defaults(handler=keys)
+    commands = p.add_subparsers(dest="keys_command", required=True)
+    k = commands.add_parser("check", help="is deploying this config safe now? which rotation step is it?")
+    add_config_option(k)
     k.add_argument(
         "--jwks-url",
         help="the JWKS the clouds fetch (default: the jwks_uri of <issuer>/.well-known/openid-configuration)",
@@ -36,23 +41,37 @@ def add_commands(
         default=None,
         help="seconds between rotation steps (default 3600: the clouds' JWKS cache time)",
     )
-    k = keys.add_parser("rotate", help="start a rotation: write a new key and print the three steps")
-    with_config(k)
+    k = commands.add_parser("rotate", help="start a rotation: write a new key and print the three steps")
+    add_config_option(k)
     k.add_argument("--new-key", required=True, help="path for the new PEM key (must not exist)")
     k.add_argument("--alg", choices=("ES256", "RS256"), default="ES256")
-    return {"discovery": cmd_discovery, "keys": cmd_keys}
 
 
-def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from broker.cli import _load as load
+def write_new_key(path: str, alg: str) -> SigningKey | None:
+    """Write a new signing key, or print why not (never overwrites) and return None."""
+    from broker.keys import write_private_key
 
-    return load(args)
+    try:
+        return write_private_key(Path(path), alg)
+    except FileExistsError:
+        print(f"error: {path} exists; refusing to overwrite a key", file=sys.stderr)
+    except OSError as exc:
+        print(f"error: cannot write {path}: {exc.strerror}", file=sys.stderr)
+    return None
 
 
-def cmd_discovery(args: argparse.Namespace) -> int:
+def keygen(args: argparse.Namespace) -> int:
+    key = write_new_key(args.out, args.alg)
+    if key is None:
+        return EXIT_ERROR
+    print(f"wrote {args.alg} key {args.out} (kid {key.kid})")
+    return EXIT_OK
+
+
+def discovery(args: argparse.Namespace) -> int:
     from broker.discovery import write_documents
 
-    config = _load(args)
+    config = load(args)
     if config is None:
         return EXIT_ERROR
     try:
@@ -71,14 +90,15 @@ def cmd_discovery(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_keys(args: argparse.Namespace) -> int:
-    return {"check": _keys_check, "rotate": _keys_rotate}[args.keys_command](args)
+def keys(args: argparse.Namespace) -> int:
+    handler: Handler = {"check": _keys_check, "rotate": _keys_rotate}[args.keys_command]
+    return handler(args)
 
 
 def _keys_check(args: argparse.Namespace) -> int:
     from broker import keyrotation
 
-    config = _load(args)
+    config = load(args)
     if config is None:
         return EXIT_ERROR
     wait = keyrotation.DEFAULT_WAIT if args.wait is None else args.wait
@@ -100,11 +120,9 @@ def _keys_check(args: argparse.Namespace) -> int:
 
 
 def _keys_rotate(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = load(args)
     if config is None:
         return EXIT_ERROR
-    from broker.cli import write_new_key
-
     new = write_new_key(args.new_key, args.alg)
     if new is None:
         return EXIT_ERROR
