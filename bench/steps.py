@@ -47,47 +47,55 @@ LISTED = "no policy/replay/audit/logs/metrics"
 def variants() -> dict[str, Patches]:
     """Each of the broker's own steps, switched off; imported late (after the metrics set-up)."""
     import broker.app as app
+    import broker.exchange as exchange
     import broker.metrics as metrics
-    import broker.replay as replay
     import broker.requestid as requestid
     import broker.verify as verify
+    from broker.config import Config
     from broker.policy import Decision
 
     granted = Decision("bench-deploy", True, 0, ())
+
+    def decide(config: Config, role_name: str, *args: Any, **kwargs: Any) -> Any:
+        return config.roles[role_name], granted
 
     def listed() -> list[Any]:
         # What the issue's 10% covers: policy, replay, audit, logging (the request ids every log
         # line and audit event carries) and metrics (the exchange counter, both latency
         # histograms, the replay-refusal counter), all off at once.
         return [
-            mock.patch.object(app, "evaluate", lambda *a, **k: granted),
-            mock.patch.object(metrics._CountingReplayStore, "first_use", lambda *a: True),
-            mock.patch.object(app.audit, "emit", lambda event: None),
+            mock.patch.object(Config, "decide", decide),
+            mock.patch.object(exchange.Broker, "spend", lambda self, verified: None),
+            mock.patch.object(exchange.audit, "emit", lambda event: None),
             mock.patch.object(
-                requestid.RequestIds, "__call__", lambda self, env, start: self.wsgi_app(env, start)
+                requestid.RequestIds,
+                "__call__",
+                lambda self, env, start: self.wsgi_app({**env, requestid.ENVIRON_KEY: "bench"}, start),
             ),
             mock.patch.object(
                 metrics._TimedWSGI, "__call__", lambda self, env, start: self.wsgi_app(env, start)
             ),
-            mock.patch.object(metrics._TimedBackend, "issue", lambda self, grant: self.inner.issue(grant)),
-            mock.patch.object(app.metrics, "exchange_finished", lambda *a: None),
+            mock.patch.object(exchange.metrics, "upstream_finished", lambda *a, **k: None),
+            mock.patch.object(exchange.metrics, "exchange_finished", lambda *a: None),
         ]
 
     return {
         LISTED: listed,
-        "no audit event": lambda: [mock.patch.object(app.audit, "emit", lambda event: None)],
+        "no audit event": lambda: [mock.patch.object(exchange.audit, "emit", lambda event: None)],
         "no body checks": lambda: [
-            mock.patch.object(app, "exchange_body", lambda environ: ("bench-deploy", None))
+            mock.patch.object(app.HttpExchange, "ask", lambda self: exchange.Ask("bench-deploy", None))
         ],
         "no claim checks": lambda: [
             mock.patch.object(verify.TokenVerifier, "_check_claims", lambda *a: None),
             mock.patch.object(verify.TokenVerifier, "_check_with_pyjwt", lambda *a: None),
         ],
-        "no policy": lambda: [mock.patch.object(app, "evaluate", lambda *a, **k: granted)],
+        "no policy": lambda: [mock.patch.object(Config, "decide", decide)],
         "no replay record": lambda: [
-            mock.patch.object(replay.MemoryReplayStore, "first_use", lambda *a: True)
+            mock.patch.object(exchange.Broker, "spend", lambda self, verified: None)
         ],
-        "no exchange counter": lambda: [mock.patch.object(app.metrics, "exchange_finished", lambda *a: None)],
+        "no exchange counter": lambda: [
+            mock.patch.object(exchange.metrics, "exchange_finished", lambda *a: None)
+        ],
     }
 
 

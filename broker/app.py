@@ -1,8 +1,8 @@
-"""The HTTP API (contract section 4): a Flask app factory and the exchange request path.
+"""The HTTP API (contract section 4): a Flask app factory that parses requests and renders answers.
 
-`exchange` reads top to bottom as the request: check the request's shape, verify the CI token,
-evaluate the role policy, sign the broker's assertion and call the cloud, audit. Every refusal is
-a `BrokerError` rendered as one JSON shape; nothing else reaches the caller.
+The exchange itself is `broker.exchange.Broker.exchange`; this module hands it an `HttpExchange`
+(which parses the bearer token and the JSON body when the flow asks) and renders what comes back.
+Every refusal is a `BrokerError` rendered as one JSON shape; nothing else reaches the caller.
 """
 
 from __future__ import annotations
@@ -11,26 +11,21 @@ import logging
 import re
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from broker import audit, discovery, metrics, requestid, strictjson
-from broker.assertion import ci_context
-from broker.clouds import Grant
 from broker.config import Config
 from broker.errors import (
-    AccessDenied,
     BrokerError,
     InvalidRequest,
     InvalidToken,
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from broker.policy import Decision, evaluate
-from broker.ratelimit import RateLimiter
-from broker.requestid import RequestIds
-from broker.service import Broker, build_broker
-from broker.verify import MAX_TOKEN_CHARS, VerifiedToken
+from broker.exchange import Ask, Broker, Granted
+from broker.service import build_broker
+from broker.verify import MAX_TOKEN_CHARS
 
 log = logging.getLogger("broker.app")
 
@@ -45,19 +40,19 @@ def create_app(config: Config, *, broker: Broker | None = None) -> Flask:
     app = Flask("broker")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["broker"] = broker or build_broker(config)
-    app.extensions["ratelimit"] = RateLimiter.for_config(config)
     app.extensions["issuer_documents"] = discovery.documents(config.server)
     app.register_blueprint(api)
     app.register_error_handler(BrokerError, _render_broker_error)
     app.register_error_handler(HTTPException, _render_http_error)
     app.register_error_handler(Exception, _render_unexpected)
     metrics.instrument(app)
-    app.wsgi_app = RequestIds(app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = requestid.RequestIds(app.wsgi_app)  # type: ignore[method-assign]
     return app
 
 
 def _broker() -> Broker:
-    return current_app.extensions["broker"]
+    broker: Broker = current_app.extensions["broker"]
+    return broker
 
 
 # -- the exchange ---------------------------------------------------------------------------------
@@ -65,72 +60,43 @@ def _broker() -> Broker:
 
 @api.post("/v1/exchange")
 def exchange() -> Response:
-    # The WSGI environ is read directly: each access through Flask's request proxy costs more
-    # than the lookup it stands for.
-    environ = request.environ
-    extensions = current_app.extensions
-    broker: Broker = extensions["broker"]
-    limiter: RateLimiter = extensions["ratelimit"]
-    client = environ.get("REMOTE_ADDR")
-    event: dict[str, Any] = {"request_id": environ.get(requestid.ENVIRON_KEY), "client": client}
-    g.audit_event = event
-    limiter.check_client(client)  # before any parsing or crypto: floods stay cheap
-    token = bearer_token(environ)
-    role_name, duration = exchange_body(environ)
-    event["role"] = role_name
+    granted = _broker().exchange(HttpExchange(request.environ))
+    return json_response(granted_body(granted))
 
-    verified = broker.verifier.verify(token, admit=limiter.admit)
-    record_token(event, verified)
 
-    role = broker.config.roles.get(role_name)
-    if role is None:
-        decision = Decision(role_name, False, None, ())
-    else:
-        event["cloud"] = role.cloud
-        decision = evaluate(
-            role_name,
-            role.rules,
-            verified.provider.name,
-            verified.provider.schema,
-            verified.claims,
-            trace=False,
-        )
-    event["matched_rule"] = decision.matched_rule
-    if role is None or not decision.allowed:
-        # An unknown role and a denied one look the same to the caller; the log tells them apart.
-        raise AccessDenied("no rule of this role grants this token", reason=decision.summary())
-    if duration is not None and role.max_duration is not None and duration > role.max_duration:
-        raise InvalidRequest(f"duration must be at most {role.max_duration} for this role")
+def granted_body(granted: Granted) -> dict[str, Any]:
+    return {
+        "role": granted.role.name,
+        "cloud": granted.role.cloud,
+        "expires_at": audit.rfc3339(granted.issued.expires_at),
+        "credentials": granted.issued.credentials,
+    }
 
-    context = ci_context(verified.provider.name, verified.claims, verified.provider.schema.neutral)
-    grant = Grant(
-        role=role.name,
-        provider=verified.provider.name,
-        claims=verified.claims,
-        context=context,
-        duration=duration,
-        mint_assertion=lambda audience, extra: broker.signer.mint(role.name, audience, context, extra),
-    )
-    issued = broker.backends[role.name].issue(grant)
 
-    expires_at = audit.rfc3339(issued.expires_at)
-    event.update(outcome="granted", reason=decision.summary(), expires_at=expires_at)
-    finish(event)
-    return json_response(
-        {"role": role.name, "cloud": role.cloud, "expires_at": expires_at, "credentials": issued.credentials}
-    )
+class HttpExchange:
+    """One HTTP request as the exchange flow sees it (`broker.exchange.ExchangeRequest`).
+
+    The WSGI environ is read directly: each access through Flask's request proxy costs more than
+    the lookup it stands for.
+    """
+
+    def __init__(self, environ: dict[str, Any]) -> None:
+        self.environ = environ
+        self.client: str | None = environ.get("REMOTE_ADDR")
+        self.request_id: str = environ[requestid.ENVIRON_KEY]
+        self.client_request_id: str | None = environ.get(requestid.CLIENT_ENVIRON_KEY)
+
+    def bearer_token(self) -> str:
+        return bearer_token(self.environ)
+
+    def ask(self) -> Ask:
+        return exchange_body(self.environ)
 
 
 def json_response(body: dict[str, Any], status: int = 200) -> Response:
     # Flask's jsonify sorts keys and looks up the app's JSON provider on every call; the bodies
     # here are fixed shapes of strings.
     return Response(strictjson.dumps(body), status=status, mimetype="application/json")
-
-
-def finish(event: dict[str, Any]) -> None:
-    """An exchange has its outcome: write its audit event and count it, together."""
-    audit.emit(event)
-    metrics.exchange_finished(event, _broker().config.roles)
 
 
 def bearer_token(environ: dict[str, Any]) -> str:
@@ -145,7 +111,28 @@ def bearer_token(environ: dict[str, Any]) -> str:
     return match.group(1)
 
 
-def exchange_body(environ: dict[str, Any]) -> tuple[str, int | None]:
+def exchange_body(environ: dict[str, Any]) -> Ask:
+    body = json_body(environ)
+    unknown = set(body) - {"role", "duration"}
+    if unknown:
+        raise InvalidRequest(f"unknown field(s): {', '.join(sorted(k[:40] for k in unknown))}")
+    role = body.get("role")
+    if not isinstance(role, str) or not role or len(role) > 256:
+        raise InvalidRequest("role must be a non-empty string")
+    return Ask(role=role, duration=duration_field(body))
+
+
+def duration_field(body: dict[str, Any]) -> int | None:
+    duration = body.get("duration")
+    if duration is not None and (
+        isinstance(duration, bool) or not isinstance(duration, int) or not 1 <= duration <= MAX_DURATION
+    ):
+        raise InvalidRequest(f"duration must be an integer number of seconds from 1 to {MAX_DURATION}")
+    return duration
+
+
+def json_body(environ: dict[str, Any]) -> dict[str, Any]:
+    """The request's JSON object body, refused unless it is UTF-8 `application/json`."""
     # The exact spelling every client sends skips werkzeug's header parsing; any other is parsed.
     if environ.get("CONTENT_TYPE") != "application/json":
         if request.mimetype != "application/json":
@@ -159,18 +146,7 @@ def exchange_body(environ: dict[str, Any]) -> tuple[str, int | None]:
         raise InvalidRequest(f"the body is not valid JSON: {exc}"[:200]) from None
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object")
-    unknown = set(body) - {"role", "duration"}
-    if unknown:
-        raise InvalidRequest(f"unknown field(s): {', '.join(sorted(k[:40] for k in unknown))}")
-    role = body.get("role")
-    if not isinstance(role, str) or not role or len(role) > 256:
-        raise InvalidRequest("role must be a non-empty string")
-    duration = body.get("duration")
-    if duration is not None and (
-        isinstance(duration, bool) or not isinstance(duration, int) or not 1 <= duration <= MAX_DURATION
-    ):
-        raise InvalidRequest(f"duration must be an integer number of seconds from 1 to {MAX_DURATION}")
-    return role, duration
+    return body
 
 
 def request_body(environ: dict[str, Any]) -> bytes:
@@ -182,29 +158,21 @@ def request_body(environ: dict[str, Any]) -> bytes:
         length = int(declared)
         if length > MAX_BODY_BYTES:
             raise PayloadTooLarge(f"the body is larger than {MAX_BODY_BYTES} bytes")
-        data = environ["wsgi.input"].read(length)
+        data: bytes = environ["wsgi.input"].read(length)
         if len(data) != length:
             raise InvalidRequest("the body is shorter than its Content-Length")
         return data
-    data = request.get_data(cache=False)
+    try:
+        data = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        raise PayloadTooLarge(f"the body is larger than {MAX_BODY_BYTES} bytes") from None
+    except HTTPException as exc:  # a truncated or malformed chunked body
+        raise InvalidRequest(f"the body could not be read: {exc.name}") from None
     # werkzeug cuts a chunked body (no Content-Length) at the limit without complaint; one that
     # fills it was longer.
     if len(data) >= MAX_BODY_BYTES and request.content_length is None:
         raise PayloadTooLarge(f"the body is larger than {MAX_BODY_BYTES} bytes")
     return data
-
-
-def record_token(event: dict[str, Any], verified: VerifiedToken) -> None:
-    claims = verified.claims
-    schema = verified.provider.schema
-    event.update(
-        provider=verified.provider.name,
-        issuer=claims["iss"],
-        subject=claims["sub"],
-        jti=claims["jti"],
-        token_sha256=verified.sha256,
-        claims={name: claims[name] for name in schema.audited if name in claims},
-    )
 
 
 # -- the broker as an OIDC issuer, and health -----------------------------------------------------
@@ -240,6 +208,7 @@ def readyz() -> tuple[Response, int]:
 
 
 # -- errors ---------------------------------------------------------------------------------------
+# The exchange flow has already written the audit event of any refusal it raised; these only render.
 
 
 def _error_response(status: int, code: str, message: str) -> Response:
@@ -247,10 +216,6 @@ def _error_response(status: int, code: str, message: str) -> Response:
 
 
 def _render_broker_error(exc: BrokerError) -> Response:
-    event = g.get("audit_event")
-    if event is not None:
-        event.update(outcome="refused", error=exc.code, reason=exc.reason)
-        finish(event)
     response = _error_response(exc.status, exc.code, exc.message)
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
@@ -268,8 +233,4 @@ def _render_http_error(exc: HTTPException) -> Response:
 def _render_unexpected(exc: Exception) -> Response:
     # The traceback goes to the operator's log; the caller gets no detail it could probe with.
     log.error("unexpected error in request %s: %s", requestid.current(), type(exc).__name__, exc_info=True)
-    event = g.get("audit_event")
-    if event is not None:
-        event.update(outcome="refused", error="internal_error", reason=type(exc).__name__)
-        finish(event)
     return _error_response(500, "internal_error", "internal error")

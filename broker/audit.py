@@ -1,4 +1,4 @@
-"""One JSON audit event per exchange, granted or refused, on its own logger.
+"""One JSON audit event per exchange or refresh, granted or refused, on its own logger.
 
 Events carry who asked for what and why it was decided, the token's SHA-256 to correlate with the
 CI system's logs, and never the token or any credential.
@@ -9,10 +9,16 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broker.auditsink import direct_sink
+
+if TYPE_CHECKING:
+    from broker.errors import BrokerError
+    from broker.verify import VerifiedToken
 
 AUDIT_LOGGER = "broker.audit"
 _logger = logging.getLogger(AUDIT_LOGGER)
@@ -35,10 +41,69 @@ def _now_text() -> str:
     return _clock_text[1]
 
 
-def emit(event: dict[str, Any]) -> None:
+@dataclass
+class AuditEvent:
+    """One exchange's (or refresh's) audit event, filled in as the request goes.
+
+    Every field is always written (null when the request did not get that far), so each line has
+    the same shape for whoever queries the log. Never a token or a credential: the token is named
+    by its SHA-256 and its non-secret claims only.
+    """
+
+    type: str  # "exchange" | "refresh"
+    request_id: str | None
+    client: str | None
+    client_request_id: str | None = None
+    outcome: str = "refused"  # "granted" | "refused"
+    error: str | None = None
+    reason: str | None = None
+    role: str | None = None
+    cloud: str | None = None
+    provider: str | None = None
+    issuer: str | None = None
+    subject: str | None = None
+    jti: str | None = None
+    token_sha256: str | None = None
+    claims: dict[str, Any] = field(default_factory=dict)
+    matched_rule: int | None = None
+    expires_at: str | None = None
+
+    @property
+    def verified(self) -> bool:
+        """Whether the CI token verified: only then do its claims, and the role asked for, count."""
+        return self.provider is not None
+
+    def record_token(self, verified: VerifiedToken) -> None:
+        claims = verified.claims
+        self.provider = verified.provider.name
+        self.issuer = claims["iss"]
+        self.subject = claims["sub"]
+        self.jti = claims.get("jti")
+        self.token_sha256 = verified.sha256
+        self.claims = {name: claims[name] for name in verified.provider.schema.audited if name in claims}
+
+    def granted(self, reason: str, expires_at: datetime) -> None:
+        self.outcome, self.reason, self.expires_at = "granted", reason, rfc3339(expires_at)
+
+    def refused(self, exc: BrokerError) -> None:
+        self.outcome, self.error, self.reason = "refused", exc.code, exc.reason
+
+    def failed(self, exc: BaseException) -> None:
+        # The traceback goes to the operator's log (broker.app); the event names only the type.
+        self.outcome, self.error, self.reason = "refused", "internal_error", type(exc).__name__
+
+    def fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _FIELDS}
+
+
+_FIELDS = tuple(f.name for f in fields(AuditEvent))
+
+
+def emit(event: Mapping[str, Any]) -> None:
+    """Write one audit event (an `AuditEvent`'s fields, or another event type's) as a JSON line."""
     if not _logger.isEnabledFor(logging.INFO):
         return
-    line = _encode({"event": "exchange", "time": _now_text(), **event})
+    line = _encode({"time": _now_text(), **event})
     sink = direct_sink(_logger)
     if sink is None:
         _logger.handle(_record(line))

@@ -8,7 +8,8 @@ kind they name (`broker.clouds`), so adding a cloud adds no branches here.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,16 @@ import yaml
 from broker import clouds
 from broker.claims import SCHEMAS, ClaimSchema
 from broker.keys import SigningKey, load_signing_key
-from broker.policy import Condition, Rule, compile_condition
+from broker.policy import (
+    Condition,
+    Decision,
+    DenyRule,
+    Rule,
+    compile_condition,
+    compile_role_pattern,
+    evaluate,
+    unknown_role,
+)
 from broker.replay import store_url_problem
 from broker.schema import Finding, Findings, Section, join
 
@@ -72,10 +82,15 @@ class RoleConfig:
     cloud: str
     settings: Any  # the cloud kind's frozen settings object
     rules: tuple[Rule, ...]
+    denies: tuple[DenyRule, ...] = ()  # the top-level deny rules that cover this role
 
     @property
     def max_duration(self) -> int | None:
         return clouds.kind(self.cloud).max_duration(self.settings)
+
+    @property
+    def min_duration(self) -> int:
+        return clouds.kind(self.cloud).min_duration(self.settings)
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,7 @@ class Config:
     server: ServerConfig
     providers: dict[str, ProviderConfig]
     roles: dict[str, RoleConfig]
+    deny: tuple[DenyRule, ...] = ()
     warnings: tuple[Finding, ...] = ()
 
     def provider_for_issuer(self, issuer: str) -> ProviderConfig | None:
@@ -91,6 +107,21 @@ class Config:
             if provider.issuer == issuer:
                 return provider
         return None
+
+    def decide(
+        self, role_name: str, provider: ProviderConfig, claims: Mapping[str, Any], *, trace: bool = False
+    ) -> tuple[RoleConfig | None, Decision]:
+        """The policy's answer for one role: deny rules, then allow rules; an unknown role is denied.
+
+        The one place both the exchange and `explain` ask, so the two cannot disagree.
+        """
+        role = self.roles.get(role_name)
+        if role is None:
+            return None, unknown_role(role_name)
+        decision = evaluate(
+            role_name, role.rules, provider.name, provider.schema, claims, denies=role.denies, trace=trace
+        )
+        return role, decision
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -135,11 +166,20 @@ def build_config(data: Any, *, base_dir: Path, file: str = "<config>") -> Config
     server = _server(top.section("server", required=True), base_dir)
     providers = _providers(top.section("providers", required=True))
     roles = _roles(top.section("roles", required=True), providers)
+    deny = _deny_rules(top, providers, roles)
     top.finish()
     if findings.errors or server is None:
         raise ConfigError(file, findings.errors or [Finding("error", "server", "is invalid")])
+    roles = {
+        name: replace(role, denies=tuple(d for d in deny if d.covers(name))) for name, role in roles.items()
+    }
     return Config(
-        file=file, server=server, providers=providers, roles=roles, warnings=tuple(findings.warnings)
+        file=file,
+        server=server,
+        providers=providers,
+        roles=roles,
+        deny=deny,
+        warnings=tuple(findings.warnings),
     )
 
 
@@ -151,11 +191,15 @@ def _server(s: Section, base_dir: Path) -> ServerConfig | None:
         )
     audience = s.string("audience") or issuer
     keys = _signing_keys(s, base_dir)
-    replay_store = s.string("replay_store", "memory") or "memory"
+    # `store` is the shared state's new name (it holds more than used jtis); either spelling, once.
+    store, legacy = s.string("store"), s.string("replay_store")
+    if store and legacy:
+        s.findings.error(s.at("replay_store"), "set either store or replay_store (its old name), not both")
+    replay_store = store or legacy or "memory"
     store_problem = store_url_problem(replay_store)
     if store_problem:
         # Not echoed: a redis URL may carry a password.
-        s.findings.error(s.at("replay_store"), store_problem)
+        s.findings.error(s.at("store" if store else "replay_store"), store_problem)
     token_max_age = s.integer("token_max_age", 900, minimum=1, maximum=86400)
     leeway = s.integer("leeway", 60, minimum=0, maximum=600)
     rate_limits = _rate_limits(s)
@@ -286,6 +330,63 @@ def _rules(r: Section, providers: dict[str, ProviderConfig]) -> tuple[Rule, ...]
         if provider and conditions:
             rules.append(Rule(index=i, provider=provider, conditions=conditions))
     return tuple(rules) if len(rules) == len(raw) else ()
+
+
+def _deny_rules(
+    top: Section, providers: dict[str, ProviderConfig], roles: dict[str, RoleConfig]
+) -> tuple[DenyRule, ...]:
+    """The top-level `deny:` list: same condition forms as `allow`, optional role names or globs."""
+    raw = top.raw("deny", None)
+    path = top.at("deny")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        top.findings.error(path, "must be a list of deny rules")
+        return ()
+    rules: list[DenyRule] = []
+    for i, item in enumerate(raw):
+        entry = Section(item, join(path, i), top.findings)
+        provider = entry.string("provider", required=True)
+        if provider and provider not in providers:
+            top.findings.error(entry.at("provider"), f"unknown provider {provider!r}")
+            provider = None
+        conditions = _conditions(
+            entry.section("claims", required=True), providers[provider].schema if provider else None
+        )
+        role_patterns = _deny_roles(entry, roles)
+        reason = entry.string("reason", required=True)
+        entry.finish()
+        if provider and conditions and role_patterns is not None and reason:
+            rules.append(
+                DenyRule(
+                    index=i,
+                    provider=provider,
+                    conditions=conditions,
+                    roles=tuple(p for p, _ in role_patterns),
+                    reason=reason,
+                    role_patterns=tuple(c for _, c in role_patterns),
+                )
+            )
+    return tuple(rules)
+
+
+def _deny_roles(entry: Section, roles: dict[str, RoleConfig]) -> list[tuple[str, re.Pattern[str]]] | None:
+    """A deny rule's `roles`: each a name or glob. A plain name that is no role is an error (a typo
+    would leave the role it meant unprotected); a glob that matches none is a warning."""
+    names = entry.string_list("roles")
+    out: list[tuple[str, re.Pattern[str]]] = []
+    for i, name in enumerate(names):
+        where = join(entry.at("roles"), i)
+        compiled = compile_role_pattern(name)
+        if any(compiled.fullmatch(role) for role in roles):
+            out.append((name, compiled))
+        elif "*" in name:
+            entry.findings.warning(where, f"{name!r} matches no role")
+            out.append((name, compiled))
+        else:
+            entry.findings.error(where, f"no role is named {name!r}")
+            return None
+    return out
 
 
 def _conditions(c: Section, schema: ClaimSchema | None) -> tuple[Condition, ...]:

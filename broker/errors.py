@@ -30,8 +30,16 @@ class InvalidToken(BrokerError):
 
 
 class AccessDenied(BrokerError):
+    """Every 403 says the same to the caller, whatever refused it (no rule, a deny rule, no such
+    role, a block, a claim a session tag needs): telling them apart would let a caller learn which
+    roles exist and how far its token got. The audit `reason` keeps the detail."""
+
     status = 403
     code = "access_denied"
+    MESSAGE = "no rule of this role grants this token"
+
+    def __init__(self, *, reason: str) -> None:
+        super().__init__(self.MESSAGE, reason=reason)
 
 
 class PayloadTooLarge(BrokerError):

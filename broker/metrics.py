@@ -16,13 +16,15 @@ import os
 import re
 import threading
 import time
-from collections.abc import Container, Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Container, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response
 
 from broker.discovery import DISCOVERY_PATH, JWKS_PATH
-from broker.errors import UpstreamError
+
+if TYPE_CHECKING:
+    from broker.audit import AuditEvent
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 UNKNOWN_ROLE = "(unknown)"  # cannot collide with a configured role: role names start with [A-Za-z0-9]
@@ -150,26 +152,43 @@ def replay_refused() -> None:
     get().replay_refusals.inc()
 
 
+def upstream_finished(cloud: str, *, ok: bool, seconds: float) -> None:
+    """Called by the exchange around each cloud back end's call."""
+    _child("upstream_latency", cloud, "ok" if ok else "error").observe(seconds)
+
+
+def signing_keys(keys: Sequence[Any]) -> None:
+    """Called once at start-up: the published keys, the first marked as the one that signs."""
+    for i, key in enumerate(keys):
+        get().signing_key.labels(key.kid, key.alg, "true" if i == 0 else "false").set(1)
+
+
+def exchange_finished(event: AuditEvent, roles: Container[str]) -> None:
+    """Count one exchange by its audit event's outcome, error code, provider, cloud and role.
+
+    The role is the caller's text until its token verifies: it is counted only then (and as
+    `(unknown)` if the config lacks it), so a garbage token cannot probe which roles exist.
+    """
+    role = event.role
+    if role is None or not event.verified:
+        role_label = ""
+    else:
+        role_label = role if role in roles else UNKNOWN_ROLE
+    _child(
+        "exchanges",
+        event.outcome,
+        _code(event.error),
+        event.provider or "",  # a configured provider name, set only once verified
+        event.cloud or "",
+        role_label,
+    ).inc()
+
+
 # -- the Flask side -------------------------------------------------------------------------------
 
 
 def instrument(app: Flask) -> None:
-    """Time every request, time the cloud calls, serve `/metrics`.
-
-    Wraps the broker's replay store and back ends (built once at start-up) rather than adding
-    timing code to the request path; an app that shares a Broker with another is wrapped once.
-    Exchanges are counted by `exchange_finished`, at the moment their audit event is written.
-    """
-    broker = app.extensions["broker"]
-    if not broker.extras.get("metrics_instrumented"):
-        broker.extras["metrics_instrumented"] = True
-        broker.verifier.replay = _CountingReplayStore(broker.verifier.replay)
-        broker.backends = {
-            name: _TimedBackend(backend, broker.config.roles[name].cloud)
-            for name, backend in broker.backends.items()
-        }
-        for i, key in enumerate(broker.config.server.signing_keys):
-            get().signing_key.labels(key.kid, key.alg, "true" if i == 0 else "false").set(1)
+    """Serve `/metrics` and time every request by endpoint."""
     app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
     app.wsgi_app = _TimedWSGI(app.wsgi_app)  # type: ignore[method-assign]
 
@@ -191,19 +210,6 @@ class _TimedWSGI:
         finally:
             endpoint = ENDPOINT_PATHS.get(environ.get("PATH_INFO", ""), "other")
             _child("request_latency", endpoint).observe(time.perf_counter() - start)
-
-
-def exchange_finished(event: Mapping[str, Any], roles: Container[str]) -> None:
-    """Count one exchange by its audit event's outcome, error code, provider, cloud and role."""
-    role = event.get("role")
-    _child(
-        "exchanges",
-        event["outcome"],
-        _code(event.get("error")),
-        event.get("provider") or "",  # a configured provider name, set only once verified
-        event.get("cloud") or "",
-        "" if role is None else (role if role in roles else UNKNOWN_ROLE),
-    ).inc()
 
 
 _children: dict[tuple[str, ...], Any] = {}
@@ -275,38 +281,3 @@ class _Families:
 
     def collect(self) -> Iterator[Any]:
         return iter(self._families)
-
-
-class _CountingReplayStore:
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def first_use(self, key: str, expires_at: float) -> bool:
-        first = self.inner.first_use(key, expires_at)
-        if not first:
-            replay_refused()
-        return first
-
-    def __getattr__(self, name: str) -> Any:  # the wrapped store's other methods stay reachable
-        return getattr(self.inner, name)
-
-
-class _TimedBackend:
-    def __init__(self, inner: Any, cloud: str) -> None:
-        self.inner = inner
-        self.cloud = cloud
-
-    def issue(self, grant: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            issued = self.inner.issue(grant)
-        except UpstreamError:
-            _child("upstream_latency", self.cloud, "error").observe(time.perf_counter() - start)
-            raise
-        # Other refusals (a session tag whose claim is missing) happen before any cloud call and
-        # are not upstream latency.
-        _child("upstream_latency", self.cloud, "ok").observe(time.perf_counter() - start)
-        return issued
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from broker.claims import ClaimSchema, claim_text
@@ -105,9 +105,45 @@ def compile_condition(claim: str, raw: Any, schema: ClaimSchema) -> Condition:
 
 @dataclass(frozen=True)
 class Rule:
+    """An `allow` rule of a role: it grants when every one of its conditions holds."""
+
     index: int
     provider: str
     conditions: tuple[Condition, ...]
+
+    def holds(self, provider: str, claims: Mapping[str, Any], schema: ClaimSchema) -> bool:
+        return (
+            self.provider == provider
+            and bool(self.conditions)
+            and all(c.holds(claims, schema) for c in self.conditions)
+        )
+
+    def trace(self, provider: str, claims: Mapping[str, Any], schema: ClaimSchema) -> RuleResult:
+        if self.provider != provider:
+            reason = f"rule is for provider {self.provider!r}, token is from {provider!r}"
+            return RuleResult(self.index, self.provider, False, ((False, reason),))
+        reasons = tuple(c.check(claims, schema) for c in self.conditions)
+        return RuleResult(self.index, self.provider, bool(reasons) and all(ok for ok, _ in reasons), reasons)
+
+
+@dataclass(frozen=True)
+class DenyRule(Rule):
+    """A top-level `deny` rule: when it holds for a role it covers, no allow rule can grant.
+
+    `roles` are names or globs (`*` any run of characters); empty means every role.
+    """
+
+    roles: tuple[str, ...] = ()
+    reason: str = ""
+    role_patterns: tuple[re.Pattern[str], ...] = ()
+
+    def covers(self, role: str) -> bool:
+        return not self.role_patterns or any(p.fullmatch(role) for p in self.role_patterns)
+
+
+def compile_role_pattern(pattern: str) -> re.Pattern[str]:
+    """A `roles` entry of a deny rule: role names hold no '/' or ':', so a glob's `*` spans them."""
+    return re.compile(glob_to_regex(pattern))
 
 
 @dataclass(frozen=True)
@@ -120,17 +156,30 @@ class RuleResult:
 
 @dataclass(frozen=True)
 class Decision:
+    """What the policy decided for one role and one claims set, and why.
+
+    `denied_by` is the index of the top-level deny rule that fired, if one did; `rules` holds each
+    allow rule's result when traced, `denies` each covering deny rule's.
+    """
+
     role: str
     allowed: bool
     matched_rule: int | None
     rules: tuple[RuleResult, ...]
+    known_role: bool = True
+    denied_by: DenyRule | None = None
+    denies: tuple[RuleResult, ...] = field(default=())
 
     def summary(self) -> str:
         """A one-line reason for the audit log: the matched rule, or why the closest rule failed."""
         if self.allowed:
             return f"rule {self.matched_rule} matched"
-        if not self.rules:
+        if not self.known_role:
             return "no such role"
+        if self.denied_by is not None:
+            return f"deny[{self.denied_by.index}] matched: {self.denied_by.reason}"
+        if not self.rules:
+            return "no rule matched"
         failures = [
             f"rule {r.index}: " + "; ".join(reason for ok, reason in r.reasons if not ok) for r in self.rules
         ]
@@ -144,37 +193,34 @@ def evaluate(
     schema: ClaimSchema,
     claims: Mapping[str, Any],
     *,
+    denies: tuple[DenyRule, ...] = (),
     trace: bool = True,
 ) -> Decision:
-    """The decision, with every rule's reasons (`trace`), or for a grant only the matched rule.
+    """Deny rules first, then allow rules: the decision, with every rule's reasons (`trace`).
 
-    Without `trace` a token that some rule grants gets a decision with no rule results (its
-    summary needs none); a refusal always carries the full trace, for the audit log.
+    Without `trace` a decision carries only what its summary needs: a grant the matched rule, a
+    deny the deny rule that fired. A refusal by the allow rules always carries the full trace,
+    for the audit log. `denies` must already be the deny rules that cover `role`.
     """
+    deny_results: list[RuleResult] = []
+    for deny in denies:
+        if not trace:
+            if deny.holds(provider, claims, schema):
+                return Decision(role, False, None, (), denied_by=deny)
+            continue
+        result = deny.trace(provider, claims, schema)
+        deny_results.append(result)
+        if result.held:
+            return Decision(role, False, None, (), denied_by=deny, denies=tuple(deny_results))
     if not trace:
         for rule in rules:
-            if (
-                rule.provider == provider
-                and rule.conditions
-                and all(c.holds(claims, schema) for c in rule.conditions)
-            ):
+            if rule.holds(provider, claims, schema):
                 return Decision(role, True, rule.index, ())
-    results: list[RuleResult] = []
-    matched: int | None = None
-    for rule in rules:
-        if rule.provider != provider:
-            results.append(
-                RuleResult(
-                    rule.index,
-                    rule.provider,
-                    False,
-                    ((False, f"rule is for provider {rule.provider!r}, token is from {provider!r}"),),
-                )
-            )
-            continue
-        reasons = tuple(c.check(claims, schema) for c in rule.conditions)
-        held = bool(reasons) and all(ok for ok, _ in reasons)
-        results.append(RuleResult(rule.index, rule.provider, held, reasons))
-        if held and matched is None:
-            matched = rule.index
-    return Decision(role, matched is not None, matched, tuple(results))
+    results = tuple(rule.trace(provider, claims, schema) for rule in rules)
+    matched = next((r.index for r in results if r.held), None)
+    return Decision(role, matched is not None, matched, results, denies=tuple(deny_results))
+
+
+def unknown_role(role: str) -> Decision:
+    """The decision for a role the config does not define: a denial like any other to the caller."""
+    return Decision(role, False, None, (), known_role=False)

@@ -1,4 +1,8 @@
-"""Request ids: the caller's `X-Request-Id` if well-formed, else a fresh one, on every response.
+"""Request ids: a fresh one for every request, on every response and in every log line.
+
+The id is always the broker's own, so no two audit events can share one. A caller's
+`X-Request-Id`, if it is printable and short, is kept beside it as `client_request_id` (in the
+audit event), so a CI job's own correlation id still finds its exchange.
 
 A WSGI wrapper rather than Flask before/after-request hooks, which cost more than the rest of
 this module on every request. It also marks every response `Cache-Control: no-store` unless the
@@ -14,8 +18,10 @@ from typing import Any
 
 from flask import has_request_context, request
 
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,64}")
 ENVIRON_KEY = "ci_broker.request_id"
+CLIENT_ENVIRON_KEY = "ci_broker.client_request_id"
+# What a caller's id may be to be recorded: printable ASCII without spaces, bounded.
+CLIENT_REQUEST_ID = re.compile(r"[!-~]{1,128}")
 
 
 def current() -> str | None:
@@ -24,9 +30,8 @@ def current() -> str | None:
 
 
 def new_id() -> str:
-    # Not a secret (any caller may choose its own), only unique: 96 random bits from the random
-    # module, which reseeds itself in every forked worker, spare the system call that `secrets`
-    # makes for each request.
+    # Not a secret, only unique: 96 random bits from the random module, which reseeds itself in
+    # every forked worker, spare the system call that `secrets` makes for each request.
     return f"{random.getrandbits(96):024x}"
 
 
@@ -35,9 +40,11 @@ class RequestIds:
         self.wsgi_app = wsgi_app
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        incoming = environ.get("HTTP_X_REQUEST_ID", "")
-        request_id = incoming if REQUEST_ID.fullmatch(incoming) else new_id()
+        request_id = new_id()
         environ[ENVIRON_KEY] = request_id
+        incoming = environ.get("HTTP_X_REQUEST_ID")
+        if incoming and CLIENT_REQUEST_ID.fullmatch(incoming):
+            environ[CLIENT_ENVIRON_KEY] = incoming
 
         def tagged(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             headers.append(("X-Request-Id", request_id))

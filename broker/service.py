@@ -1,18 +1,20 @@
 """Everything the request path needs, built once from a loaded config at start-up.
 
-Key parsing, JWKS caches, SDK clients and policy compilation all happen here, never per request.
+Key parsing, JWKS caches, SDK clients, the stores and policy compilation all happen here (or in
+the config loader), never per request. `broker.exchange.Broker` is what this builds.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
-from broker import clouds
+from broker import clouds, metrics
 from broker.assertion import AssertionSigner
 from broker.config import Config
+from broker.exchange import Broker
 from broker.jwks import KeyCache, KeyCacheSettings, KeyRefresher
+from broker.ratelimit import RateLimiter
 from broker.replay import ReplayStore, open_store
 from broker.verify import TokenVerifier
 
@@ -35,28 +37,6 @@ def quiet_sdk_loggers() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-@dataclass
-class Broker:
-    config: Config
-    verifier: TokenVerifier
-    signer: AssertionSigner
-    backends: dict[str, clouds.Backend]
-    caches: dict[str, KeyCache]
-    refresher: KeyRefresher
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    def ready(self) -> tuple[bool, dict[str, str]]:
-        """Ready once every provider's keys have been fetched at least once."""
-        states = {
-            name: ("ok" if c.has_keys else f"no keys: {c.last_error or 'not fetched yet'}")
-            for name, c in self.caches.items()
-        }
-        return all(c.has_keys for c in self.caches.values()), states
-
-    def close(self) -> None:
-        self.refresher.stop()
-
-
 def build_broker(
     config: Config,
     *,
@@ -65,14 +45,13 @@ def build_broker(
     start_refresher: bool = True,
 ) -> Broker:
     quiet_sdk_loggers()
+    # The store first: a store that cannot be opened must fail before any thread is started.
+    store = replay if replay is not None else open_store(config.server.replay_store)
     key_settings = key_settings or KeyCacheSettings()
     caches = {
         p.name: KeyCache(p.issuer, jwks_uri=p.jwks_uri, ca_bundle=p.ca_bundle, settings=key_settings)
         for p in config.providers.values()
     }
-    store = replay if replay is not None else open_store(config.server.replay_store)
-    verifier = TokenVerifier(config, caches, store)
-    signer = AssertionSigner(config.server.issuer, config.server.signing_keys[0])
     shared: dict[Any, Any] = {}
     backends = {
         role.name: clouds.kind(role.cloud).build_backend(role.name, role.settings, shared)
@@ -81,6 +60,14 @@ def build_broker(
     refresher = KeyRefresher(list(caches.values()), key_settings.refresh_interval)
     if start_refresher:
         refresher.start()
+    metrics.signing_keys(config.server.signing_keys)
     return Broker(
-        config=config, verifier=verifier, signer=signer, backends=backends, caches=caches, refresher=refresher
+        config=config,
+        verifier=TokenVerifier(config, caches),
+        signer=AssertionSigner(config.server.issuer, config.server.signing_keys[0]),
+        backends=backends,
+        limiter=RateLimiter.for_config(config),
+        replay=store,
+        caches=caches,
+        refresher=refresher,
     )

@@ -2,9 +2,12 @@
 
 Order matters: size, then strict parsing, then the issuer (by exact match of the still-unverified
 `iss`, which only selects which configured keys to try), then the signature with the provider's
-pinned algorithms, then every claim, then the caller's admission check (the per-identity rate
-limit), and last the single-use record, so a token refused for load is not spent. Nothing from the
-token is trusted before its signature verifies, and no key ever comes from the token itself.
+pinned algorithms, then every claim. Nothing from the token is trusted before its signature
+verifies, and no key ever comes from the token itself.
+
+Verifying changes no state: the single-use record is written by the exchange flow
+(`broker.exchange`) once every other check has passed, so a token refused for its request's shape
+or for load is not spent. `VerifiedToken` carries what that record needs.
 """
 
 from __future__ import annotations
@@ -21,11 +24,18 @@ from broker import jose
 from broker.config import Config, ProviderConfig
 from broker.errors import InvalidToken, PayloadTooLarge
 from broker.jwks import KeyCache
-from broker.replay import ReplayStore, replay_key
+from broker.replay import replay_key
 
 # GitHub and GitLab tokens are 1-3 KB; AWS accepts web identity tokens up to 20,000 characters.
 MAX_TOKEN_CHARS = 16 * 1024
 TIME_CLAIMS = ("exp", "iat", "nbf")
+# 9999-12-31T23:59:59Z: no CI token's time lies beyond it, and past it dates stop being portable.
+MAX_TIME = 253402300799
+# The longest lifetime (exp - iat) a token may declare. A token is accepted only while its iat is
+# younger than token_max_age whatever its exp says; a declared lifetime beyond any CI's is a sign
+# of a broken or hostile issuer. GitLab sets an ID token's exp to the job's timeout, which a project
+# can raise to a month; GitHub's tokens live minutes.
+MAX_DECLARED_LIFETIME = 31 * 86400
 REQUIRED = ("iss", "aud", "sub", "exp", "iat", "jti")
 
 
@@ -34,6 +44,10 @@ class VerifiedToken:
     provider: ProviderConfig
     claims: dict[str, Any]
     sha256: str
+    # The single-use record: its key, and until when it must be kept (unix time). The token is
+    # acceptable until exp or iat + max age, whichever is first, plus leeway.
+    replay_key: str
+    record_until: float
 
 
 def token_sha256(token: str) -> str:
@@ -45,7 +59,6 @@ class TokenVerifier:
         self,
         config: Config,
         caches: dict[str, KeyCache],
-        replay: ReplayStore,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.audience = config.server.audience
@@ -53,15 +66,12 @@ class TokenVerifier:
         self.leeway = config.server.leeway
         self.config = config
         self.caches = caches  # by provider name
-        self.replay = replay
         self.clock = clock
         self._required = {
             p.name: REQUIRED + tuple(sorted(p.schema.required)) for p in config.providers.values()
         }
 
-    def verify(
-        self, token: str, admit: Callable[[ProviderConfig, dict[str, Any]], None] | None = None
-    ) -> VerifiedToken:
+    def verify(self, token: str) -> VerifiedToken:
         if len(token) > MAX_TOKEN_CHARS:
             raise PayloadTooLarge(f"token longer than {MAX_TOKEN_CHARS} characters")
         if not token.isascii():
@@ -87,16 +97,13 @@ class TokenVerifier:
         claims = parsed.claims
         self._check_claims(claims, provider)
         self._check_with_pyjwt(claims, provider)
-        if admit is not None:
-            admit(provider, claims)
-
-        jti = claims["jti"]
-        # The record must outlive the token's acceptability, which ends at exp or at iat + max age,
-        # whichever is first: bounded even when a token claims an absurd exp.
-        record_until = min(claims["exp"], claims["iat"] + self.max_age) + self.leeway
-        if not self.replay.first_use(replay_key(provider.issuer, jti), record_until):
-            raise InvalidToken("token has already been used", reason=f"jti {jti[:100]!r} replayed")
-        return VerifiedToken(provider=provider, claims=claims, sha256=token_sha256(token))
+        return VerifiedToken(
+            provider=provider,
+            claims=claims,
+            sha256=token_sha256(token),
+            replay_key=replay_key(provider.issuer, claims["jti"]),
+            record_until=min(claims["exp"], claims["iat"] + self.max_age) + self.leeway,
+        )
 
     def _check_claims(self, claims: dict[str, Any], provider: ProviderConfig) -> None:
         for name in self._required[provider.name]:
@@ -106,6 +113,16 @@ class TokenVerifier:
             # bool is an int in Python; JSON true must not pass as a timestamp.
             if name in claims and (isinstance(claims[name], bool) or not isinstance(claims[name], int)):
                 raise InvalidToken("token has a malformed time claim", reason=f"{name} is not an integer")
+            if name in claims and not 0 <= claims[name] <= MAX_TIME:
+                raise InvalidToken(
+                    "token has a time claim out of range", reason=f"{name} {claims[name]} is not a sane time"
+                )
+        lifetime = claims["exp"] - claims["iat"]
+        if not 0 < lifetime <= MAX_DECLARED_LIFETIME:
+            raise InvalidToken(
+                "token has a time claim out of range",
+                reason=f"exp is {lifetime}s after iat, outside 1..{MAX_DECLARED_LIFETIME}",
+            )
         for name in ("sub", "jti"):
             if not isinstance(claims[name], str) or not claims[name]:
                 raise InvalidToken("token has a malformed claim", reason=f"{name} is not a non-empty string")

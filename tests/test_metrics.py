@@ -86,6 +86,24 @@ def test_role_names_a_caller_invents_never_become_label_values(sandbox, broker):
     )
 
 
+def test_the_role_of_an_unverified_request_is_not_a_label_value(sandbox, broker):
+    # A garbage token naming a real role must not show, in /metrics, that the role exists.
+    before = scrape(sandbox.broker_url)
+    assert sandbox.exchange("garbage", role="deploy-prod").status_code == 401
+    assert sandbox.exchange(sandbox.github_token(aud="x"), role="gcp-deploy").status_code == 401
+    after = scrape(sandbox.broker_url)
+    for role in ("deploy-prod", "gcp-deploy"):
+        labels = dict(outcome="refused", error="invalid_token", role=role)
+        assert sample(after, "ci_broker_exchanges_total", **labels) == sample(
+            before, "ci_broker_exchanges_total", **labels
+        )
+    labels = dict(outcome="refused", error="invalid_token", role="")
+    assert (
+        sample(after, "ci_broker_exchanges_total", **labels)
+        == sample(before, "ci_broker_exchanges_total", **labels) + 2
+    )
+
+
 def test_a_replayed_token_is_counted_as_a_replay_refusal(sandbox, broker):
     token = sandbox.github_token()
     assert sandbox.exchange(token).status_code == 200

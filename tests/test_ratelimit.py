@@ -72,7 +72,7 @@ def test_the_per_identity_limit_counts_one_repository_and_does_not_spend_the_tok
     assert sandbox.exchange(sandbox.gitlab_token(), role="gitlab-deploy").status_code == 200
     # The refused token was not recorded as used, so the job may retry it after Retry-After.
     jti = json.loads(b64url_decode(token.split(".")[1]))["jti"]
-    store = app.extensions["broker"].verifier.replay
+    store = app.extensions["broker"].replay
     assert store.first_use(replay_key(sandbox.github.url, jti), time.time() + 60) is True
 
 

@@ -25,10 +25,12 @@ AUDIENCE = "sts.amazonaws.com"
 TAGS_CLAIM = "https://aws.amazon.com/tags"
 MIN_DURATION, MAX_DURATION = 900, 43200
 MAX_TAGS, MAX_TAG_KEY, MAX_TAG_VALUE = 50, 128, 256
-ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
-TAG_KEY = re.compile(r"[\w.:/=+@ -]{1,128}")
-_NOT_TAG_CHAR = re.compile(r"[^\w.:/=+@ -]")
-_NOT_SESSION_CHAR = re.compile(r"[^\w+=,.@-]")
+ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}", re.ASCII)
+TAG_KEY = re.compile(r"[\w.:/=+@ -]{1,128}", re.ASCII)
+# ASCII only: Python's \w also matches Unicode letters and digits, which STS refuses in a session
+# name ([\w+=,.@-] in AWS's ASCII sense) and which not every consumer of tags accepts.
+_NOT_TAG_CHAR = re.compile(r"[^\w.:/=+@ -]", re.ASCII)
+_NOT_SESSION_CHAR = re.compile(r"[^\w+=,.@-]", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,10 @@ class AwsKind:
     def max_duration(self, settings: AwsSettings) -> int:
         return settings.duration
 
+    def min_duration(self, settings: AwsSettings) -> int:
+        # STS refuses less; silently raising a request to it would hand out more than was asked.
+        return MIN_DURATION
+
     def build_backend(self, role: str, settings: AwsSettings, shared: dict[Any, Any]) -> AwsBackend:
         return AwsBackend(role, settings, shared)
 
@@ -166,7 +172,6 @@ def render_tags(tags: tuple[TagTemplate, ...], grant: Grant) -> dict[str, str]:
             value = grant.context.get(name, grant.claims.get(name))
             if value is None or isinstance(value, (dict, list)):
                 raise AccessDenied(
-                    "access denied",
                     reason=f"session tag {tag.key!r} needs claim {name!r}, which the token lacks",
                 )
             fields[name] = value if isinstance(value, str) else json.dumps(value)
@@ -186,7 +191,8 @@ class AwsBackend:
 
     def issue(self, grant: Grant) -> Issued:
         s = self.settings
-        duration = max(MIN_DURATION, min(grant.duration or s.duration, s.duration))
+        # A requested duration was checked against the role's bounds before the token was spent.
+        duration = grant.duration or s.duration
         tags = render_tags(s.session_tags, grant)
         params: dict[str, Any] = {
             "RoleArn": s.role_arn,

@@ -132,6 +132,9 @@ class AzureKind:
         # Entra ID chooses an access token's lifetime (60 to 90 minutes); a client cannot ask.
         return None
 
+    def min_duration(self, settings: AzureSettings) -> int:
+        return 1
+
     def build_backend(self, role: str, settings: AzureSettings, shared: dict[Any, Any]) -> AzureBackend:
         return AzureBackend(role, settings, shared)
 

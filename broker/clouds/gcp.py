@@ -153,6 +153,9 @@ class GcpKind:
     def max_duration(self, settings: GcpSettings) -> int:
         return settings.lifetime
 
+    def min_duration(self, settings: GcpSettings) -> int:
+        return 1
+
     def build_backend(self, role: str, settings: GcpSettings, shared: dict[Any, Any]) -> GcpBackend:
         return GcpBackend(role, settings, shared)
 

@@ -8,6 +8,7 @@ XML error shape, so boto3 raises the same ClientError it would against AWS.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -16,6 +17,8 @@ from werkzeug.wrappers import Request, Response
 from broker.sandbox.trust import FederatedTrust, TrustRefused
 from broker.sandbox.wsgi import LocalServer
 
+# STS's documented constraint on RoleSessionName: ASCII word characters and +=,.@-, 2 to 64 long.
+ROLE_SESSION_NAME = re.compile(r"[\w+=,.@-]{2,64}", re.ASCII)
 ERROR_XML = """<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
   <Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error>
   <RequestId>00000000-0000-0000-0000-000000000000</RequestId>
@@ -74,6 +77,11 @@ class LocalSTS:
     def _check_web_identity(self, form: dict[str, str]) -> tuple[str, str] | None:
         if self.echo_assertion:
             return "InvalidIdentityToken", f"Couldn't verify token {form.get('WebIdentityToken', '')}"
+        if not ROLE_SESSION_NAME.fullmatch(form.get("RoleSessionName", "")):
+            return "ValidationError", (
+                "1 validation error detected: Value at 'roleSessionName' failed to satisfy constraint: "
+                "Member must satisfy regular expression pattern: [\\w+=,.@-]*"
+            )
         role_arn = form.get("RoleArn", "")
         try:
             claims = self.trust.verify(form.get("WebIdentityToken", ""))

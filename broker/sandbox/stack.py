@@ -208,8 +208,17 @@ class Sandbox:
     def gitlab_token(self, **claims: Any) -> str:
         return self.gitlab.mint(gitlab_claims(**{"aud": self.broker_url, **claims}))
 
-    def exchange(self, token: str | None, role: str = "deploy-prod", **body: Any) -> requests.Response:
-        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    def exchange(
+        self,
+        token: str | None,
+        role: str = "deploy-prod",
+        *,
+        headers: dict[str, str] | None = None,
+        **body: Any,
+    ) -> requests.Response:
+        sent = dict(headers or {})
+        if token is not None:
+            sent["Authorization"] = f"Bearer {token}"
         return requests.post(
-            f"{self.broker_url}/v1/exchange", json={"role": role, **body}, headers=headers, timeout=30
+            f"{self.broker_url}/v1/exchange", json={"role": role, **body}, headers=sent, timeout=30
         )
