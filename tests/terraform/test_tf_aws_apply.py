@@ -15,12 +15,10 @@ where on 127.0.0.1 that issuer's discovery document and JWKS are served.
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import requests
 import yaml
@@ -29,9 +27,10 @@ from botocore.exceptions import ClientError
 from broker.keys import generate_private_key, private_key_pem
 from broker.sandbox.aws import LocalSTS
 from broker.sandbox.issuer import LocalIssuer, github_claims
+from broker.sandbox.stack import free_port
 from tests.serving import ServedBroker
 
-from .workspace import Workspace, copy_terraform_tree, local_aws_provider
+from .workspace import Workspace, copy_terraform_tree, local_aws_provider, moto_client
 
 TERRAFORM_CHECK = (
     "terraform apply and destroy of the AWS example against moto, and its trust used by the broker"
@@ -48,12 +47,6 @@ S3_READ = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::artifacts/*"}],
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _iam_inventory(iam: Any) -> dict[str, list[str]]:
@@ -75,7 +68,7 @@ def github() -> Iterator[LocalIssuer]:
 
 @pytest.fixture(scope="module")
 def broker_port() -> int:
-    return _free_port()
+    return free_port()
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +80,7 @@ def sts(broker_port) -> Iterator[LocalSTS]:
 
 @pytest.fixture(scope="module")
 def iam(sts):
-    return boto3.client(
-        "iam", endpoint_url=sts.url, region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t"
-    )
+    return moto_client("iam", sts.url)
 
 
 @pytest.fixture(scope="module")
@@ -221,8 +212,7 @@ def _assertion_sent_for(sts: LocalSTS, role_arn: str) -> str:
 
 
 def _assume(sts: LocalSTS, role_arn: str, assertion: str) -> dict[str, Any]:
-    client = boto3.client("sts", endpoint_url=sts.url, region_name="us-east-1")
-    return client.assume_role_with_web_identity(
+    return moto_client("sts", sts.url).assume_role_with_web_identity(
         RoleArn=role_arn, RoleSessionName="tf-apply-test", WebIdentityToken=assertion, DurationSeconds=900
     )
 
@@ -326,10 +316,9 @@ def test_the_brokers_assertion_for_a_role_assumes_that_role(served_broker, githu
     )
     # The deploy role's session tags went through the trust policy's sts:TagSession.
     assert ("https://aws.amazon.com/tags" in claims) == (role == "deploy-prod")
-    identity = boto3.client(
+    identity = moto_client(
         "sts",
-        endpoint_url=sts.url,
-        region_name="us-east-1",
+        sts.url,
         aws_access_key_id=credentials["access_key_id"],
         aws_secret_access_key=credentials["secret_access_key"],
         aws_session_token=credentials["session_token"],

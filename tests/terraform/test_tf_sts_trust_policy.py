@@ -16,12 +16,13 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 
 from broker.sandbox.aws import LocalSTS, trust_policy_allows
 from broker.sandbox.issuer import IssuerKeyPair, LocalIssuer
+
+from .workspace import moto_client
 
 HOST = "issuer.ci-broker.test"
 PROVIDER_ARN = f"arn:aws:iam::123456789012:oidc-provider/{HOST}"
@@ -70,9 +71,7 @@ def sts(issuer) -> Iterator[LocalSTS]:
 
 @pytest.fixture(scope="module")
 def iam(sts):
-    return boto3.client(
-        "iam", endpoint_url=sts.url, region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t"
-    )
+    return moto_client("iam", sts.url)
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +112,7 @@ def _token(issuer: LocalIssuer, key: IssuerKeyPair | None = None, **claims: Any)
 
 
 def _assume(sts: LocalSTS, role_arn: str, token: str, duration: int = 900) -> dict[str, Any]:
-    client = boto3.client("sts", endpoint_url=sts.url, region_name="us-east-1")
-    return client.assume_role_with_web_identity(
+    return moto_client("sts", sts.url).assume_role_with_web_identity(
         RoleArn=role_arn, RoleSessionName="sts-test", WebIdentityToken=token, DurationSeconds=duration
     )
 

@@ -131,7 +131,7 @@ def provider_mirror(name: str) -> Path | None:
     return None
 
 
-def provider_free_env() -> dict[str, str]:
+def isolated_aws_env() -> dict[str, str]:
     """The environment for a real AWS provider in tests: none of the machine's AWS settings or
     credentials can reach it, and it never asks the instance metadata service."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}

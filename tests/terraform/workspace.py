@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .tf import TERRAFORM, diagnostics, provider_free_env, run_terraform
+import boto3
+
+from .tf import TERRAFORM, diagnostics, isolated_aws_env, run_terraform
 
 # For plan only: the provider needs a region and some keys, and must not look anything up.
 PLAN_ONLY_PROVIDER = {
@@ -38,6 +40,12 @@ def local_aws_provider(endpoint: str) -> dict[str, Any]:
     }
 
 
+def moto_client(service: str, endpoint: str, **credentials: str) -> Any:
+    """A boto3 client for moto behind the verifying STS at `endpoint` (moto's keys unless given)."""
+    keys = credentials or {"aws_access_key_id": "moto", "aws_secret_access_key": "moto"}
+    return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1", **keys)
+
+
 def copy_terraform_tree(into: Path) -> Path:
     """terraform/ copied under `into`, without anything a local run may have left in it."""
     target = into / "terraform"
@@ -51,7 +59,7 @@ class Workspace:
     mirror: Path
 
     def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return run_terraform(list(args), cwd=self.path, timeout=timeout, env=provider_free_env())
+        return run_terraform(list(args), cwd=self.path, timeout=timeout, env=isolated_aws_env())
 
     def checked(self, *args: str, timeout: float = 600, expected: tuple[str, ...] = ()) -> str:
         """Run a command that must succeed without a single error or warning (other than the
