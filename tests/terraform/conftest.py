@@ -1,6 +1,9 @@
+import warnings
+from pathlib import Path
+
 import pytest
 
-from .tf import all_config_dirs, example_dir, load_config, module_dir, terraform_binary
+from .tf import all_config_dirs, example_dir, load_config, module_dir, provider_mirror, terraform_binary
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -21,6 +24,22 @@ def terraform(request: pytest.FixtureRequest) -> str:
         what = getattr(request.module, "TERRAFORM_CHECK", "a check that needs the terraform binary")
         pytest.skip(f"terraform is not installed; not checked: {what}")
     return binary
+
+
+@pytest.fixture(scope="module")
+def aws_provider_mirror(terraform: str, request: pytest.FixtureRequest) -> Path:
+    """The local mirror holding hashicorp/aws, found at run time. Where there is none the test
+    is skipped, and a warning says which check did not run: nothing here may download it."""
+    mirror = provider_mirror("aws")
+    if mirror is None:
+        what = getattr(request.module, "TERRAFORM_CHECK", "a check that needs the AWS provider")
+        message = (
+            "NO LOCAL MIRROR OF THE hashicorp/aws PROVIDER (looked in /opt/*, the usual plugin "
+            f"directories and $CI_BROKER_TF_PLUGIN_DIR); NOT CHECKED: {what}"
+        )
+        warnings.warn(message, pytest.PytestWarning, stacklevel=1)
+        pytest.skip(message)
+    return mirror
 
 
 @pytest.fixture(scope="session")

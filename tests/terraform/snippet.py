@@ -46,6 +46,12 @@ DEFAULTS = {
     "gcp": {"pool_id": "ci-broker", "provider_id": "broker"},
 }
 
+# Entra ID's public cloud, which the broker assumes for azure roles (broker/clouds/azure.py).
+AZURE_PUBLIC_CLOUD = {
+    "assertion_audience": "api://AzureADTokenExchange",
+    "authority_host": "https://login.microsoftonline.com",
+}
+
 
 def stubbed_locals(cloud: str) -> set[str]:
     return set(re.findall(r"^  (\w+)\s*=", STUBS[cloud], re.M))
@@ -77,11 +83,18 @@ def render(cloud: str, values: dict[str, Any]) -> dict[str, Any]:
                 "extended_lifetime": True if role.get("extended_lifetime") else None,
             }
         elif cloud == "azure":
+            audience = values.get("token_exchange_audience") or AZURE_PUBLIC_CLOUD["assertion_audience"]
+            authority = values.get("authority_host") or AZURE_PUBLIC_CLOUD["authority_host"]
             body = {
                 "tenant_id": TENANT_ID,
                 "client_id": str(uuid.uuid5(uuid.NAMESPACE_OID, name)),
                 "scope": role.get("scope", "https://management.azure.com/.default"),
                 "subscription_id": role.get("subscription_id"),
+                # Only where they are not the public cloud's, which the broker assumes.
+                "assertion_audience": None
+                if audience == AZURE_PUBLIC_CLOUD["assertion_audience"]
+                else audience,
+                "authority_host": None if authority == AZURE_PUBLIC_CLOUD["authority_host"] else authority,
             }
         else:
             raise ValueError(cloud)

@@ -54,9 +54,11 @@ def _gcp_principal(module, role):
     return _fill(module.locals()["principals"], role, "").split('"')[1]
 
 
-def _azure_accepts(module, role, claims, issuer_url):
-    audience = module.locals()["token_exchange_audience"]
+def _azure_accepts(module, role, claims, issuer_url, values):
+    # coalesce(var.token_exchange_audience, local.public_cloud.assertion_audience)
+    audience = values.get("token_exchange_audience") or module.locals()["public_cloud"]["assertion_audience"]
     for _, credential in module.typed_blocks("resource", "azuread_application_federated_identity_credential"):
+        assert credential["audiences"] == ["${local.token_exchange_audience}"]
         return (
             claims["iss"] == issuer_url
             and claims["sub"] == _fill(credential["subject"], role, issuer_url)
@@ -65,15 +67,25 @@ def _azure_accepts(module, role, claims, issuer_url):
     raise AssertionError("no federated credential")
 
 
-@pytest.mark.parametrize("cloud", CLOUDS)
-def test_each_roles_assertion_passes_its_own_trust_and_no_other(cloud, tmp_path):
+SOVEREIGN = {
+    "token_exchange_audience": "api://AzureADTokenExchangeUSGov",
+    "authority_host": "https://login.microsoftonline.us",
+}
+
+
+@pytest.mark.parametrize(
+    ("cloud", "inputs"),
+    [*((cloud, {}) for cloud in CLOUDS), ("azure", SOVEREIGN)],
+    ids=[*CLOUDS, "azure-usgov"],
+)
+def test_each_roles_assertion_passes_its_own_trust_and_no_other(cloud, inputs, tmp_path):
     from broker import clouds
     from broker.assertion import AssertionSigner
     from broker.config import load_config as load_broker_config
 
     if cloud not in clouds.NAMES:
         pytest.skip(f"the broker does not support cloud {cloud!r} yet: its assertions were not checked")
-    values = snippet.example_values(cloud)
+    values = {**snippet.example_values(cloud), **inputs}
     issuer_url = values["issuer_url"]
     rendered = snippet.render(cloud, values)
     config = load_broker_config(_broker_config(tmp_path, issuer_url, yaml.safe_dump(rendered)))
@@ -104,5 +116,5 @@ def test_each_roles_assertion_passes_its_own_trust_and_no_other(cloud, tmp_path)
                 )
                 accepted = accepted and _gcp_principal(module, trusting).endswith(f"/subject/{claims['sub']}")
             else:
-                accepted = _azure_accepts(module, trusting, claims, issuer_url)
+                accepted = _azure_accepts(module, trusting, claims, issuer_url, values)
             assert accepted == (trusting == granted), (cloud, granted, trusting, claims)

@@ -162,3 +162,35 @@ def test_snippet_of_a_role_without_rules_is_refused_by_broker_check(cloud, tmp_p
     assert result.returncode == 2, result.stdout + result.stderr
     errors = [line for line in _findings(result) if line.lstrip().startswith("error:")]
     assert errors and all(".allow:" in line for line in errors), result.stdout + result.stderr
+
+
+SOVEREIGN_AZURE = {
+    "token_exchange_audience": "api://AzureADTokenExchangeUSGov",
+    "authority_host": "https://login.microsoftonline.us",
+}
+
+
+def test_azure_snippet_for_a_sovereign_cloud_names_its_audience_and_authority(terraform_stubs, tmp_path):
+    # Without them the broker would mint for api://AzureADTokenExchange and sign in at the public
+    # cloud, and Entra ID in Azure Government would refuse every exchange.
+    extra = tuple(f"-var={name}={value}" for name, value in SOVEREIGN_AZURE.items())
+    code, roles_yaml = snippet.evaluate(
+        terraform_stubs["azure"], example_dir("azure") / "example.tfvars", extra
+    )
+    assert code == 0, roles_yaml
+    values = {**snippet.example_values("azure"), **SOVEREIGN_AZURE}
+    rendered = yaml.safe_load(roles_yaml)
+    assert rendered == snippet.render("azure", values)
+    for role in rendered["roles"].values():
+        assert role["azure"]["assertion_audience"] == "api://AzureADTokenExchangeUSGov"
+        assert role["azure"]["authority_host"] == "https://login.microsoftonline.us"
+    _require_cloud_support("azure")
+    result = _broker_check(_broker_config(tmp_path, values["issuer_url"], roles_yaml))
+    assert result.returncode == 0 and not _findings(result), result.stdout + result.stderr
+
+
+def test_azure_snippet_for_the_public_cloud_leaves_both_to_the_brokers_defaults(terraform_stubs):
+    code, roles_yaml = snippet.evaluate(terraform_stubs["azure"], example_dir("azure") / "example.tfvars")
+    assert code == 0, roles_yaml
+    for role in yaml.safe_load(roles_yaml)["roles"].values():
+        assert "assertion_audience" not in role["azure"] and "authority_host" not in role["azure"]

@@ -174,8 +174,33 @@ def test_gcp_bindings_name_one_subject_never_a_principal_set(every_config, modul
         assert "principalSet:" not in json.dumps(config.files), f"{config.name} grants a principal set"
 
 
+def test_azure_audience_is_the_public_clouds_unless_set_as_the_broker_assumes(modules):
+    from broker.clouds.azure import DEFAULT_ASSERTION_AUDIENCE, DEFAULT_AUTHORITY_HOST
+
+    local = modules["azure"].locals()
+    assert local["public_cloud"] == {
+        "assertion_audience": DEFAULT_ASSERTION_AUDIENCE,
+        "authority_host": DEFAULT_AUTHORITY_HOST,
+    }
+    assert expr(local["token_exchange_audience"]) == (
+        "${coalesce(var.token_exchange_audience,local.public_cloud.assertion_audience)}"
+    )
+    assert (
+        expr(local["authority_host"]) == "${coalesce(var.authority_host,local.public_cloud.authority_host)}"
+    )
+    # The snippet names them only where the broker's default would be wrong.
+    roles = expr(local["broker_roles"])
+    assert (
+        "assertion_audience=local.token_exchange_audience!=local.public_cloud.assertion_audience"
+        "?local.token_exchange_audience:null"
+    ) in roles
+    assert (
+        "authority_host=local.authority_host!=local.public_cloud.authority_host?local.authority_host:null"
+        in roles
+    )
+
+
 def test_azure_federated_credentials_pin_issuer_subject_and_audience(every_config, modules):
-    assert modules["azure"].locals()["token_exchange_audience"] == "api://AzureADTokenExchange"
     seen = 0
     for config in every_config:
         for kind, audience_key in (

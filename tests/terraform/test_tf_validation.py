@@ -5,10 +5,13 @@ snippet file and its stand-ins) plans without any provider. Skipped, and said so
 terraform is not installed; the structural tests still check the blocks are there.
 """
 
+import json
+
 import pytest
+import yaml
 
 from . import snippet
-from .tf import CLOUDS, example_dir
+from .tf import CLOUDS, example_dir, load_config, module_dir
 
 GOOD_RULE = '[{provider = "github", claims = {repository_id = "1"}}]'
 
@@ -33,6 +36,23 @@ def _refused_by_validation(text, variable, message=""):
     )
 
 
+# Predefined roles that let a broker role act as, or grant itself the use of, any service
+# account of the project (issue 21, beyond owner and token creator, tested on their own).
+GCP_REGRANTING_ROLES = (
+    "editor",
+    "iam.serviceAccountOpenIdTokenCreator",
+    "iam.serviceAccountUser",
+    "iam.serviceAccountKeyAdmin",
+    "iam.serviceAccountAdmin",
+    "iam.workloadIdentityUser",
+    "iam.workloadIdentityPoolAdmin",
+    "iam.securityAdmin",
+    "iam.roleAdmin",
+    "resourcemanager.projectIamAdmin",
+    "resourcemanager.folderAdmin",
+    "resourcemanager.organizationAdmin",
+)
+
 # The start of the error message each kind of case must produce.
 MESSAGES = {
     "duration above max_session_duration": "duration must be a whole number of seconds from 900",
@@ -42,6 +62,7 @@ MESSAGES = {
     "inline policy that is not JSON": "inline_policies maps",
     "default compute service account": "service_account must be a user-managed",
     "token creator at project level": "project_roles must not grant",
+    **{f"{role} at project level": "project_roles must not grant" for role in GCP_REGRANTING_ROLES},
     "owner at project level": "project_roles must not grant",
     "lifetime over 12 hours": "lifetime must be",
     "lifetime over an hour without extended_lifetime": "lifetime must be",
@@ -51,6 +72,12 @@ MESSAGES = {
     "subscription not a GUID": "subscription_id must be a GUID",
     "role assignment with two role definitions": "Each role assignment needs",
     "role names that clash once dots are hyphens": "Each identity name",
+    "role names that differ only in case": "Two roles would get the same IAM role name",
+    "iam_role_names that differ only in case": "Two roles would get the same IAM role name",
+    "iam_role_name equal to another role's default name": "Two roles would get the same IAM role name",
+    "assertion audience with a space": "token_exchange_audience must be",
+    "authority host with a path": "authority_host must be",
+    "authority host over http": "authority_host must be",
     "wildcard role": "must be a broker role name",
     "colon in role": "must be a broker role name",
     "role name too long": "must be a broker role name",
@@ -160,6 +187,18 @@ CLOUD_REFUSALS = {
         ),
         ("bad thumbprint", "thumbprint_list", 'thumbprint_list=["abc"]'),
         ("inline policy that is not JSON", "roles", 'roles={x = {inline_policies = {p = "not json"}}}'),
+        # IAM role names are case-insensitive: these would fail half-way through an apply.
+        ("role names that differ only in case", "roles", "roles={Deploy = {}, deploy = {}}"),
+        (
+            "iam_role_names that differ only in case",
+            "roles",
+            'roles={a = {iam_role_name = "ci-deploy"}, b = {iam_role_name = "CI-Deploy"}}',
+        ),
+        (
+            "iam_role_name equal to another role's default name",
+            "roles",
+            'roles={a = {}, b = {iam_role_name = "ci-broker-A"}}',
+        ),
     ],
     "gcp": [
         (
@@ -173,6 +212,10 @@ CLOUD_REFUSALS = {
             'roles={x = {project_roles = ["roles/iam.serviceAccountTokenCreator"]}}',
         ),
         ("owner at project level", "roles", 'roles={x = {project_roles = ["roles/owner"]}}'),
+        *(
+            (f"{role} at project level", "roles", f'roles={{x = {{project_roles = ["roles/{role}"]}}}}')
+            for role in GCP_REGRANTING_ROLES
+        ),
         (
             "lifetime over 12 hours",
             "roles",
@@ -202,6 +245,13 @@ CLOUD_REFUSALS = {
             "resource_group_name",
             "identity_type=user_assigned_identity",
         ),
+        ("assertion audience with a space", "token_exchange_audience", "token_exchange_audience=api://a b"),
+        (
+            "authority host with a path",
+            "authority_host",
+            "authority_host=https://login.microsoftonline.us/tenant",
+        ),
+        ("authority host over http", "authority_host", "authority_host=http://login.microsoftonline.us"),
     ],
 }
 
@@ -245,8 +295,41 @@ def test_cloud_specific_refusals(stubs, cloud, case, variable, overrides):
             "azure",
             ["identity_type=user_assigned_identity", "resource_group_name=rg-ci", "location=westeurope"],
         ),
+        (
+            "azure",
+            [
+                "token_exchange_audience=api://AzureADTokenExchangeUSGov",
+                "authority_host=https://login.microsoftonline.us",
+            ],
+        ),
+        ("aws", ["allow_rules={}", 'roles={Deploy = {}, Plan = {iam_role_name = "deploy-plan"}}']),
+        (
+            "gcp",
+            [
+                "allow_rules={}",
+                'roles={x = {project_roles = ["roles/iam.securityReviewer", "roles/viewer"]}}',
+            ],
+        ),
     ],
 )
 def test_module_accepts(stubs, cloud, overrides):
     code, text = _plan(stubs, cloud, *_isolated(overrides))
     assert code == 0, text
+
+
+@pytest.mark.parametrize("cloud", CLOUDS)
+def test_null_means_the_default(stubs, cloud, tmp_path):
+    """Every input with a default, set to null as the examples pass it when their user leaves it
+    unset, behaves as if left out."""
+    defaulted = [
+        name
+        for name, body in load_config(module_dir(cloud)).variables().items()
+        if body.get("default") is not None
+    ]
+    assert defaulted
+    values = {name: value for name, value in snippet.example_values(cloud).items() if name not in defaulted}
+    nulls = tmp_path / "nulls.tfvars.json"
+    nulls.write_text(json.dumps({**values, **dict.fromkeys(defaulted)}))
+    code, text = snippet.evaluate(stubs[cloud], nulls)
+    assert code == 0, text
+    assert yaml.safe_load(text) == snippet.render(cloud, values)

@@ -108,13 +108,58 @@ def terraform_binary() -> str | None:
     return shutil.which("terraform")
 
 
-def run_terraform(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+# Where a local provider mirror may live: the directory `terraform init -plugin-dir` takes,
+# holding registry.terraform.io/hashicorp/<name>/<version>/<os_arch>/terraform-provider-<name>_*.
+# CI_BROKER_TF_PLUGIN_DIR names one explicitly; otherwise the usual places are searched.
+PLUGIN_DIR_CANDIDATES = (
+    "/opt/*",
+    "/usr/share/terraform/plugins",
+    "/usr/local/share/terraform/plugins",
+    "~/.terraform.d/plugins",
+    "~/.local/share/terraform/plugins",
+)
+
+
+def provider_mirror(name: str) -> Path | None:
+    """The root of a local mirror that holds hashicorp/<name>, or None (nothing downloads here)."""
+    explicit = os.environ.get("CI_BROKER_TF_PLUGIN_DIR")
+    patterns = [explicit] if explicit else list(PLUGIN_DIR_CANDIDATES)
+    for pattern in patterns:
+        for root in sorted(Path("/").glob(str(Path(pattern).expanduser()).lstrip("/"))):
+            if any(root.glob(f"registry.terraform.io/hashicorp/{name}/*/*/terraform-provider-{name}_*")):
+                return root
+    return None
+
+
+def isolated_aws_env() -> dict[str, str]:
+    """The environment for a real AWS provider in tests: none of the machine's AWS settings or
+    credentials can reach it, and it never asks the instance metadata service."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        {
+            "AWS_CONFIG_FILE": "/dev/null",
+            "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+    )
+    return env
+
+
+def diagnostics(output: str) -> list[str]:
+    """Terraform's error and warning headlines in -no-color output."""
+    return [line.strip() for line in output.splitlines() if re.match(r"\s*[│╷]?\s*(Error|Warning):", line)]
+
+
+def run_terraform(
+    args: list[str], cwd: Path, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run terraform with no CLI config and no prompts, in ``cwd``.
 
-    Only provider-free configurations are run this way, so no network is needed."""
+    Nothing here reaches a network: configurations are either provider-free or use a provider
+    from a local mirror pointed at local endpoints."""
     binary = terraform_binary()
     assert binary, "terraform is not installed"
-    env = dict(os.environ)
+    env = dict(os.environ if env is None else env)
     env.update(
         {
             "TF_CLI_CONFIG_FILE": "/dev/null",

@@ -25,6 +25,42 @@ variable "allow_rules" {
   default = {}
 }
 
+variable "mode" {
+  description = "web_identity (null, the default: each role trusts the broker's OIDC issuer) or assume_role (each role trusts broker_principal_arn; role separation then rests on the broker alone)."
+  type        = string
+  default     = null
+}
+
+variable "broker_principal_arn" {
+  description = "For mode = assume_role only: the exact ARN of the IAM role or user the broker runs as."
+  type        = string
+  default     = null
+}
+
+variable "existing_oidc_provider_arn" {
+  description = "ARN of an IAM OIDC provider for issuer_url that already exists in the account (IAM allows one per URL). Null creates it."
+  type        = string
+  default     = null
+}
+
+variable "thumbprint_list" {
+  description = "Optional SHA-1 thumbprints of the issuer's TLS certificate chain; null lets IAM verify the chain against its own trusted CAs."
+  type        = list(string)
+  default     = null
+}
+
+variable "role_name_prefix" {
+  description = "Prefix of the IAM role names made from broker role names (null: ci-broker-)."
+  type        = string
+  default     = null
+}
+
+variable "role_path" {
+  description = "IAM path of the created roles (null: /)."
+  type        = string
+  default     = null
+}
+
 variable "tags" {
   description = "Tags for every created resource."
   type        = map(string)

@@ -4,9 +4,27 @@ variable "issuer_url" {
 }
 
 variable "identity_type" {
-  description = "What each broker role becomes: application (an Entra ID application and service principal, needs the azuread provider and directory rights) or user_assigned_identity (a managed identity in resource_group_name, needs only Azure RBAC rights)."
+  description = "What each broker role becomes: application (null, the default: an Entra ID application and service principal, needs directory rights) or user_assigned_identity (a managed identity in resource_group_name, needs only Azure RBAC rights)."
   type        = string
-  default     = "application"
+  default     = null
+}
+
+variable "resource_group_name" {
+  description = "For identity_type = user_assigned_identity: the existing resource group that holds the identities."
+  type        = string
+  default     = null
+}
+
+variable "location" {
+  description = "For identity_type = user_assigned_identity: the Azure region of the identities, e.g. westeurope."
+  type        = string
+  default     = null
+}
+
+variable "name_prefix" {
+  description = "Prefix of the application or identity names made from broker role names (null: ci-broker-)."
+  type        = string
+  default     = null
 }
 
 variable "roles" {
@@ -33,4 +51,28 @@ variable "allow_rules" {
 variable "subscription_id" {
   description = "Subscription the azurerm provider works in (required by azurerm 4.x)."
   type        = string
+}
+
+variable "application_owners" {
+  description = "For identity_type = application: object IDs of extra owners of each application and service principal."
+  type        = list(string)
+  default     = []
+}
+
+variable "tags" {
+  description = "Tags for the managed identities (identity_type = user_assigned_identity)."
+  type        = map(string)
+  default     = {}
+}
+
+variable "token_exchange_audience" {
+  description = "Audience of the federated credentials and of the broker's assertions; null for the public cloud (api://AzureADTokenExchange)."
+  type        = string
+  default     = null
+}
+
+variable "authority_host" {
+  description = "Entra ID authority host for the broker; null for the public cloud (https://login.microsoftonline.com)."
+  type        = string
+  default     = null
 }

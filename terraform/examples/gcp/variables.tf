@@ -25,3 +25,15 @@ variable "allow_rules" {
   type    = any
   default = {}
 }
+
+variable "pool_id" {
+  description = "ID of the workload identity pool (null: ci-broker). A destroyed pool keeps its ID for about 30 days: see the module's README before re-applying after a destroy."
+  type        = string
+  default     = null
+}
+
+variable "provider_id" {
+  description = "ID of the OIDC provider in the pool (null: broker). Soft-deleted like the pool."
+  type        = string
+  default     = null
+}

@@ -1,3 +1,6 @@
+# Inputs with a default are `nullable = false`: a caller passing null, as the examples do for
+# what their users leave unset, gets the default.
+
 variable "issuer_url" {
   description = "The broker's issuer URL, byte for byte the `server.issuer` of the broker config: https, no port, query, fragment or trailing slash (IAM compares it with the `iss` of every assertion)."
   type        = string
@@ -37,6 +40,12 @@ variable "roles" {
       can(regex("^[\\w+=,.@-]{1,64}$", coalesce(role.iam_role_name, "${var.role_name_prefix}${name}")))
     ])
     error_message = "Each IAM role name (iam_role_name, or role_name_prefix + broker role name) must match [\\w+=,.@-]{1,64}; set iam_role_name for long broker role names."
+  }
+  validation {
+    # IAM role names are unique regardless of case: Deploy and deploy, or two equal
+    # iam_role_names, would fail half-way through an apply with EntityAlreadyExists.
+    condition     = length(distinct([for name, role in var.roles : lower(coalesce(role.iam_role_name, "${var.role_name_prefix}${name}"))])) == length(var.roles)
+    error_message = "Two roles would get the same IAM role name (IAM ignores case): give them different broker role names or iam_role_name values."
   }
   validation {
     condition     = alltrue([for role in var.roles : role.max_session_duration >= 3600 && role.max_session_duration <= 43200 && floor(role.max_session_duration) == role.max_session_duration])
@@ -79,8 +88,9 @@ variable "allow_rules" {
   # `any` because rules mix condition shapes (string, list, {glob}, {regex}) that no
   # single Terraform object type can hold; the validations below check the outline and
   # `ci-broker check` checks the rest.
-  type    = any
-  default = {}
+  type     = any
+  default  = {}
+  nullable = false
 
   validation {
     condition = alltrue([
@@ -116,6 +126,7 @@ variable "mode" {
   description = "How the broker reaches the roles. web_identity (default): each role trusts the broker's OIDC issuer and the broker needs no AWS credentials. assume_role: each role trusts broker_principal_arn, the broker's own IAM principal; role separation then rests on the broker alone."
   type        = string
   default     = "web_identity"
+  nullable    = false
 
   validation {
     condition     = contains(["web_identity", "assume_role"], var.mode)
@@ -160,6 +171,7 @@ variable "role_name_prefix" {
   description = "Prefix of the IAM role names made from broker role names (a role's iam_role_name overrides it)."
   type        = string
   default     = "ci-broker-"
+  nullable    = false
 
   validation {
     condition     = can(regex("^[\\w+=,.@-]{0,32}$", var.role_name_prefix))
@@ -171,6 +183,7 @@ variable "role_path" {
   description = "IAM path of the created roles."
   type        = string
   default     = "/"
+  nullable    = false
 
   validation {
     condition     = can(regex("^/([\\w+=,.@-]+/)*$", var.role_path))
@@ -182,6 +195,7 @@ variable "tags" {
   description = "Tags for every created resource."
   type        = map(string)
   default     = {}
+  nullable    = false
 
   validation {
     condition     = alltrue([for key, value in var.tags : length(key) >= 1 && length(key) <= 128 && length(value) <= 256])

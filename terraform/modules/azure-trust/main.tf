@@ -1,10 +1,6 @@
 locals {
   use_application = var.identity_type == "application"
 
-  # What the broker's assertions for Azure carry as aud; Entra ID accepts nothing else
-  # for federated credentials in the public cloud.
-  token_exchange_audience = "api://AzureADTokenExchange"
-
   identity_names   = { for name, role in var.roles : name => coalesce(role.display_name, "${var.name_prefix}${replace(name, ".", "-")}") }
   credential_names = { for name in keys(var.roles) : name => "broker-role-${replace(name, ".", "-")}" }
 

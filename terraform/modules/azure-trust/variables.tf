@@ -1,3 +1,6 @@
+# Inputs with a default are `nullable = false`: a caller passing null, as the examples do for
+# what their users leave unset, gets the default.
+
 variable "issuer_url" {
   description = "The broker's issuer URL, byte for byte the `server.issuer` of the broker config: https, no port, query, fragment or trailing slash (Entra ID compares it with the `iss` of every assertion)."
   type        = string
@@ -12,6 +15,7 @@ variable "identity_type" {
   description = "What each broker role becomes: application (an Entra ID application and service principal, needs the azuread provider and directory rights) or user_assigned_identity (a managed identity in resource_group_name, needs only Azure RBAC rights)."
   type        = string
   default     = "application"
+  nullable    = false
 
   validation {
     condition     = contains(["application", "user_assigned_identity"], var.identity_type)
@@ -45,6 +49,7 @@ variable "name_prefix" {
   description = "Prefix of the application or identity names made from broker role names (a role's display_name overrides it)."
   type        = string
   default     = "ci-broker-"
+  nullable    = false
 
   validation {
     condition     = can(regex("^[A-Za-z0-9_-]{0,32}$", var.name_prefix))
@@ -108,8 +113,9 @@ variable "allow_rules" {
   # `any` because rules mix condition shapes (string, list, {glob}, {regex}) that no
   # single Terraform object type can hold; the validations below check the outline and
   # `ci-broker check` checks the rest.
-  type    = any
-  default = {}
+  type     = any
+  default  = {}
+  nullable = false
 
   validation {
     condition = alltrue([
@@ -145,6 +151,7 @@ variable "application_owners" {
   description = "For identity_type = application: object IDs of extra owners of each application and service principal (the identity running Terraform is always an owner)."
   type        = list(string)
   default     = []
+  nullable    = false
 
   validation {
     condition     = alltrue([for id in var.application_owners : can(regex("^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", id))])
@@ -156,9 +163,35 @@ variable "tags" {
   description = "Tags for the managed identities (identity_type = user_assigned_identity)."
   type        = map(string)
   default     = {}
+  nullable    = false
 
   validation {
     condition     = alltrue([for key, value in var.tags : length(key) >= 1 && length(key) <= 512 && length(value) <= 256])
     error_message = "Tag names must be 1-512 characters and values at most 256."
+  }
+}
+
+variable "token_exchange_audience" {
+  description = "The audience of every federated identity credential, and the `aud` of the broker's assertions: null for Entra ID's public cloud (api://AzureADTokenExchange); api://AzureADTokenExchangeUSGov for Azure Government, api://AzureADTokenExchangeChina for Azure operated by 21Vianet. Emitted in the roles snippet as `assertion_audience` when it is not the public cloud's."
+  type        = string
+  default     = null
+
+  validation {
+    # The broker's own rule for assertion_audience.
+    condition     = var.token_exchange_audience == null || can(regex("^[!-~]{1,256}$", var.token_exchange_audience))
+    error_message = "token_exchange_audience must be 1-256 printable characters without spaces, such as api://AzureADTokenExchangeUSGov."
+  }
+}
+
+variable "authority_host" {
+  description = "The Entra ID authority host the broker signs in at: null for the public cloud (https://login.microsoftonline.com); https://login.microsoftonline.us for Azure Government, https://login.chinacloudapi.cn for Azure operated by 21Vianet. Emitted in the roles snippet as `authority_host` when it is not the public cloud's."
+  type        = string
+  default     = null
+
+  validation {
+    # azure-identity accepts only https, and the broker wants the host alone (the tenant
+    # comes from tenant_id).
+    condition     = var.authority_host == null || can(regex("^https://[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$", var.authority_host))
+    error_message = "authority_host must be https://HOST with no path, port or trailing slash, such as https://login.microsoftonline.us."
   }
 }

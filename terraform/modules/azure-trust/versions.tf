@@ -9,7 +9,13 @@ terraform {
       version = ">= 3.0.0, < 4.0.0"
     }
     azurerm = {
-      source  = "hashicorp/azurerm"
+      source = "hashicorp/azurerm"
+      # azurerm_federated_identity_credential is written with parent_id and
+      # resource_group_name, which azurerm 5.0 removes (its upgrade guide: parent_id gives
+      # way to user_assigned_identity_id; hashicorp/terraform-provider-azurerm#31921, and
+      # #30860 for resource_group_name). Late 4.x releases accept both spellings and warn
+      # that these two are deprecated. Moving to user_assigned_identity_id needs a provider
+      # to validate against, which CI does not have: see the module's README.
       version = ">= 4.0.0, < 5.0.0"
     }
   }

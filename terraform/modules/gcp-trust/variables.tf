@@ -1,3 +1,6 @@
+# Inputs with a default are `nullable = false`: a caller passing null, as the examples do for
+# what their users leave unset, gets the default.
+
 variable "project_id" {
   description = "ID of the project that holds the workload identity pool (and receives the direct project_roles bindings)."
   type        = string
@@ -19,9 +22,10 @@ variable "issuer_url" {
 }
 
 variable "pool_id" {
-  description = "ID of the workload identity pool to create."
+  description = "ID of the workload identity pool to create. Google keeps a destroyed pool's ID for about 30 days (soft delete), so an apply after a destroy needs another ID or an undelete: see the README."
   type        = string
   default     = "ci-broker"
+  nullable    = false
 
   validation {
     condition     = can(regex("^[a-z0-9][a-z0-9-]{2,30}[a-z0-9]$", var.pool_id)) && !startswith(var.pool_id, "gcp-")
@@ -30,9 +34,10 @@ variable "pool_id" {
 }
 
 variable "provider_id" {
-  description = "ID of the OIDC provider to create in the pool."
+  description = "ID of the OIDC provider to create in the pool. Soft-deleted like the pool: a destroyed provider's ID stays taken for about 30 days."
   type        = string
   default     = "broker"
+  nullable    = false
 
   validation {
     condition     = can(regex("^[a-z0-9][a-z0-9-]{2,30}[a-z0-9]$", var.provider_id)) && !startswith(var.provider_id, "gcp-")
@@ -78,18 +83,30 @@ variable "roles" {
   }
   validation {
     # At project level these let one broker role act as any service account of the
-    # project, including those of the other broker roles, which undoes the per-role subject.
+    # project, including those of the other broker roles, which undoes the per-role subject:
+    # directly (https://cloud.google.com/iam/docs/service-account-permissions: act as, mint
+    # tokens or keys for, or federate as a service account), or by granting that to itself
+    # (setIamPolicy on the project or its service accounts, custom role edits, the pool's
+    # own mapping). Not exhaustive: see the README.
     condition = alltrue(flatten([
       for role in var.roles : [for r in role.project_roles : !contains([
         "roles/owner",
+        "roles/editor",
         "roles/iam.serviceAccountTokenCreator",
+        "roles/iam.serviceAccountOpenIdTokenCreator",
         "roles/iam.serviceAccountUser",
         "roles/iam.serviceAccountKeyAdmin",
+        "roles/iam.serviceAccountAdmin",
         "roles/iam.workloadIdentityUser",
         "roles/iam.workloadIdentityPoolAdmin",
+        "roles/iam.securityAdmin",
+        "roles/iam.roleAdmin",
+        "roles/resourcemanager.projectIamAdmin",
+        "roles/resourcemanager.folderAdmin",
+        "roles/resourcemanager.organizationAdmin",
       ], r)]
     ]))
-    error_message = "project_roles must not grant owner or service account impersonation at project level; bind those on single resources outside this module if you really mean it."
+    error_message = "project_roles must not grant owner, editor, service account impersonation, or the right to change IAM policies or roles at project level; bind those on single resources outside this module if you really mean it."
   }
   validation {
     condition     = alltrue([for role in var.roles : length(role.scopes) > 0 && alltrue([for s in role.scopes : can(regex("^https://www\\.googleapis\\.com/auth/[A-Za-z0-9._/-]+$", s))])])
@@ -117,8 +134,9 @@ variable "allow_rules" {
   # `any` because rules mix condition shapes (string, list, {glob}, {regex}) that no
   # single Terraform object type can hold; the validations below check the outline and
   # `ci-broker check` checks the rest.
-  type    = any
-  default = {}
+  type     = any
+  default  = {}
+  nullable = false
 
   validation {
     condition = alltrue([
