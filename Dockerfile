@@ -2,6 +2,7 @@
 # ci-broker: a slim, non-root image. The build stage installs the package and its dependencies
 # into a virtualenv; the final stage copies only that virtualenv onto a clean slim base, so no
 # compiler, pip cache or source tree ships. All dependencies install from wheels.
+# The runtime dependencies only: never the `demo` extra (moto) or `test` (tests/test_packaging.py).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 

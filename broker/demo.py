@@ -679,14 +679,28 @@ def _stop_on_signals() -> dict[int, Any]:
     return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
+def missing_demo_module() -> str | None:
+    """The module of the `demo` extra that cannot be imported (moto's server app), or None."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            # moto warns "install moto[server]" before re-raising; the demo extra is the answer.
+            warnings.simplefilter("ignore")
+            import moto.server  # noqa: F401
+    except ImportError as exc:
+        return (exc.name or "moto").partition(".")[0]  # the package to install, not a submodule
+    return None
+
+
 def run_demo(serve: bool = False, *, out: TextIO | None = None, stdin: TextIO | None = None) -> int:
     """Run the walk-through (and with `serve`, keep running until Ctrl-C); 0 if every step held."""
     out = out or sys.stdout
-    try:
-        import moto  # noqa: F401 - the local STS needs it; it ships with the test extras
-    except ImportError:
+    missing = missing_demo_module()
+    if missing is not None:
         print(
-            "error: the demo needs the test extras: pip install 'ci-broker[test]' (or run `make demo`)",
+            f"error: the demo's local AWS STS needs the demo extra ({missing} is not installed): "
+            "pip install 'ci-broker[demo]' (from a clone: make demo)",
             file=sys.stderr,
         )
         return 2

@@ -96,12 +96,12 @@ def test_demo_reports_a_step_that_raises(tmp_path: Path, monkeypatch: pytest.Mon
     assert any(c.step == "4" and "ConnectionError" in c.expectation for c in demo.checks if not c.ok)
 
 
-def test_demo_without_the_test_extras_says_how_to_get_them(
+def test_demo_without_the_demo_extra_says_how_to_get_it(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setitem(sys.modules, "moto", None)
     assert run_demo(out=io.StringIO()) == 2
-    assert "ci-broker[test]" in capsys.readouterr().err
+    assert "pip install 'ci-broker[demo]'" in capsys.readouterr().err
 
 
 def test_demo_command_exits_zero(tmp_path: Path) -> None:
