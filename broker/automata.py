@@ -1,0 +1,716 @@
+"""Conditions as exact regular languages over a claim's text, for `ci-broker diff` and `check`.
+
+The automata are greenery's `Fsm`: their alphabet is a partition of all of Unicode into character
+classes, so a language over arbitrary claim text is represented exactly, not over a sample
+alphabet. What no third-party parser reproduces is Python's own reading of a pattern, and the
+broker matches with Python's `re` (`fullmatch`). So a pattern is read by `re`'s own parser (the
+one `re.compile` uses; `re._parser`, private, kept because it is the only parser that agrees with
+the broker by construction), and every single-character item (a literal, a class, `\\d`, `\\w`,
+`.`, each under its flags, IGNORECASE included) becomes the set of characters `re` itself matches
+with that item: see `_item_chars`. Anything whose language this module cannot build exactly
+(backreferences, lookaround, conditionals, atomic groups, possessive repeats, anchors other than
+a leading `^`/`\\A` and a trailing `$`/`\\Z`, word boundaries) raises `NotRegular`: the callers
+refuse rather than guess.
+
+Claim normalisation (`ClaimSchema.normalize`) is modelled too: `Normaliser` gives, for a claim,
+the set of texts a token can present after normalising (`fixed`) and the preimage of a language
+(`preimage`: the raw texts whose normalised form is in it), for the three normalisations the
+schemas use (none, lowercase, lowercase of a workflow ref's `owner/repo/`).
+"""
+
+from __future__ import annotations
+
+import array
+import bisect
+import functools
+import re
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from re import _constants as sre  # type: ignore[attr-defined]
+from re import _parser as sre_parse  # type: ignore[attr-defined]
+from typing import Any
+
+from greenery import Charclass, Fsm
+from greenery.charclass import negate, repartition
+from greenery.fsm import EPSILON, NULL, from_charclass
+
+# Bounded repeats are unrolled; beyond this the automaton is too large to be worth building.
+MAX_REPEAT_UNROLL = 200
+LAST_CODE_POINT = 0x10FFFF
+# `(?x)` changes only how the pattern is read; the flags below change what a character matches.
+_CHAR_FLAGS = re.IGNORECASE | re.DOTALL | re.ASCII
+_CATEGORIES = {
+    sre.CATEGORY_DIGIT: r"\d",
+    sre.CATEGORY_NOT_DIGIT: r"\D",
+    sre.CATEGORY_SPACE: r"\s",
+    sre.CATEGORY_NOT_SPACE: r"\S",
+    sre.CATEGORY_WORD: r"\w",
+    sre.CATEGORY_NOT_WORD: r"\W",
+}
+_LEADING = (sre.AT_BEGINNING, sre.AT_BEGINNING_STRING)
+_TRAILING = (sre.AT_END, sre.AT_END_STRING)
+_REPEATS = (sre.MAX_REPEAT, sre.MIN_REPEAT)
+_NOT_REGULAR = {
+    sre.GROUPREF: "a backreference",
+    sre.GROUPREF_EXISTS: "a conditional group",
+    sre.ASSERT: "a lookahead or lookbehind",
+    sre.ASSERT_NOT: "a negative lookahead or lookbehind",
+}
+# Python 3.11 added these; their language is regular in theory but not what a plain translation
+# gives (`a*+a` matches nothing), so they are refused rather than approximated.
+for _name, _what in (("ATOMIC_GROUP", "an atomic group"), ("POSSESSIVE_REPEAT", "a possessive repeat")):
+    if hasattr(sre, _name):
+        _NOT_REGULAR[getattr(sre, _name)] = _what
+
+ANYTHING: Fsm = from_charclass(~Charclass()).star()
+NOTHING: Fsm = NULL
+
+
+class NotRegular(ValueError):
+    """A pattern (or normalisation) whose language cannot be built exactly here."""
+
+
+# -- every Unicode character, for asking `re` which ones an item matches ---------------------------
+
+
+@functools.cache
+def _all_characters() -> str:
+    """All 0x110000 code points, in order (lone surrogates included: a str may hold them)."""
+    return array.array("I", range(0x110000)).tobytes().decode("utf-32-le", "surrogatepass")
+
+
+@functools.cache
+def _cased() -> tuple[str, Charclass]:
+    """Every character that lowercasing, uppercasing or case folding changes, or that one of those
+    produces: the only ones IGNORECASE can make match differently (`test_automata` checks this
+    against full scans)."""
+    everything = _all_characters()
+    found: set[str] = set()
+    step = 512
+    for start in range(0, len(everything), step):
+        chunk = everything[start : start + step]
+        if chunk.lower() == chunk and chunk.upper() == chunk and chunk.casefold() == chunk:
+            continue
+        for char in chunk:
+            mapped = char.lower() + char.upper() + char.casefold()
+            if mapped != char * 3:
+                found.add(char)
+                found.update(mapped)
+    chars = "".join(sorted(found))
+    return chars, _charclass_of(ord(c) for c in chars)
+
+
+@functools.cache
+def _lowered() -> dict[str, str]:
+    """Each character whose lowercase is not itself, mapped to its lowercase (one or more chars)."""
+    everything = _all_characters()
+    out: dict[str, str] = {}
+    step = 512
+    for start in range(0, len(everything), step):
+        chunk = everything[start : start + step]
+        if chunk.lower() != chunk:
+            out.update((c, c.lower()) for c in chunk if c.lower() != c)
+    return out
+
+
+def _canon(chars: Charclass) -> Charclass:
+    """One spelling per set: negated exactly when the set holds the last code point.
+
+    greenery compares character classes by spelling, and an Fsm alphabet must unite to its `DOT`
+    (a negated empty class), so every class built here goes through this.
+    """
+    covered = negate(list(chars.ord_ranges)) if chars.negated else list(chars.ord_ranges)
+    if covered and covered[-1][1] == LAST_CODE_POINT:
+        return Charclass(tuple((chr(a), chr(b)) for a, b in negate(covered)), negated=True)
+    return Charclass(tuple((chr(a), chr(b)) for a, b in covered))
+
+
+def _is_empty(chars: Charclass) -> bool:
+    return chars.num_chars() == 0
+
+
+def _charclass_of(codes: Iterable[int]) -> Charclass:
+    ranges: list[tuple[str, str]] = []
+    for code in sorted(set(codes)):
+        if ranges and ord(ranges[-1][1]) == code - 1:
+            ranges[-1] = (ranges[-1][0], chr(code))
+        else:
+            ranges.append((chr(code), chr(code)))
+    return _canon(Charclass(tuple(ranges)))
+
+
+def _runs(compiled: re.Pattern[str], text: str) -> Charclass:
+    """The characters of `text` (consecutive code points) that `compiled`, one character long, matches."""
+    runs = re.compile(f"(?:{compiled.pattern})+", compiled.flags)
+    return _canon(Charclass(tuple((m.group()[0], m.group()[-1]) for m in runs.finditer(text))))
+
+
+# -- one character -----------------------------------------------------------------------------------
+
+
+def _item_source(op: Any, av: Any) -> str:
+    """A single-character item as pattern text `re` reads back as the same item."""
+    if op is sre.LITERAL:
+        return f"\\U{av:08x}"
+    if op is sre.NOT_LITERAL:
+        return f"[^\\U{av:08x}]"
+    if op is sre.ANY:
+        return "."
+    parts: list[str] = []
+    for sub_op, sub_av in av:
+        if sub_op is sre.NEGATE:
+            parts.insert(0, "^")
+        elif sub_op is sre.LITERAL:
+            parts.append(f"\\U{sub_av:08x}")
+        elif sub_op is sre.RANGE:
+            parts.append(f"\\U{sub_av[0]:08x}-\\U{sub_av[1]:08x}")
+        elif sub_op is sre.CATEGORY and sub_av in _CATEGORIES:
+            parts.append(_CATEGORIES[sub_av])
+        else:
+            raise NotRegular(f"the character class item {sub_op} is not supported")
+    return "[" + "".join(parts) + "]"
+
+
+def _plain_chars(op: Any, av: Any, flags: int) -> Charclass | None:
+    """The item's characters when no flag and no category is involved; None otherwise."""
+    if op is sre.ANY:
+        return _canon(~Charclass() if flags & re.DOTALL else ~Charclass("\n"))
+    if flags & re.IGNORECASE:
+        return None
+    if op is sre.LITERAL:
+        return _canon(Charclass(((chr(av), chr(av)),)))
+    if op is sre.NOT_LITERAL:
+        return _canon(~Charclass(((chr(av), chr(av)),)))
+    ranges: list[tuple[str, str]] = []
+    negated = False
+    for sub_op, sub_av in av:
+        if sub_op is sre.NEGATE:
+            negated = True
+        elif sub_op is sre.LITERAL:
+            ranges.append((chr(sub_av), chr(sub_av)))
+        elif sub_op is sre.RANGE:
+            ranges.append((chr(sub_av[0]), chr(sub_av[1])))
+        else:
+            return None
+    chars = Charclass(tuple(ranges))
+    return _canon(~chars if negated else chars)
+
+
+@functools.lru_cache(maxsize=4096)
+def _item_chars(source: str, flags: int) -> Charclass:
+    """The characters `re` matches with one single-character item (written by `_item_source`).
+
+    Without IGNORECASE or a category the set is read off the item. Otherwise `re` decides: with a
+    category every code point is tried (in runs, at C speed); with IGNORECASE alone only the cased
+    characters can change, so the item's set without IGNORECASE outside them, plus `re`'s answer
+    on them.
+    """
+    ((op, av),) = list(sre_parse.parse(source))
+    plain = _plain_chars(op, av, flags)
+    if plain is not None:
+        return plain
+    compiled = re.compile(source, flags)
+    if op is sre.IN and any(sub_op is sre.CATEGORY for sub_op, _ in av):
+        return _runs(compiled, _all_characters())
+    cased_chars, cased = _cased()
+    without_case = _plain_chars(op, av, flags & ~re.IGNORECASE)
+    assert without_case is not None
+    matched = _charclass_of(ord(m.group()) for m in compiled.finditer(cased_chars))
+    return _canon((without_case & ~cased) | matched)
+
+
+def char_language(op: Any, av: Any, flags: int) -> Fsm:
+    return from_charclass(_item_chars(_item_source(op, av), flags & _CHAR_FLAGS))
+
+
+# -- a whole pattern -------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4096)
+def pattern_language(pattern: str, flags: int = 0) -> Fsm:
+    """The texts `re.compile(pattern, flags).fullmatch` accepts; NotRegular when not exact here."""
+    try:
+        parsed = sre_parse.parse(pattern, flags)
+    except re.error as exc:
+        raise NotRegular(f"invalid regex: {exc}") from None
+    return minimal(_sequence(list(parsed), parsed.state.flags, at_start=True, at_end=True))
+
+
+def _sequence(items: Sequence[tuple[Any, Any]], flags: int, *, at_start: bool, at_end: bool) -> Fsm:
+    first, last = 0, len(items)
+    # With fullmatch a leading ^ / \A holds at position 0 and a trailing $ / \Z at the end, with or
+    # without MULTILINE: both are no-ops there. Anywhere else they are refused.
+    while at_start and first < last and items[first][0] is sre.AT and items[first][1] in _LEADING:
+        first += 1
+    while at_end and last > first and items[last - 1][0] is sre.AT and items[last - 1][1] in _TRAILING:
+        last -= 1
+    parts = [
+        _item(op, av, flags, at_start=at_start and i == first, at_end=at_end and i == last - 1)
+        for i, (op, av) in enumerate(items[first:last], start=first)
+    ]
+    return Fsm.concatenate(*parts) if parts else EPSILON
+
+
+def _item(op: Any, av: Any, flags: int, *, at_start: bool, at_end: bool) -> Fsm:
+    if op in (sre.LITERAL, sre.NOT_LITERAL, sre.ANY, sre.IN):
+        return char_language(op, av, flags)
+    if op is sre.BRANCH:
+        return Fsm.union(*(_sequence(list(b), flags, at_start=at_start, at_end=at_end) for b in av[1]))
+    if op is sre.SUBPATTERN:
+        _group, add, remove, inner = av
+        return _sequence(list(inner), (flags | add) & ~remove, at_start=at_start, at_end=at_end)
+    if op in _REPEATS:
+        low, high, inner = av
+        body = _sequence(list(inner), flags, at_start=False, at_end=False)
+        return _repeat(body, low, None if high is sre.MAXREPEAT else high)
+    if op in _NOT_REGULAR:
+        raise NotRegular(f"uses {_NOT_REGULAR[op]}, which is not a regular language")
+    if op is sre.AT:
+        raise NotRegular(
+            "uses an anchor or word boundary inside the pattern; only a leading ^ or \\A and a "
+            "trailing $ or \\Z can be decided exactly"
+        )
+    raise NotRegular(f"uses {op}, which cannot be decided exactly")
+
+
+def _repeat(body: Fsm, low: int, high: int | None) -> Fsm:
+    if max(low, high or 0) > MAX_REPEAT_UNROLL:
+        raise NotRegular(f"has a repeat bound over {MAX_REPEAT_UNROLL}, too large to decide exactly")
+    required = body.times(low) if low else EPSILON
+    if high is None:
+        return Fsm.concatenate(required, body.star())
+    optional = EPSILON
+    for _ in range(high - low):
+        optional = minimal(EPSILON | Fsm.concatenate(body, optional))
+    return Fsm.concatenate(required, optional)
+
+
+def strings_language(values: Iterable[str]) -> Fsm:
+    """A finite set of texts (exact and any-of conditions), as a trie automaton."""
+    values = sorted(set(values))
+    chars = sorted({c for v in values for c in v})
+    classes = [_canon(Charclass(((c, c),))) for c in chars]
+    other = _canon(~Charclass(tuple((c, c) for c in chars)))
+    alphabet = [*classes, other]
+    nodes: dict[str, int] = {"": 0}
+    for value in values:
+        for end in range(1, len(value) + 1):
+            nodes.setdefault(value[:end], len(nodes))
+    dead = len(nodes)
+    transitions: dict[int, dict[Charclass, int]] = {dead: dict.fromkeys(alphabet, dead)}
+    for prefix, state in nodes.items():
+        row = dict.fromkeys(alphabet, dead)
+        for c, cls in zip(chars, classes, strict=True):
+            row[cls] = nodes.get(prefix + c, dead)
+        transitions[state] = row
+    finals = {nodes[v] for v in values}
+    return Fsm(alphabet=alphabet, states=range(dead + 1), initial=0, finals=finals, map=transitions)
+
+
+# -- normalisation ---------------------------------------------------------------------------------
+
+
+@functools.cache
+def _changed_by_lower() -> tuple[int, ...]:
+    return tuple(sorted(ord(c) for c in _lowered()))
+
+
+@functools.cache
+def _fixed_count() -> int:
+    return 0x110000 - len(_changed_by_lower())
+
+
+def _rank(code: int) -> int:
+    """The position of an unchanged-by-lowercase character among all of them."""
+    return code - bisect.bisect_left(_changed_by_lower(), code)
+
+
+def _unrank(rank: int) -> int:
+    changed = _changed_by_lower()
+    code = rank
+    while True:
+        following = rank + bisect.bisect_right(changed, code)
+        if following == code:
+            return code
+        code = following
+
+
+def _compress(chars: Charclass, *, keep_slash: bool = True) -> Charclass:
+    """The ranks of a class's characters that lowercasing leaves alone (a run of code points maps
+    to a run of ranks, so the classes stay as small as they were)."""
+    changed = frozenset(_changed_by_lower())
+    ranges: list[tuple[str, str]] = []
+    for low, high in _covered(chars):
+        while low <= high and (low in changed or (not keep_slash and low == SLASH)):
+            low += 1
+        while high >= low and (high in changed or (not keep_slash and high == SLASH)):
+            high -= 1
+        if low > high:
+            continue
+        if not keep_slash and low < SLASH < high:
+            ranges += [(chr(_rank(low)), chr(_rank(SLASH - 1))), (chr(_rank(SLASH + 1)), chr(_rank(high)))]
+        else:
+            ranges.append((chr(_rank(low)), chr(_rank(high))))
+    return _canon(Charclass(tuple(ranges)))
+
+
+@dataclass(frozen=True)
+class Normaliser:
+    """How a provider's schema normalises one claim before matching: `none`, `lower` (the whole
+    text), or `repo` (a workflow ref: `owner/repo/` lowered when the text has two slashes).
+
+    Normalised texts are compared in an encoding that keeps character classes small: the
+    characters lowercasing changes never occur in a lowered part, so a lowered part is written as
+    the ranks of the characters that remain (`_compress`); `encode`/`decode` convert texts and
+    `language` converts automata over normalised texts.
+    """
+
+    kind: str
+
+    def apply(self, text: str) -> str:
+        if self.kind == "lower":
+            return text.lower()
+        if self.kind == "repo":
+            parts = text.split("/", 2)
+            return text if len(parts) < 3 else f"{parts[0].lower()}/{parts[1].lower()}/{parts[2]}"
+        return text
+
+    def _lowered_part(self, text: str) -> int:
+        """How many leading characters of a normalised text are lowered (and so ranked)."""
+        if self.kind == "lower":
+            return len(text)
+        if self.kind == "repo" and text.count("/") >= 2:
+            return text.index("/", text.index("/") + 1)
+        return 0
+
+    def encode(self, normalised: str) -> str | None:
+        """A normalised text in the encoding; None if no token's claim normalises to it."""
+        cut = self._lowered_part(normalised)
+        changed = frozenset(_changed_by_lower())
+        head = normalised[:cut]
+        if any(ord(c) in changed for c in head):
+            return None
+        return (
+            "".join(c if c == "/" and self.kind == "repo" else chr(_rank(ord(c))) for c in head)
+            + (normalised[cut:])
+        )
+
+    def decode(self, encoded: str) -> str:
+        cut = self._lowered_part(encoded)
+        head = "".join(c if c == "/" and self.kind == "repo" else chr(_unrank(ord(c))) for c in encoded[:cut])
+        return head + encoded[cut:]
+
+    @property
+    def universe(self) -> Fsm:
+        """Every encoded text some claim normalises to."""
+        return _universe(self.kind)
+
+    def language(self, normalised: Fsm) -> Fsm:
+        """An automaton over normalised texts as one over their encodings (within `universe`)."""
+        if self.kind == "none":
+            return normalised
+        if self.kind == "lower":
+            return both(_relabel(normalised, _compress), self.universe)
+        return both(_encode_repo(normalised), self.universe)
+
+    def preimage(self, language: Fsm) -> Fsm:
+        """The raw texts whose normalised form is in `language` (over normalised texts)."""
+        if self.kind == "none":
+            return language
+        if self.kind == "lower":
+            return _preimage_lower(language)
+        return _preimage_repo(language)
+
+
+SLASH = ord("/")
+
+
+@functools.cache
+def _universe(kind: str) -> Fsm:
+    if kind == "none":
+        return ANYTHING
+    valid = _canon(Charclass(((chr(0), chr(_fixed_count() - 1)),)))
+    if kind == "lower":
+        return from_charclass(valid).star()
+    slash = Charclass("/")
+    segment = from_charclass(_canon(~slash)).star()
+    ranked_segment = from_charclass(_canon(valid & ~slash)).star()
+    one = from_charclass(slash)
+    return minimal(
+        Fsm.union(
+            segment,
+            Fsm.concatenate(segment, one, segment),
+            Fsm.concatenate(ranked_segment, one, ranked_segment, one, ANYTHING),
+        )
+    )
+
+
+def _relabel(fsm: Fsm, mapping: Callable[[Charclass], Charclass]) -> Fsm:
+    """The same automaton with each class's characters renamed (what no class is renamed to leads
+    to a dead state); the renamed classes must stay disjoint."""
+    kept = {cls: new for cls in fsm.alphabet if not _is_empty(new := mapping(cls))}
+    covered = Charclass()
+    for new in kept.values():
+        covered = covered | new
+    rest = _canon(~covered)
+    alphabet = list(kept.values()) + ([] if _is_empty(rest) else [rest])
+    dead = max(fsm.states) + 1
+    transitions: dict[int, dict[Charclass, int]] = {dead: dict.fromkeys(alphabet, dead)}
+    for q in fsm.states:
+        row = {new: fsm.map[q][cls] for cls, new in kept.items()}
+        if not _is_empty(rest):
+            row[rest] = dead
+        transitions[q] = row
+    return Fsm(
+        alphabet=alphabet, states={*fsm.states, dead}, initial=fsm.initial, finals=fsm.finals, map=transitions
+    )
+
+
+def _encode_repo(fsm: Fsm) -> Fsm:
+    """Texts with fewer than two slashes as they are; the others with their first two segments
+    ranked. The two parts never share a text (the slashes are kept), so their union is exact."""
+    slash = Charclass("/")
+    segment = from_charclass(_canon(~slash)).star()
+    one = from_charclass(slash)
+    short = both(fsm, Fsm.union(segment, Fsm.concatenate(segment, one, segment)))
+    ranked = {cls: r for cls in fsm.alphabet if not _is_empty(r := _compress(cls, keep_slash=False))}
+    pieces = repartition([*fsm.alphabet, *ranked.values(), slash]).values()
+    symbols = sorted({_canon(piece) for group in pieces for piece in group}, key=_first_code)
+    slash_class = _class_of(fsm, "/")
+    dead = -1
+
+    def follow(state: tuple[int, int], i: int) -> tuple[int, int]:
+        slashes, q = state
+        if q == dead:
+            return state
+        probe = chr(_first_code(symbols[i]))
+        if slashes < 2:
+            if probe == "/":
+                return slashes + 1, fsm.map[q][slash_class]
+            owner = next((cls for cls, r in ranked.items() if r.accepts(probe)), None)
+            return (slashes, fsm.map[q][owner]) if owner is not None else (slashes, dead)
+        return slashes, fsm.map[q][_class_of(fsm, probe)]
+
+    long = _build(symbols, (0, fsm.initial), lambda s: s[0] == 2 and s[1] in fsm.finals, follow)
+    return minimal(Fsm.union(short, long))
+
+
+def _first_code(chars: Charclass) -> int:
+    covered = _covered(chars)
+    return covered[0][0] if covered else -1
+
+
+def _step(fsm: Fsm, state: int, text: str) -> int:
+    for char in text:
+        state = fsm.map[state][_class_of(fsm, char)]
+    return state
+
+
+def _class_of(fsm: Fsm, char: str) -> Charclass:
+    for cls in fsm.alphabet:
+        if cls.accepts(char):
+            return cls
+    raise AssertionError("an Fsm alphabet covers every character")
+
+
+def _lowering_symbols(fsm: Fsm) -> list[tuple[Charclass, Charclass, dict[int, int]]]:
+    """A partition of Unicode into (characters, their class in `fsm`, where lowering them leads
+    from each state). Characters lowercasing leaves alone keep their class; the others are grouped
+    by where their lowercase text leads."""
+    sigma_small, sigma_final = _class_of(fsm, "σ"), _class_of(fsm, "ς")
+    if any(fsm.map[q][sigma_small] != fsm.map[q][sigma_final] for q in fsm.states):
+        # str.lower() turns Σ into σ or ς depending on the letters around it.
+        raise NotRegular("tells σ from ς on a case-insensitive claim, which lowercasing Σ decides by context")
+    lowered = _lowered()
+    changed = _charclass_of(ord(c) for c in lowered)
+    symbols: list[tuple[Charclass, Charclass, dict[int, int]]] = []
+    for cls in fsm.alphabet:
+        kept = _canon(cls & ~changed)
+        if not _is_empty(kept):
+            symbols.append((kept, cls, {q: fsm.map[q][cls] for q in fsm.states}))
+    groups: dict[tuple[Charclass, tuple[int, ...]], list[int]] = {}
+    states = sorted(fsm.states)
+    for char, low in lowered.items():
+        key = (_class_of(fsm, char), tuple(_step(fsm, q, low) for q in states))
+        groups.setdefault(key, []).append(ord(char))
+    for (cls, targets), codes in groups.items():
+        symbols.append((_charclass_of(codes), cls, dict(zip(states, targets, strict=True))))
+    return symbols
+
+
+def _build(
+    alphabet: list[Charclass],
+    initial: Hashable,
+    final: Callable[[Any], bool],
+    follow: Callable[[Any, int], Hashable],
+) -> Fsm:
+    """An Fsm explored from `initial`; `follow(state, i)` moves on `alphabet[i]`."""
+    index: dict[Hashable, int] = {initial: 0}
+    order = [initial]
+    transitions: dict[int, dict[Charclass, int]] = {}
+    while len(transitions) < len(order):
+        current = len(transitions)
+        row: dict[Charclass, int] = {}
+        for i, cls in enumerate(alphabet):
+            target = follow(order[current], i)
+            if target not in index:
+                index[target] = len(order)
+                order.append(target)
+            row[cls] = index[target]
+        transitions[current] = row
+    finals = {i for i, state in enumerate(order) if final(state)}
+    return Fsm(alphabet=alphabet, states=range(len(order)), initial=0, finals=finals, map=transitions)
+
+
+def _preimage_lower(fsm: Fsm) -> Fsm:
+    symbols = _lowering_symbols(fsm)
+    return minimal(
+        _build(
+            [chars for chars, _, _ in symbols],
+            fsm.initial,
+            lambda q: q in fsm.finals,
+            lambda q, i: symbols[i][2][q],
+        )
+    )
+
+
+def _preimage_repo(fsm: Fsm) -> Fsm:
+    """Raw texts t with repo-normalised t in `fsm`: two runs side by side, one on t as it is (what
+    counts while t has fewer than two slashes) and one lowering up to the second slash."""
+    slash = Charclass("/")
+    symbols = [(_canon(chars & ~slash), cls, moves) for chars, cls, moves in _lowering_symbols(fsm)]
+    symbols = [s for s in symbols if not _is_empty(s[0])]
+    slash_class = _class_of(fsm, "/")
+    alphabet = [chars for chars, _, _ in symbols] + [slash]
+
+    def follow(state: tuple[int, int, int], i: int) -> tuple[int, int, int]:
+        slashes, plain, lowered = state
+        if i == len(symbols):
+            return min(slashes + 1, 2), fsm.map[plain][slash_class], fsm.map[lowered][slash_class]
+        _, cls, moves = symbols[i]
+        return slashes, fsm.map[plain][cls], moves[lowered] if slashes < 2 else fsm.map[lowered][cls]
+
+    def final(state: tuple[int, int, int]) -> bool:
+        slashes, plain, lowered = state
+        return (lowered if slashes == 2 else plain) in fsm.finals
+
+    return minimal(_build(alphabet, (0, fsm.initial, fsm.initial), final, follow))
+
+
+def _combine(fsms: Sequence[Fsm], accept: Callable[[Sequence[bool]], bool]) -> Fsm:
+    """The product automaton of `fsms` on a common refinement of their alphabets, minimal."""
+    partition = repartition({cls for fsm in fsms for cls in fsm.alphabet})
+    unified = [fsm.replace_alphabet(partition) for fsm in fsms]
+    alphabet = sorted(unified[0].alphabet)
+    product = _build(
+        alphabet,
+        tuple(fsm.initial for fsm in unified),
+        lambda states: accept([q in fsm.finals for q, fsm in zip(states, unified, strict=True)]),
+        lambda states, i: tuple(fsm.map[q][alphabet[i]] for q, fsm in zip(states, unified, strict=True)),
+    )
+    return minimal(product)
+
+
+def both(a: Fsm, b: Fsm) -> Fsm:
+    return _combine((a, b), all)
+
+
+def but(a: Fsm, b: Fsm) -> Fsm:
+    """a minus b."""
+    return _combine((a, b), lambda finals: finals[0] and not finals[1])
+
+
+def minimal(fsm: Fsm) -> Fsm:
+    """The reachable part of `fsm`, with equivalent states merged (Moore's partition refinement;
+    greenery's own `reduce` reverses the automaton twice, quadratically in its states)."""
+    alphabet = list(fsm.alphabet)
+    reachable = [fsm.initial]
+    seen = {fsm.initial}
+    for state in reachable:
+        for cls in alphabet:
+            target = fsm.map[state][cls]
+            if target not in seen:
+                seen.add(target)
+                reachable.append(target)
+    block = {q: int(q in fsm.finals) for q in reachable}
+    while True:
+        signatures = {q: (block[q], *(block[fsm.map[q][cls]] for cls in alphabet)) for q in reachable}
+        numbering: dict[tuple[int, ...], int] = {}
+        refined = {q: numbering.setdefault(signatures[q], len(numbering)) for q in reachable}
+        if len(numbering) == len(set(block.values())):
+            break
+        block = refined
+    transitions = {block[q]: {cls: block[fsm.map[q][cls]] for cls in alphabet} for q in reachable}
+    return Fsm(
+        alphabet=alphabet,
+        states=set(transitions),
+        initial=block[fsm.initial],
+        finals={block[q] for q in reachable if q in fsm.finals},
+        map=transitions,
+    )
+
+
+# -- examples ------------------------------------------------------------------------------------
+
+_PREFERRED = "abcdefghijklmnopqrstuvwxyz0123456789-_./:ABCDEFGHIJKLMNOPQRSTUVWXYZ@+=~!#%&,;"
+
+
+def _covered(chars: Charclass) -> list[tuple[int, int]]:
+    return negate(list(chars.ord_ranges)) if chars.negated else list(chars.ord_ranges)
+
+
+def _nice_char(cls: Charclass) -> str | None:
+    """The most readable character of a class: a preferred one, else the first printable one."""
+    for char in _PREFERRED:
+        if cls.accepts(char):
+            return char
+    covered = _covered(cls)
+    for low, high in covered:
+        for start, end in ((0xA1, 0xD7FF), (0xE000, LAST_CODE_POINT), (0x20, 0x7E)):
+            if max(low, start) <= min(high, end):
+                return chr(max(low, start))
+    return chr(covered[0][0]) if covered else None
+
+
+def example(fsm: Fsm) -> str | None:
+    """A shortest text in the language, made of the most readable characters; None if empty."""
+    live = {q for q in fsm.states if fsm.islive(q)}
+    if fsm.initial not in live:
+        return None
+    seen = {fsm.initial: ""}
+    queue = [fsm.initial]
+    for state in queue:
+        if state in fsm.finals:
+            return seen[state]
+        moves: dict[int, str] = {}
+        for cls in sorted(fsm.map[state], key=_readability):
+            target = fsm.map[state][cls]
+            if target in live and target not in seen and target not in moves:
+                char = _nice_char(cls)
+                if char is not None:
+                    moves[target] = char
+        for target, char in moves.items():
+            seen[target] = seen[state] + char
+            queue.append(target)
+    return None
+
+
+def _readability(cls: Charclass) -> int:
+    char = _nice_char(cls)
+    if char is None:
+        return len(_PREFERRED) + 0x110000
+    position = _PREFERRED.find(char)
+    return position if position >= 0 else len(_PREFERRED) + ord(char)
+
+
+def finite_strings(fsm: Fsm, limit: int) -> list[str] | None:
+    """Every text of a finite language with at most `limit` texts; None when larger or infinite."""
+    try:
+        if fsm.cardinality() > limit:
+            return None
+    except OverflowError:
+        return None
+    out: list[str] = []
+    for text in fsm.strings([]):
+        out.append(text)
+    return out if len(out) == fsm.cardinality() else None
