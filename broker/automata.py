@@ -413,6 +413,11 @@ class Normaliser:
             return both(_relabel(normalised, _compress), self.universe)
         return both(_encode_repo(normalised), self.universe)
 
+    @property
+    def preferred(self) -> str:
+        """Readable characters as this encoding spells them, for examples."""
+        return _preferred(self.kind)
+
     def preimage(self, language: Fsm) -> Fsm:
         """The raw texts whose normalised form is in `language` (over normalised texts)."""
         if self.kind == "none":
@@ -423,6 +428,15 @@ class Normaliser:
 
 
 SLASH = ord("/")
+
+
+@functools.cache
+def _preferred(kind: str) -> str:
+    if kind == "none":
+        return _PREFERRED
+    changed = frozenset(_changed_by_lower())
+    ranked = "".join(chr(_rank(ord(c))) for c in _PREFERRED if ord(c) not in changed)
+    return ranked if kind == "lower" else ranked + _PREFERRED
 
 
 @functools.cache
@@ -659,9 +673,9 @@ def _covered(chars: Charclass) -> list[tuple[int, int]]:
     return negate(list(chars.ord_ranges)) if chars.negated else list(chars.ord_ranges)
 
 
-def _nice_char(cls: Charclass) -> str | None:
+def _nice_char(cls: Charclass, preferred: str = _PREFERRED) -> str | None:
     """The most readable character of a class: a preferred one, else the first printable one."""
-    for char in _PREFERRED:
+    for char in preferred:
         if cls.accepts(char):
             return char
     covered = _covered(cls)
@@ -672,26 +686,75 @@ def _nice_char(cls: Charclass) -> str | None:
     return chr(covered[0][0]) if covered else None
 
 
-def example(fsm: Fsm) -> str | None:
-    """A shortest text in the language, made of the most readable characters; None if empty."""
+def example(fsm: Fsm, spelling: Normaliser | None = None) -> str | None:
+    """A short, readable text of the language (None if it is empty).
+
+    Texts are explored shortest first, one readable character per class; among the first few
+    found, the one that reads least like an edge case (an empty path segment, a trailing dash,
+    white space) wins: `refs/heads/a` rather than `refs/heads/`.
+    """
     live = {q for q in fsm.states if fsm.islive(q)}
     if fsm.initial not in live:
         return None
+    preferred = spelling.preferred if spelling is not None else _PREFERRED
+    decode = spelling.decode if spelling is not None else str
+
+    def readability(cls: Charclass) -> int:
+        char = _nice_char(cls, preferred)
+        position = preferred.find(char) if char is not None else -1
+        return position if position >= 0 else len(preferred) + ord(char or chr(LAST_CODE_POINT))
+
+    moves = {
+        q: [
+            (char, fsm.map[q][cls])
+            for cls in sorted(fsm.map[q], key=readability)
+            if (char := _nice_char(cls, preferred))
+        ]
+        for q in live
+    }
+    found: list[str] = []
+    frontier = [("", fsm.initial)]
+    explored = 0
+    while frontier and len(found) < _EXAMPLE_CANDIDATES and explored < _EXAMPLE_BUDGET:
+        following: list[tuple[str, int]] = []
+        for text, state in frontier:
+            explored += 1
+            if state in fsm.finals:
+                found.append(text)
+            following += [(text + char, target) for char, target in moves[state] if target in live]
+        frontier = following[:_EXAMPLE_BUDGET]
+    if not found:
+        return _shortest(fsm, live)
+    # Ties go to the first found: shortest, then made of the most readable characters.
+    return min(found, key=lambda text: (_oddness(decode(text)), len(text)))
+
+
+_EXAMPLE_CANDIDATES = 24
+_EXAMPLE_BUDGET = 4000
+
+
+def _oddness(text: str) -> int:
+    return sum(
+        (
+            text.endswith(("/", "-", ".", ":", "@")),
+            "//" in text or "/@" in text or "/." in text,
+            any(c.isspace() or not c.isprintable() for c in text),
+        )
+    )
+
+
+def _shortest(fsm: Fsm, live: set[int]) -> str | None:
     seen = {fsm.initial: ""}
     queue = [fsm.initial]
     for state in queue:
         if state in fsm.finals:
             return seen[state]
-        moves: dict[int, str] = {}
         for cls in sorted(fsm.map[state], key=_readability):
             target = fsm.map[state][cls]
-            if target in live and target not in seen and target not in moves:
-                char = _nice_char(cls)
-                if char is not None:
-                    moves[target] = char
-        for target, char in moves.items():
-            seen[target] = seen[state] + char
-            queue.append(target)
+            char = _nice_char(cls)
+            if target in live and target not in seen and char is not None:
+                seen[target] = seen[state] + char
+                queue.append(target)
     return None
 
 

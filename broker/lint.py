@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from broker.config import Config
 from broker.policy import Rule
+from broker.policylint import policy_findings
 from broker.schema import Finding
 
 
@@ -28,6 +29,8 @@ def lint(config: Config) -> list[Finding]:
         for rule in role.rules:
             path = f"roles.{role.name}.allow[{rule.index}]"
             findings.extend(Finding("warning", path, m) for m in rule_warnings(config, rule))
+    # Non-regular regexes, rules that can never hold, and sub in its old form (the automata's).
+    findings.extend(policy_findings(config))
     return findings
 
 

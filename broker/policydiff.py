@@ -396,7 +396,7 @@ def _difference(universe: Universe, role: str, box: Box, direction: str) -> Diff
         if shown is not None:
             conditions[claim] = shown
         if not allowed.absent:
-            spelled = example(allowed.lang)
+            spelled = example(allowed.lang, space.shared)
             if spelled is None:
                 raise DiffError(f"role {role}: no example text for claim {claim} (a bug; refusing to guess)")
             claims[claim] = space.text(spelled)

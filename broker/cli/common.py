@@ -26,15 +26,22 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load(args: argparse.Namespace) -> Config | None:
+def load(args: argparse.Namespace, *, policy_only: bool = False) -> Config | None:
     """The config named by `--config`, or None after printing every finding with its key path."""
-    from broker.config import ConfigError, load_config
-
     if not args.config:
         print(f"error: --config FILE (or {CONFIG_ENV}) is required", file=sys.stderr)
         return None
+    return load_file(args.config, policy_only=policy_only)
+
+
+def load_file(path: str, *, policy_only: bool = False) -> Config | None:
+    """A config file, or None after printing every finding. `policy_only` loads it without its
+    signing key files (`broker.policyload`), for commands that only evaluate the policy."""
+    from broker.config import ConfigError, load_config
+    from broker.policyload import load_policy
+
     try:
-        return load_config(args.config)
+        return load_policy(path) if policy_only else load_config(path)
     except ConfigError as exc:
         for finding in exc.findings:
             print(finding.render(exc.file), file=sys.stderr)

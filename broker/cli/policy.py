@@ -12,6 +12,11 @@ from broker.cli.common import EXIT_DENY, EXIT_ERROR, EXIT_OK, Subparsers, add_co
 def register(sub: Subparsers) -> None:
     p = sub.add_parser("check", help="validate a config and warn about risky rules")
     add_config_option(p)
+    p.add_argument(
+        "--policy-only",
+        action="store_true",
+        help="validate everything but the signing key files (a pull request's pipeline has no keys)",
+    )
     p.set_defaults(handler=check)
 
     p = sub.add_parser("explain", help="evaluate the policy offline for a claims set")
@@ -25,13 +30,18 @@ def register(sub: Subparsers) -> None:
 def check(args: argparse.Namespace) -> int:
     from broker.lint import lint
 
-    config = load(args)
+    config = load(args, policy_only=args.policy_only)
     if config is None:
         return EXIT_ERROR
     findings = lint(config)
     for finding in findings:
         print(finding.render(config.file))
-    print(f"ok: {len(config.roles)} role(s), {len(config.providers)} provider(s), {len(findings)} warning(s)")
+    errors = sum(f.level == "error" for f in findings)
+    summary = f"{len(config.roles)} role(s), {len(config.providers)} provider(s), {len(findings) - errors} warning(s)"
+    if errors:
+        print(f"failed: {summary}, {errors} error(s)")
+        return EXIT_ERROR
+    print(f"ok: {summary}")
     return EXIT_OK
 
 

@@ -10,8 +10,20 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from broker.cli.common import CONFIG_ENV, EXIT_DENY, EXIT_ERROR, EXIT_OK, Subparsers, add_config_option
+from broker.cli.common import (
+    EXIT_DENY,
+    EXIT_ERROR,
+    EXIT_OK,
+    Subparsers,
+    add_config_option,
+    load,
+    load_file,
+)
+
+if TYPE_CHECKING:
+    from broker.config import Config
 
 # `diff /dev/null NEW`: there is no old config (the policy file is new in this change).
 NO_CONFIG = os.devnull
@@ -32,25 +44,10 @@ def register(sub: Subparsers) -> None:
     p.set_defaults(handler=diff)
 
 
-def _load(path: str):  # type: ignore[no-untyped-def]
-    from broker.config import ConfigError
-    from broker.policyload import load_policy
-
-    try:
-        return load_policy(path)
-    except ConfigError as exc:
-        for finding in exc.findings:
-            print(finding.render(exc.file), file=sys.stderr)
-        return None
-
-
 def test(args: argparse.Namespace) -> int:
     from broker import policytest
 
-    if not args.config:
-        print(f"error: --config FILE (or {CONFIG_ENV}) is required", file=sys.stderr)
-        return EXIT_ERROR
-    config = _load(args.config)
+    config = load(args, policy_only=True)
     if config is None:
         return EXIT_ERROR
     try:
@@ -73,8 +70,8 @@ def diff(args: argparse.Namespace) -> int:
     from broker import diffreport
     from broker.policydiff import DiffError, diff_configs
 
-    old = _empty_like(args.new) if args.old == NO_CONFIG else _load(args.old)
-    new = _load(args.new)
+    old = _empty_like(args.new) if args.old == NO_CONFIG else load_file(args.old, policy_only=True)
+    new = load_file(args.new, policy_only=True)
     if old is None or new is None:
         return EXIT_ERROR
     try:
@@ -86,9 +83,9 @@ def diff(args: argparse.Namespace) -> int:
     return EXIT_DENY if args.exit_code and result.gained_anything else EXIT_OK
 
 
-def _empty_like(path: str):  # type: ignore[no-untyped-def]
+def _empty_like(path: str) -> Config | None:
     """No old config: the new one's server and providers with no role, so every role is gained."""
     from dataclasses import replace
 
-    new = _load(path)
+    new = load_file(path, policy_only=True)
     return None if new is None else replace(new, file=NO_CONFIG, roles={}, deny=())
