@@ -88,8 +88,15 @@ def text(result: PolicyDiff) -> str:
     return "\n".join(lines)
 
 
+# Every character markdown or HTML could read as markup. A pull request's author writes the
+# patterns, and the job summary must show them, never let them hide a row (`<!--`) or fake one.
+_MARKUP = frozenset("\\`*_[]|~#!{}()+-.")
+
+
 def _cell(value: str) -> str:
-    return value.replace("|", "\\|").replace("\n", " ")
+    value = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    value = "".join("\\" + c if c in _MARKUP else c for c in value)
+    return value.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def markdown(result: PolicyDiff) -> str:
@@ -114,6 +121,6 @@ def markdown(result: PolicyDiff) -> str:
             for difference in differences:
                 lines.append(
                     f"| {label} | `{difference.provider}` | {_cell(_conditions_line(difference))} "
-                    f"| `{_cell(_example(difference))}` |"
+                    f"| {_cell(_example(difference))} |"
                 )
     return "\n".join(lines) + "\n"
