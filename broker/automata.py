@@ -31,7 +31,7 @@ from re import _parser as sre_parse  # type: ignore[attr-defined]
 from typing import Any
 
 from greenery import Charclass, Fsm
-from greenery.charclass import negate, repartition
+from greenery.charclass import negate
 from greenery.fsm import EPSILON, NULL, from_charclass
 
 # Bounded repeats are unrolled; beyond this the automaton is too large to be worth building.
@@ -440,6 +440,13 @@ def _preferred(kind: str) -> str:
 
 
 @functools.cache
+def _fewer_than_two_slashes() -> Fsm:
+    slash = Charclass("/")
+    segment = from_charclass(_canon(~slash)).star()
+    return Fsm.union(segment, Fsm.concatenate(segment, from_charclass(slash), segment))
+
+
+@functools.cache
 def _universe(kind: str) -> Fsm:
     if kind == "none":
         return ANYTHING
@@ -484,11 +491,9 @@ def _encode_repo(fsm: Fsm) -> Fsm:
     """Texts with fewer than two slashes as they are; the others with their first two segments
     ranked. The two parts never share a text (the slashes are kept), so their union is exact."""
     slash = Charclass("/")
-    segment = from_charclass(_canon(~slash)).star()
-    one = from_charclass(slash)
-    short = both(fsm, Fsm.union(segment, Fsm.concatenate(segment, one, segment)))
+    short = both(fsm, _fewer_than_two_slashes())
     ranked = {cls: r for cls in fsm.alphabet if not _is_empty(r := _compress(cls, keep_slash=False))}
-    pieces = repartition([*fsm.alphabet, *ranked.values(), slash]).values()
+    pieces = refine([*fsm.alphabet, *ranked.values(), slash]).values()
     symbols = sorted({_canon(piece) for group in pieces for piece in group}, key=_first_code)
     slash_class = _class_of(fsm, "/")
     dead = -1
@@ -506,7 +511,7 @@ def _encode_repo(fsm: Fsm) -> Fsm:
         return slashes, fsm.map[q][_class_of(fsm, probe)]
 
     long = _build(symbols, (0, fsm.initial), lambda s: s[0] == 2 and s[1] in fsm.finals, follow)
-    return minimal(Fsm.union(short, long))
+    return _combine((short, long), any)
 
 
 def _first_code(chars: Charclass) -> int:
@@ -558,33 +563,30 @@ def _build(
     final: Callable[[Any], bool],
     follow: Callable[[Any, int], Hashable],
 ) -> Fsm:
-    """An Fsm explored from `initial`; `follow(state, i)` moves on `alphabet[i]`."""
+    """The minimal Fsm explored from `initial`; `follow(state, i)` moves on `alphabet[i]`."""
     index: dict[Hashable, int] = {initial: 0}
     order = [initial]
-    transitions: dict[int, dict[Charclass, int]] = {}
-    while len(transitions) < len(order):
-        current = len(transitions)
-        row: dict[Charclass, int] = {}
-        for i, cls in enumerate(alphabet):
-            target = follow(order[current], i)
+    rows: list[list[int]] = []
+    while len(rows) < len(order):
+        current = order[len(rows)]
+        row = []
+        for i in range(len(alphabet)):
+            target = follow(current, i)
             if target not in index:
                 index[target] = len(order)
                 order.append(target)
-            row[cls] = index[target]
-        transitions[current] = row
-    finals = {i for i, state in enumerate(order) if final(state)}
-    return Fsm(alphabet=alphabet, states=range(len(order)), initial=0, finals=finals, map=transitions)
+            row.append(index[target])
+        rows.append(row)
+    return _minimal_table((alphabet, rows, 0, {i for i, state in enumerate(order) if final(state)}))
 
 
 def _preimage_lower(fsm: Fsm) -> Fsm:
     symbols = _lowering_symbols(fsm)
-    return minimal(
-        _build(
-            [chars for chars, _, _ in symbols],
-            fsm.initial,
-            lambda q: q in fsm.finals,
-            lambda q, i: symbols[i][2][q],
-        )
+    return _build(
+        [chars for chars, _, _ in symbols],
+        fsm.initial,
+        lambda q: q in fsm.finals,
+        lambda q, i: symbols[i][2][q],
     )
 
 
@@ -608,21 +610,86 @@ def _preimage_repo(fsm: Fsm) -> Fsm:
         slashes, plain, lowered = state
         return (lowered if slashes == 2 else plain) in fsm.finals
 
-    return minimal(_build(alphabet, (0, fsm.initial, fsm.initial), final, follow))
+    return _build(alphabet, (0, fsm.initial, fsm.initial), final, follow)
+
+
+def refine(classes: Iterable[Charclass]) -> dict[Charclass, list[Charclass]]:
+    """The coarsest partition of Unicode that splits no class, and each class's parts.
+
+    What greenery's `repartition` computes, in one sweep over the classes' ranges rather than a
+    test of every class for every elementary range (`\\w` alone has 734 ranges).
+    """
+    unique = list(dict.fromkeys(classes))
+    covered = [_covered(cls) for cls in unique]
+    bounds = sorted(
+        {0, LAST_CODE_POINT + 1} | {edge for ranges in covered for a, b in ranges for edge in (a, b + 1)}
+    )
+    members: list[list[int]] = [[] for _ in range(len(bounds) - 1)]
+    for k, ranges in enumerate(covered):
+        for low, high in ranges:
+            for slot in range(bisect.bisect_left(bounds, low), bisect.bisect_left(bounds, high + 1)):
+                members[slot].append(k)
+    groups: dict[tuple[int, ...], list[tuple[str, str]]] = {}
+    for slot, owners in enumerate(members):
+        if owners:
+            groups.setdefault(tuple(owners), []).append((chr(bounds[slot]), chr(bounds[slot + 1] - 1)))
+    parts: dict[Charclass, list[Charclass]] = {cls: [] for cls in unique}
+    for owners, ranges in groups.items():
+        part = _canon(Charclass(tuple(ranges)))
+        for k in owners:
+            parts[unique[k]].append(part)
+    return parts
+
+
+# An automaton as plain tables: its classes, one row of target states per state (in class
+# order), the initial state and the final ones. Products and minimisation work on these and build
+# one greenery Fsm at the end (each Fsm checks on construction that its classes partition Unicode).
+Table = tuple[list[Charclass], list[list[int]], int, set[int]]
+
+
+def _table(fsm: Fsm) -> Table:
+    states = sorted(fsm.states)
+    index = {q: i for i, q in enumerate(states)}
+    alphabet = list(fsm.alphabet)
+    rows = [[index[fsm.map[q][cls]] for cls in alphabet] for q in states]
+    return alphabet, rows, index[fsm.initial], {index[q] for q in fsm.finals}
 
 
 def _combine(fsms: Sequence[Fsm], accept: Callable[[Sequence[bool]], bool]) -> Fsm:
     """The product automaton of `fsms` on a common refinement of their alphabets, minimal."""
-    partition = repartition({cls for fsm in fsms for cls in fsm.alphabet})
-    unified = [fsm.replace_alphabet(partition) for fsm in fsms]
-    alphabet = sorted(unified[0].alphabet)
-    product = _build(
-        alphabet,
-        tuple(fsm.initial for fsm in unified),
-        lambda states: accept([q in fsm.finals for q, fsm in zip(states, unified, strict=True)]),
-        lambda states, i: tuple(fsm.map[q][alphabet[i]] for q, fsm in zip(states, unified, strict=True)),
-    )
-    return minimal(product)
+    tables = [_table(fsm) for fsm in fsms]
+    parts = refine(cls for alphabet, _, _, _ in tables for cls in alphabet)
+    symbols = list(dict.fromkeys(part for group in parts.values() for part in group))
+    position = {part: i for i, part in enumerate(symbols)}
+    owners: list[list[int]] = []
+    for alphabet, _, _, _ in tables:
+        owner = [0] * len(symbols)
+        for k, cls in enumerate(alphabet):
+            for part in parts[cls]:
+                owner[position[part]] = k
+        owners.append(owner)
+    start = tuple(initial for _, _, initial, _ in tables)
+    index = {start: 0}
+    order = [start]
+    rows: list[list[int]] = []
+    while len(rows) < len(order):
+        states = order[len(rows)]
+        row = []
+        for s in range(len(symbols)):
+            target = tuple(
+                table[1][q][owner[s]] for q, table, owner in zip(states, tables, owners, strict=True)
+            )
+            if target not in index:
+                index[target] = len(order)
+                order.append(target)
+            row.append(index[target])
+        rows.append(row)
+    finals = {
+        i
+        for i, states in enumerate(order)
+        if accept([q in table[3] for q, table in zip(states, tables, strict=True)])
+    }
+    return _minimal_table((symbols, rows, 0, finals))
 
 
 def both(a: Fsm, b: Fsm) -> Fsm:
@@ -635,31 +702,41 @@ def but(a: Fsm, b: Fsm) -> Fsm:
 
 
 def minimal(fsm: Fsm) -> Fsm:
-    """The reachable part of `fsm`, with equivalent states merged (Moore's partition refinement;
-    greenery's own `reduce` reverses the automaton twice, quadratically in its states)."""
-    alphabet = list(fsm.alphabet)
-    reachable = [fsm.initial]
-    seen = {fsm.initial}
+    """The reachable part of `fsm` with equivalent states merged (greenery's own `reduce`
+    reverses the automaton twice, quadratically in its states)."""
+    return _minimal_table(_table(fsm))
+
+
+def _minimal_table(table: Table) -> Fsm:
+    """Moore's partition refinement on the reachable states, then one Fsm."""
+    alphabet, rows, initial, finals = table
+    reachable = [initial]
+    seen = {initial}
     for state in reachable:
-        for cls in alphabet:
-            target = fsm.map[state][cls]
+        for target in rows[state]:
             if target not in seen:
                 seen.add(target)
                 reachable.append(target)
-    block = {q: int(q in fsm.finals) for q in reachable}
+    block = {q: int(q in finals) for q in reachable}
+    count = len(set(block.values()))
     while True:
-        signatures = {q: (block[q], *(block[fsm.map[q][cls]] for cls in alphabet)) for q in reachable}
         numbering: dict[tuple[int, ...], int] = {}
-        refined = {q: numbering.setdefault(signatures[q], len(numbering)) for q in reachable}
-        if len(numbering) == len(set(block.values())):
-            break
+        refined = {
+            q: numbering.setdefault((block[q], *(block[t] for t in rows[q])), len(numbering))
+            for q in reachable
+        }
         block = refined
-    transitions = {block[q]: {cls: block[fsm.map[q][cls]] for cls in alphabet} for q in reachable}
+        if len(numbering) == count:
+            break
+        count = len(numbering)
+    transitions = {
+        block[q]: {cls: block[t] for cls, t in zip(alphabet, rows[q], strict=True)} for q in reachable
+    }
     return Fsm(
         alphabet=alphabet,
         states=set(transitions),
-        initial=block[fsm.initial],
-        finals={block[q] for q in reachable if q in fsm.finals},
+        initial=block[initial],
+        finals={block[q] for q in reachable if q in finals},
         map=transitions,
     )
 
@@ -766,14 +843,21 @@ def _readability(cls: Charclass) -> int:
     return position if position >= 0 else len(_PREFERRED) + ord(char)
 
 
-def finite_strings(fsm: Fsm, limit: int) -> list[str] | None:
-    """Every text of a finite language with at most `limit` texts; None when larger or infinite."""
-    try:
-        if fsm.cardinality() > limit:
-            return None
-    except OverflowError:
-        return None
+def all_texts(fsm: Fsm) -> list[str]:
+    """Every text of a finite language (only transitions into live states are followed, so a
+    class of a million characters leading nowhere costs nothing)."""
+    live = {q for q in fsm.states if fsm.islive(q)}
     out: list[str] = []
-    for text in fsm.strings([]):
-        out.append(text)
-    return out if len(out) == fsm.cardinality() else None
+
+    def walk(state: int, prefix: str) -> None:
+        if state in fsm.finals:
+            out.append(prefix)
+        for cls, target in fsm.map[state].items():
+            if target in live:
+                for low, high in _covered(cls):
+                    for code in range(low, high + 1):
+                        walk(target, prefix + chr(code))
+
+    if fsm.initial in live:
+        walk(fsm.initial, "")
+    return out

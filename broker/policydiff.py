@@ -27,6 +27,7 @@ from broker.automata import (
     ANYTHING,
     Normaliser,
     NotRegular,
+    all_texts,
     both,
     but,
     example,
@@ -146,12 +147,12 @@ class Space:
         assert norm is not None, "a rule's own config has its provider"
         return norm
 
-    def language(self, normalised: Fsm, side: str) -> Fsm:
+    def language(self, condition: Condition, side: str) -> Fsm:
         """A condition's language (over texts its side normalised) in this space."""
         shared = self.shared
         if shared is not None:
-            return shared.language(normalised)
-        return self.side(side).preimage(normalised)
+            return _spelled(shared.kind, False, _key(condition))
+        return _spelled(self.side(side).kind, True, _key(condition))
 
     def key(self, text: str) -> str | None:
         """A raw claim text as the languages of this space spell it (None: outside them all)."""
@@ -212,16 +213,46 @@ def condition_form(condition: Condition) -> Any:
 
 def condition_language(condition: Condition) -> Fsm:
     """The normalised texts a condition accepts."""
-    if condition.kind in ("exact", "any_of"):
-        return _strings(condition.values)
-    if condition.kind in ("glob", "regex") and condition.compiled is not None:
-        return pattern_language(condition.compiled.pattern, condition.compiled.flags)
-    raise NotRegular(f"is a {condition.kind!r} condition, which diff does not know")
+    return _language(_key(condition))
 
 
-@functools.lru_cache(maxsize=4096)
+ConditionKey = tuple[str, tuple[str, ...], str | None, int]
+
+
+def _key(condition: Condition) -> ConditionKey:
+    compiled = condition.compiled
+    return (
+        condition.kind,
+        condition.values,
+        compiled.pattern if compiled is not None else None,
+        compiled.flags if compiled is not None else 0,
+    )
+
+
+def _language(key: ConditionKey) -> Fsm:
+    kind, values, pattern, flags = key
+    if kind in ("exact", "any_of"):
+        return _strings(values)
+    if kind in ("glob", "regex") and pattern is not None:
+        return pattern_language(pattern, flags)
+    raise NotRegular(f"is a {kind!r} condition, which diff does not know")
+
+
+@functools.lru_cache(maxsize=8192)
 def _strings(values: tuple[str, ...]) -> Fsm:
     return strings_language(values)
+
+
+def normalised_language(norm: Normaliser, condition: Condition) -> Fsm:
+    """A condition's language over the encoded texts of a claim `norm` normalises."""
+    return _spelled(norm.kind, False, _key(condition))
+
+
+@functools.lru_cache(maxsize=8192)
+def _spelled(normalisation: str, preimage: bool, key: ConditionKey) -> Fsm:
+    """A condition's language in a claim space (cached: configs repeat their conditions)."""
+    norm = Normaliser(normalisation)
+    return norm.preimage(_language(key)) if preimage else norm.language(_language(key))
 
 
 def rule_box(universe: Universe, side: str, config: Config, rule: Rule, where: str) -> Box | None:
@@ -229,20 +260,19 @@ def rule_box(universe: Universe, side: str, config: Config, rule: Rule, where: s
     issuer = config.providers[rule.provider].issuer
     claims: dict[str, ClaimSet] = {}
     for condition in rule.conditions:
+        space = universe.space(issuer, condition.claim)
         try:
-            normalised = condition_language(condition)
+            if condition.claim == "iss":
+                # Every token of this provider carries exactly its issuer: the condition holds or not.
+                if not condition_language(condition).accepts(space.side(side).apply(issuer)):
+                    return None
+                continue
+            lang = space.language(condition, side)
         except NotRegular as exc:
             raise DiffError(
                 f"{config.file}: {where}.claims.{condition.claim}: {condition.describe()} {exc}; "
                 "diff cannot decide this rule"
             ) from None
-        space = universe.space(issuer, condition.claim)
-        if condition.claim == "iss":
-            # Every token of this provider carries exactly its issuer: the condition holds or not.
-            if not normalised.accepts(space.side(side).apply(issuer)):
-                return None
-            continue
-        lang = space.language(normalised, side)
         claims[condition.claim] = ClaimSet(lang, False, (Term(condition_form(condition), lang),))
     box = Box(issuer, claims)
     return None if box.is_empty() else box
@@ -441,14 +471,12 @@ def show(space: Space, allowed: ClaimSet) -> Any:
 
 
 def _few(lang: Fsm) -> list[str] | None:
+    """Every text of a language of at most a few texts; None for a larger or infinite one."""
     try:
         count = lang.cardinality()
     except OverflowError:
         return None
-    if not 0 < count <= _FINITE_SHOWN:
-        return None
-    texts = list(lang.strings([]))
-    return texts if len(texts) == count else None
+    return all_texts(lang) if 0 < count <= _FINITE_SHOWN else None
 
 
 def _essential(space: Space, allowed: ClaimSet) -> list[Term]:

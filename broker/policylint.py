@@ -21,7 +21,7 @@ from greenery import Fsm
 from broker.automata import Normaliser, NotRegular, both, but, pattern_language, strings_language
 from broker.config import Config
 from broker.policy import Rule
-from broker.policydiff import DiffError, condition_language, normaliser
+from broker.policydiff import DiffError, normalised_language, normaliser
 from broker.schema import Finding
 
 # (the claim, the claim it begins, what joins them): the second is always FIRST + "/" + one segment.
@@ -67,7 +67,7 @@ def _rule_findings(config: Config, path: str, rule: Rule) -> list[Finding]:
         where = f"{path}.claims.{condition.claim}"
         try:
             norm = normaliser(schema, condition.claim)
-            language = norm.language(condition_language(condition))
+            language = normalised_language(norm, condition)
         except NotRegular as exc:
             findings.append(
                 Finding(
