@@ -56,8 +56,10 @@ class Condition:
 
     def holds(self, claims: Mapping[str, Any], schema: ClaimSchema) -> bool:
         """`check` without its reason: what a granted exchange needs."""
-        value = resolve(claims, self.claim)
-        if self.claim in schema.list_claims and isinstance(value, list):
+        value = claims.get(self.claim, ABSENT)
+        if value is ABSENT and "." in self.claim:  # a nested claim's path
+            value = resolve(claims, self.claim)
+        if isinstance(value, list) and self.claim in schema.list_claims:
             return any(self._holds_for(item, schema) for item in value)
         return self._holds_for(value, schema)
 
@@ -72,7 +74,7 @@ class Condition:
             return False, f"{self.claim}: absent from the token (wanted {self.describe()})"
         if value is None:
             return False, f"{self.claim}: is null, which matches no condition (wanted {self.describe()})"
-        if self.claim in schema.list_claims and isinstance(value, list):
+        if isinstance(value, list) and self.claim in schema.list_claims:
             ok = any(self._holds_for(item, schema) for item in value)
             shown = [claim_text(item) for item in value[:10]]
             verb = "has an element that" if ok else "has no element that"

@@ -44,7 +44,8 @@ MAX_TIME = 253402300799
 # can raise to a month; GitHub's tokens live minutes.
 MAX_DECLARED_LIFETIME = 31 * 86400
 # What every token needs, whatever its type; the rest of what a token must carry (sub, jti, the
-# provider's own claims) is its schema's `required` (broker.claims). A null counts as absent.
+# provider's own claims) is its schema's `required` (broker.claims). A required claim that is null
+# is refused like a missing one (or, for these and sub and jti, as malformed).
 CORE_REQUIRED = ("iss", "aud", "exp", "iat")
 
 
@@ -148,11 +149,11 @@ class TokenVerifier:
                 reason=f"exp is {lifetime}s after iat, outside 1..{MAX_DECLARED_LIFETIME}",
             )
         for name in IDENTIFIER_CLAIMS:
-            # A schema may make either optional; then absent or null is fine, anything else must be
-            # usable as an identifier.
-            value = claims.get(name)
-            if value is None and name not in self._required[provider.name]:
+            # A schema may make either optional; absent is then fine, but present (null included,
+            # as PyJWT also holds) it must be usable as an identifier.
+            if name not in claims and name not in self._required[provider.name]:
                 continue
+            value = claims.get(name)
             if not isinstance(value, str) or not value:
                 raise InvalidToken("token has a malformed claim", reason=f"{name} is not a non-empty string")
 

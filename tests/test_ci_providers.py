@@ -388,6 +388,13 @@ def test_a_buildkite_token_from_an_older_agent_without_jti_is_used_once(cis, bro
     assert "already been used" in exchange(cis, token).json()["message"]
 
 
+@pytest.mark.parametrize("jti", [None, "", 7])
+def test_an_optional_jti_that_is_present_must_still_be_an_identifier(cis, broker, audit_events, jti):
+    """Absent is fine for Buildkite; null, empty or a number is a malformed token, not an absent jti."""
+    assert_refused(exchange(cis, cis.token("buildkite", jti=jti)), 401, "invalid_token")
+    assert "jti is not a non-empty string" in last_refusal(audit_events)["reason"]
+
+
 def test_two_tokens_without_jti_are_two_tokens(cis, broker):
     assert exchange(cis, cis.token("buildkite", jti=OMIT)).status_code == 200
     assert (

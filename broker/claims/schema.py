@@ -147,9 +147,12 @@ class ClaimSchema:
     declared: bool = False
 
     def __post_init__(self) -> None:
+        # Audit events and session names rely on both; every CI's tokens carry a subject.
         missing = [n for n in NEUTRAL_NAMES[:2] if n not in self.neutral]
         if missing:
             raise ValueError(f"{self.type}: the neutral context needs {missing}")
+        if "sub" not in self.required:
+            raise ValueError(f"{self.type}: sub must be required")
 
     def knows(self, claim: str) -> bool:
         return claim in self.known or claim.startswith(self.known_prefixes)
@@ -174,9 +177,12 @@ class ClaimSchema:
         """The audited claims the token carries, by path name (nulls included: they are facts)."""
         out: dict[str, Any] = {}
         for name in self.audited:
-            value = resolve(claims, name)
-            if value is not ABSENT:
-                out[name] = value
+            if name in claims:
+                out[name] = claims[name]
+            elif "." in name:
+                value = resolve(claims, name)
+                if value is not ABSENT:
+                    out[name] = value
         return out
 
     def nest(self, flat: Mapping[str, Any]) -> dict[str, Any]:
