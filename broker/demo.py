@@ -523,9 +523,8 @@ class Demo:
         from broker.sandbox.issuer import OMIT, LocalIssuer, buildkite_claims
 
         box = self.sandbox
-        self.heading(
-            str(int(self._step or "0") + 1), "The same policy serves any CI with OIDC: a Buildkite job"
-        )
+        after = int(self._step) + 1 if self._step.isdigit() else 9  # numbered after the last step
+        self.heading(str(after), "The same policy serves any CI with OIDC: a Buildkite job")
         rule = {
             "organization_id": BUILDKITE_ORG_ID,
             "pipeline_id": BUILDKITE_PIPELINE_ID,
