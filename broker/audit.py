@@ -80,7 +80,7 @@ class AuditEvent:
         self.subject = claims["sub"]
         self.jti = claims.get("jti")
         self.token_sha256 = verified.sha256
-        self.claims = {name: claims[name] for name in verified.provider.schema.audited if name in claims}
+        self.claims = verified.provider.schema.audit_claims(claims)
 
     def granted(self, reason: str, expires_at: datetime) -> None:
         self.outcome, self.reason, self.expires_at = "granted", reason, rfc3339(expires_at)

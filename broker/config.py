@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from broker import clouds
-from broker.claims import SCHEMAS, ClaimSchema
+from broker.claims import ClaimSchema
 from broker.keys import SigningKey, load_signing_key
 from broker.policy import (
     Condition,
@@ -28,14 +28,14 @@ from broker.policy import (
     evaluate,
     unknown_role,
 )
+from broker.providers import ProviderConfig as ProviderConfig
+from broker.providers import parse_providers
 from broker.replay import store_url_problem
+from broker.rulechecks import allow_rule_problems
 from broker.schema import Finding, Findings, Section, join
 
 ROLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-PROVIDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 RATE = re.compile(r"([1-9][0-9]{0,8})/(second|minute|hour)")
-# Asymmetric algorithms only: HS* would let anyone holding the issuer's public key mint tokens.
-PROVIDER_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
 
 
 class ConfigError(Exception):
@@ -60,20 +60,6 @@ class ServerConfig:
     token_max_age: int
     leeway: int
     rate_limits: RateLimits | None
-
-
-@dataclass(frozen=True)
-class ProviderConfig:
-    name: str
-    issuer: str
-    type: str
-    jwks_uri: str | None
-    ca_bundle: str | None
-    algorithms: tuple[str, ...]
-
-    @property
-    def schema(self) -> ClaimSchema:
-        return SCHEMAS[self.type]
 
 
 @dataclass(frozen=True)
@@ -164,7 +150,7 @@ def build_config(data: Any, *, base_dir: Path, file: str = "<config>") -> Config
     findings = Findings()
     top = Section(data, "", findings)
     server = _server(top.section("server", required=True), base_dir)
-    providers = _providers(top.section("providers", required=True))
+    providers = parse_providers(top.section("providers", required=True))
     roles = _roles(top.section("roles", required=True), providers)
     deny = _deny_rules(top, providers, roles)
     top.finish()
@@ -243,45 +229,6 @@ def _rate_limits(s: Section) -> RateLimits | None:
     return RateLimits(per_identity=per_identity, per_client=per_client)
 
 
-def _providers(s: Section) -> dict[str, ProviderConfig]:
-    providers: dict[str, ProviderConfig] = {}
-    issuers: dict[str, str] = {}
-    for name in list(s.keys()):
-        p = s.section(name)
-        if not isinstance(name, str) or not PROVIDER_NAME.fullmatch(name):
-            s.findings.error(p.path, "provider names use letters, digits, '.', '_' and '-'")
-            continue
-        issuer = p.url("issuer", required=True)
-        kind = p.choice("type", tuple(SCHEMAS), required=True)
-        jwks_uri = p.url("jwks_uri")
-        ca_bundle = p.string("ca_bundle")
-        if ca_bundle and not Path(ca_bundle).is_file():
-            s.findings.error(p.at("ca_bundle"), f"{ca_bundle!r} is not a readable file")
-        algorithms = p.string_list("algorithms", ("RS256",))
-        for i, alg in enumerate(algorithms):
-            if alg not in PROVIDER_ALGORITHMS:
-                s.findings.error(
-                    join(p.at("algorithms"), i),
-                    f"{alg!r} is not allowed; use one of {', '.join(PROVIDER_ALGORITHMS)}",
-                )
-        p.finish()
-        if issuer in issuers:
-            s.findings.error(p.at("issuer"), f"the same issuer is already provider {issuers[issuer]!r}")
-        if issuer and kind:
-            issuers[issuer] = name
-            providers[name] = ProviderConfig(
-                name=name,
-                issuer=issuer,
-                type=kind,
-                jwks_uri=jwks_uri,
-                ca_bundle=ca_bundle,
-                algorithms=algorithms,
-            )
-    if s.valid and not providers and not s.findings.errors:
-        s.findings.error(s.path, "at least one provider is required")
-    return providers
-
-
 def _roles(s: Section, providers: dict[str, ProviderConfig]) -> dict[str, RoleConfig]:
     roles: dict[str, RoleConfig] = {}
     for name in list(s.keys()):
@@ -328,7 +275,11 @@ def _rules(r: Section, providers: dict[str, ProviderConfig]) -> tuple[Rule, ...]
         rule.raw("description")
         rule.finish()
         if provider and conditions:
-            rules.append(Rule(index=i, provider=provider, conditions=conditions))
+            problems = allow_rule_problems(providers[provider], conditions)
+            for problem in problems:
+                r.findings.error(rule.path, problem)
+            if not problems:
+                rules.append(Rule(index=i, provider=provider, conditions=conditions))
     return tuple(rules) if len(rules) == len(raw) else ()
 
 
@@ -404,7 +355,14 @@ def _conditions(c: Section, schema: ClaimSchema | None) -> tuple[Condition, ...]
         if schema is None:
             continue
         try:
-            conditions.append(compile_condition(claim, raw, schema))
+            condition = compile_condition(claim, raw, schema)
         except ValueError as exc:
             c.findings.error(c.at(claim), str(exc))
+            continue
+        if schema.declared and not schema.knows(claim):
+            # An oidc provider's schema is the operator's own list: a claim outside it is a typo or
+            # a gap in the schema, and a rule on it would silently never hold.
+            c.findings.error(c.at(claim), f"{claim!r} is not a claim this provider's schema declares")
+            continue
+        conditions.append(condition)
     return tuple(conditions) if schema is not None and len(conditions) == len(list(c.keys())) else ()

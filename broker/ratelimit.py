@@ -31,7 +31,6 @@ from limits.storage import MemoryStorage, RedisStorage, Storage
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from broker import metrics
-from broker.claims import claim_text
 from broker.config import Config, ProviderConfig, RateLimits
 from broker.errors import RateLimited, Unavailable
 from broker.replay import describe_store, is_redis_url, redis_options
@@ -131,5 +130,5 @@ def _is_outage(cause: BaseException) -> bool:
 
 def identity(provider: ProviderConfig, claims: Mapping[str, Any]) -> str:
     """provider + repository/project id: what one repository's jobs share, whatever its name."""
-    text = claim_text(claims.get(provider.schema.neutral["repository_id"]))
+    text = provider.schema.identity(claims)
     return f"{provider.name}:{text if text is not None else '?'}"

@@ -53,6 +53,17 @@ def test_demo_walkthrough_holds_every_expectation(tmp_path: Path) -> None:
         assert text in output
 
 
+def test_demo_shows_a_buildkite_job_through_the_same_policy(tmp_path: Path) -> None:
+    demo, ok, output = run_in_process(tmp_path)
+    assert ok, output
+    expectations = {c.expectation: c.ok for c in demo.checks}
+    assert expectations["a Buildkite token gets AWS credentials through the same role and policy"]
+    assert expectations["another Buildkite organization is refused (403)"]
+    assert expectations["a rule that does not pin the organization's id is refused at load"]
+    assert "step_key           null" in output
+    assert demo.scrubbed == 0
+
+
 def test_demo_prints_no_token_or_credential(tmp_path: Path) -> None:
     demo, ok, output = run_in_process(tmp_path)
     assert ok, output

@@ -427,6 +427,33 @@ _cib_check_token() {
     fi
 }
 
+# Generic mode (CI_BROKER_TARGET=generic): any CI that hands the job its OIDC token in a file or a
+# variable (Buildkite, CircleCI, Bitbucket, Azure DevOps, Jenkins, Kubernetes, HCP Terraform; the
+# recipes are in docs/pipelines.md). CI_BROKER_TOKEN_FILE names a file holding the token;
+# otherwise CI_BROKER_TOKEN_VARIABLE names the environment variable that holds it (its name, never
+# the token; awk reads it from the environment). Exports land in the calling shell, as with GitLab.
+_cib_generic_token() {
+    if [ -n "${CI_BROKER_TOKEN_FILE:-}" ]; then
+        if [ ! -f "$CI_BROKER_TOKEN_FILE" ] || [ ! -r "$CI_BROKER_TOKEN_FILE" ]; then
+            _cib_die "CI_BROKER_TOKEN_FILE ($(_cib_clean "$CI_BROKER_TOKEN_FILE")) is not a readable file"
+        fi
+        _cib_token=$(head -c 65536 "$CI_BROKER_TOKEN_FILE" | LC_ALL=C tr -d '\r\n')
+        _cib_check_token CI_BROKER_TOKEN_FILE
+        return 0
+    fi
+    case ${CI_BROKER_TOKEN_VARIABLE:-} in
+    '') _cib_die "CI_BROKER_TARGET=generic needs CI_BROKER_TOKEN_FILE (a file holding this job's OIDC token)" \
+        "or CI_BROKER_TOKEN_VARIABLE (the name of the variable holding it, e.g. CIRCLE_OIDC_TOKEN_V2)" ;;
+    [!A-Za-z_]* | *[!A-Za-z0-9_]*) _cib_die "CI_BROKER_TOKEN_VARIABLE must be a variable's name, not its value" ;;
+    esac
+    _cib_token=$(LC_ALL=C awk -v name="$CI_BROKER_TOKEN_VARIABLE" 'BEGIN { printf "%s", ENVIRON[name] }')
+    if [ -z "$_cib_token" ]; then
+        _cib_die "$CI_BROKER_TOKEN_VARIABLE is empty or not exported: this job has no OIDC token in it" \
+            "(docs/pipelines.md says how each CI provides one)"
+    fi
+    _cib_check_token "$CI_BROKER_TOKEN_VARIABLE"
+}
+
 _cib_inputs() {
     if [ "$_cib_target" = github ]; then
         _cib_n_url=broker-url _cib_n_role=role _cib_n_dur=duration _cib_n_aud=audience
@@ -753,8 +780,8 @@ _cib_main() {
             _cib_die "cannot read random bytes for the GITHUB_ENV delimiter"
         fi
         ;;
-    gitlab) ;;
-    *) _cib_die "CI_BROKER_TARGET must be github or gitlab" ;;
+    gitlab | generic) ;;
+    *) _cib_die "CI_BROKER_TARGET must be github, gitlab or generic" ;;
     esac
     _cib_inputs
     _cib_pick_http
@@ -768,6 +795,9 @@ _cib_main() {
                 "aud set to the broker's audience, which 'extends: .ci-broker' provides (GitLab 16.1 or newer)."
         fi
         _cib_check_token CI_BROKER_ID_TOKEN
+    fi
+    if [ "$_cib_target" = generic ]; then
+        _cib_generic_token
     fi
     _cib_say "exchanging this job's OIDC token at $_cib_url for role '$_cib_role' (HTTP via $_cib_http)"
     _cib_exchange
@@ -796,7 +826,7 @@ unset -f _cib_say _cib_clean _cib_die _cib_only _cib_get _cib_pick_http _cib_req
     _cib_request_wget _cib_check_busybox_tls _cib_urlencode _cib_mask _cib_explain_error \
     _cib_get_github_token _cib_check_token _cib_inputs _cib_exchange _cib_refused _cib_cred \
     _cib_read_answer _cib_gh_put _cib_set _cib_token_file _cib_export_all _cib_out _cib_outputs \
-    _cib_main
+    _cib_main _cib_generic_token
 if [ -n "$_cib_xtrace" ]; then
     unset _cib_xtrace
     set -x
