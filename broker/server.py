@@ -21,7 +21,8 @@ the throughput when the cloud takes 50 ms.
 Metrics: each worker writes its samples to files in a private directory (prometheus_client's
 multiprocess mode) that `/metrics` adds up; the directory is made before any worker starts,
 dead workers' live gauges are dropped by the `child_exit` hook, and the directory is removed
-when the server exits.
+when the server exits. With `--metrics-bind`, the master serves `/metrics` on that address
+(`broker.metricslistener`) and the main port answers 404 there.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from gunicorn.app.base import BaseApplication
 from broker import logs
 from broker.config import Config
 from broker.framing import HEAD_LIMIT
+from broker.metricslistener import MetricsListener
 from broker.worker import BufferingThreadWorker
 
 DEFAULT_THREADS = 16  # `serve --threads` default; see the module docstring and bench/RESULTS.md
@@ -49,10 +51,18 @@ METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class BrokerServer(BaseApplication):  # type: ignore[misc]
-    def __init__(self, config: Config, options: dict[str, Any], audit_log: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        options: dict[str, Any],
+        audit_log: str | None = None,
+        *,
+        metrics_elsewhere: bool = False,
+    ) -> None:
         self.broker_config = config
         self.options = options
         self.audit_log = audit_log
+        self.metrics_elsewhere = metrics_elsewhere
         super().__init__()
 
     def load_config(self) -> None:
@@ -64,7 +74,28 @@ class BrokerServer(BaseApplication):  # type: ignore[misc]
         from broker.app import create_app
 
         logs.configure_audit(self.audit_log)
-        return create_app(self.broker_config)
+        app = create_app(self.broker_config)
+        if self.metrics_elsewhere:
+            unroute_metrics(app)
+        return app
+
+
+def unroute_metrics(app: Any) -> None:
+    """Answer 404 wherever the app would serve `/metrics` (however the path is spelled).
+
+    Replacing the view keeps Flask's routing, which is what decides that `//metrics` or
+    `/%6detrics` mean `/metrics`, as the single judge of it.
+    """
+    from werkzeug.exceptions import NotFound
+
+    def served_on_the_metrics_listener() -> Any:
+        raise NotFound()
+
+    endpoints = {rule.endpoint for rule in app.url_map.iter_rules() if rule.rule == "/metrics"}
+    if not endpoints:
+        raise RuntimeError("the app serves no /metrics to move to the metrics listener")
+    for endpoint in endpoints:
+        app.view_functions[endpoint] = served_on_the_metrics_listener
 
 
 def gunicorn_options(
@@ -144,11 +175,17 @@ def serve(
     *,
     audit_log: str | None = None,
     log_level: str = "INFO",
+    metrics_listener: MetricsListener | None = None,
 ) -> None:
     threads = DEFAULT_THREADS if threads is None else threads
     metrics_dir, made = prepare_metrics_dir()
     master = os.getpid()
-    server = BrokerServer(config, gunicorn_options(bind, workers, threads, log_level), audit_log)
+    options = gunicorn_options(bind, workers, threads, log_level)
+    if metrics_listener is not None:
+        # gunicorn calls when_ready in the master once it listens, before the first fork.
+        options["when_ready"] = lambda arbiter: metrics_listener.start()
+        options["post_fork"] = lambda arbiter, worker: metrics_listener.close_inherited()
+    server = BrokerServer(config, options, audit_log, metrics_elsewhere=metrics_listener is not None)
     try:
         server.run()
     finally:
