@@ -14,7 +14,8 @@ never a thread, until its request has arrived, and is dropped if that takes too 
   request that has started arriving is answered 408, a connection that sent nothing is closed;
 - a header block over `HEAD_LIMIT` or a body over `BODY_LIMIT` bytes is answered 413 at once;
 - `worker_connections` (see broker.server) connections per worker: at the limit, the oldest
-  unfinished request is shed (503) to make room for each new connection.
+  unfinished request is shed (503) to make room for each new connection;
+- once the worker is stopping, `STOP_TIMEOUT` at most for any request still arriving (503).
 
 A thread's socket has a timeout (`IO_TIMEOUT`) for writing the response to a client that does not
 read it. A connection that ends after its response lingers in the loop to let the response out
@@ -48,6 +49,7 @@ BODY_TIMEOUT = 10.0  # seconds from there to the end of the body
 IO_TIMEOUT = 10.0  # a thread's socket: writing the response, or reading past what was buffered
 LINGER_TIMEOUT = 2.0  # after the last response, as gunicorn's own lingering close
 LINGER_BYTES = 64 * 1024
+STOP_TIMEOUT = 2.0  # once the worker is stopping, what is left of any request's deadline
 _SWEEP_INTERVAL = 0.5  # how often deadlines are checked; the loop wakes at least once a second
 _RECV_BYTES = 64 * 1024
 
@@ -58,8 +60,10 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.reading: dict[BufferedConn, None] = {}  # connections whose request is arriving
-        self.lingering: dict[socket.socket, list[float]] = {}  # closing: [deadline, bytes left]
+        self.lingering: dict[socket.socket, tuple[float, int]] = {}  # closing: deadline, bytes left
         self._next_sweep = 0.0
+        self._stopping = False
+        self._stop_by = float("inf")  # no request's deadline goes past it
         self._loop_thread = 0
 
     @classmethod
@@ -125,20 +129,23 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
         self._read_request(conn, conn.parser.unreader.take_buffered() if conn.parser else b"")
 
     def _read_request(self, conn: BufferedConn, received: bytes = b"") -> None:
-        conn.sock.setblocking(False)
+        if conn.sock.gettimeout() != 0.0:
+            conn.sock.setblocking(False)
         conn.request = RequestBuffer()
-        conn.deadline = time.monotonic() + HEADER_TIMEOUT
+        conn.deadline = min(time.monotonic() + HEADER_TIMEOUT, self._stop_by)
         self.reading[conn] = None
-        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
         if received:
             self._advance(conn, conn.request.feed(received))
         else:
-            self._on_readable(conn)  # a kept-alive connection's bytes are already there
+            # A kept-alive connection's next request is usually all there already: it is read
+            # before the poller is asked to watch the socket, and then mostly never is.
+            self._on_readable(conn)
 
     def _on_readable(self, conn: BufferedConn, _sock: Any = None) -> None:
         try:
             data = conn.sock.recv(_RECV_BYTES)
         except (BlockingIOError, InterruptedError):
+            self._watch(conn)
             return
         except OSError:
             data = b""
@@ -148,12 +155,18 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
             return
         self._advance(conn, conn.request.feed(data))
 
+    def _watch(self, conn: BufferedConn) -> None:
+        if not conn.watched:
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+            conn.watched = True
+
     def _advance(self, conn: BufferedConn, progress: Progress) -> None:
         request = conn.request
         if progress is Progress.MORE:
+            self._watch(conn)
             if request.head_complete and not conn.body_started:
                 conn.body_started = True
-                conn.deadline = time.monotonic() + BODY_TIMEOUT
+                conn.deadline = min(time.monotonic() + BODY_TIMEOUT, self._stop_by)
                 if request.expects_continue:
                     _send(conn.sock, b"HTTP/1.1 100 Continue\r\n\r\n")
             return
@@ -170,7 +183,9 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     def _stop_reading(self, conn: BufferedConn) -> None:
         del self.reading[conn]
-        self.poller.unregister(conn.sock)
+        if conn.watched:
+            self.poller.unregister(conn.sock)
+            conn.watched = False
         conn.body_started = False
 
     # -- deadlines, refusals and closing ----------------------------------------------------------
@@ -179,6 +194,12 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
         # gthread calls this on every turn of its loop, including while it shuts down.
         super().murder_pending()
         now = time.monotonic()
+        if not self.alive and not self._stopping:
+            # A graceful stop waits for in-flight requests, not for slow clients to finish.
+            self._stopping = True
+            self._stop_by = now + STOP_TIMEOUT
+            for conn in self.reading:
+                conn.deadline = min(conn.deadline, self._stop_by)
         if now < self._next_sweep:
             return
         self._next_sweep = now + _SWEEP_INTERVAL
@@ -187,7 +208,9 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
             phase = "body" if conn.body_started else "headers"
             self._stop_reading(conn)
             dropped(f"{phase}_timeout")
-            if started:
+            if started and self._stopping:
+                self._refuse(conn, 503, "unavailable", "the server is shutting down; retry")
+            elif started:
                 seconds = BODY_TIMEOUT if phase == "body" else HEADER_TIMEOUT
                 self._refuse(
                     conn, 408, "request_timeout", f"the request {phase} did not arrive within {seconds:g} s"
@@ -219,19 +242,21 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
         except (OSError, ValueError, KeyError):
             sock.close()
             return
-        self.lingering[sock] = [time.monotonic() + LINGER_TIMEOUT, LINGER_BYTES]
+        self.lingering[sock] = (time.monotonic() + LINGER_TIMEOUT, LINGER_BYTES)
 
     def _drain(self, sock: socket.socket) -> None:
-        budget = self.lingering[sock]
+        deadline, left = self.lingering[sock]
         try:
-            data = sock.recv(int(budget[1]))
+            data = sock.recv(left)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             data = b""
-        budget[1] -= len(data)
-        if not data or budget[1] <= 0:  # closed by the client, or more than it has reason to send
+        left -= len(data)
+        if not data or left <= 0:  # closed by the client, or more than it has reason to send
             self._end_linger(sock)
+        else:
+            self.lingering[sock] = (deadline, left)
 
     def _end_linger(self, sock: socket.socket) -> None:
         del self.lingering[sock]
@@ -252,6 +277,7 @@ class BufferedConn(TConn):  # type: ignore[misc]
         self.received = b""  # the whole request, for the thread
         self.deadline = 0.0
         self.body_started = False
+        self.watched = False  # registered with the worker's poller for reading
         self.data_ready = True  # gthread's thread must not wait for data: it is all here
 
     def init(self) -> None:
