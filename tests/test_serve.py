@@ -18,6 +18,7 @@ import requests
 
 from broker.sandbox.stack import Sandbox, free_port
 from tests.helpers import assert_refused
+from tests.serving import ServedBroker
 from tests.test_metrics import sample
 
 SERVE = [sys.executable, "-m", "broker", "serve"]
@@ -169,31 +170,18 @@ def metrics_bound(tmp_path_factory) -> Iterator[tuple[Sandbox, subprocess.Popen,
     with Sandbox(workdir) as box:
         config = box.config_dict()
         config["server"]["replay_store"] = f"sqlite:///{workdir / 'replay.db'}"
-        metrics_url = f"http://127.0.0.1:{free_port()}"
-        log = (workdir / "serve.log").open("w")
-        proc = subprocess.Popen(
-            [
-                *SERVE,
-                "--config",
-                str(box.write_config(config)),
-                "--bind",
-                f"127.0.0.1:{box.broker_port}",
-                "--workers",
-                "2",
-                "--metrics-bind",
-                metrics_url.removeprefix("http://"),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        metrics_bind = f"127.0.0.1:{free_port()}"
+        served = ServedBroker(
+            box.write_config(config),
+            f"127.0.0.1:{box.broker_port}",
+            workdir / "serve.log",
+            workers=2,
+            extra_args=("--metrics-bind", metrics_bind),
         )
         try:
-            wait_ready(box.broker_url, proc)
-            yield box, proc, metrics_url
+            yield box, served.wait_ready().proc, f"http://{metrics_bind}"
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                assert proc.wait(40) == 0
-            log.close()
+            assert served.stop() == 0
 
 
 def test_metrics_bind_serves_metrics_there_and_no_spelling_of_it_on_the_main_port(metrics_bound):

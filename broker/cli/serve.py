@@ -6,9 +6,12 @@ import argparse
 import contextlib
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from broker.cli.common import EXIT_ERROR, EXIT_OK, Subparsers, add_config_option, load
+
+if TYPE_CHECKING:
+    from broker.metricslistener import MetricsListener
 
 
 def register(sub: Subparsers) -> None:
@@ -90,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _metrics_listener(bind: str, main_bind: str) -> tuple[Any, str | None]:
+def _metrics_listener(bind: str, main_bind: str) -> tuple[MetricsListener | None, str | None]:
     """Bind the metrics address now, so a bad or busy one fails before gunicorn starts."""
     from broker.metricslistener import MetricsListener, parse_bind
 
