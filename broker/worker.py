@@ -21,6 +21,11 @@ A thread's socket has a timeout (`IO_TIMEOUT`) for writing the response to a cli
 read it. A connection that ends after its response lingers in the loop to let the response out
 (gthread's own lingering close would hold the loop for up to 2 s per connection).
 
+Why not gunicorn's gevent worker: a greenlet per connection still needs deadlines (that worker
+bounds the header block by the keep-alive timeout, never the body), and gevent would patch the
+sockets and ssl of the cloud SDKs after the master had imported them. Threads stay as they were
+tuned (bench/RESULTS.md); only reading moves to the loop.
+
 The worker is built on gunicorn 27's gthread (`ThreadWorker`, `TConn`) and overrides only how a
 connection reaches a thread; pyproject.toml pins gunicorn to that major version and
 tests/resilience/test_slow_clients.py checks the whole arrangement against a real server.
