@@ -29,7 +29,7 @@ import requests
 import yaml
 
 from broker.sandbox.stack import Sandbox
-from broker.server import DEFAULT_THREADS
+from broker.server import DEFAULT_THREADS, WORKER_CONNECTIONS
 from broker.worker import BODY_TIMEOUT, HEADER_TIMEOUT
 from tests.serving import ServedBroker
 from tests.test_metrics import sample
@@ -236,6 +236,8 @@ def test_stalled_and_trickling_connections_leave_health_and_exchanges_answering(
         limit = HEADER_TIMEOUT + (BODY_TIMEOUT if "body" in kind.__name__ else 0) + DROP_SLACK
         assert max(d.held for d in drops) < limit, kind.__name__
         for drop in drops:
+            if drop.answer.startswith(b"HTTP/1.1 503 ") and SLOW_CONNECTIONS >= WORKER_CONNECTIONS:
+                continue  # a worker at its connection limit shed it (SLOW_CLIENTS set that high)
             assert drop.answer.startswith(b"HTTP/1.1 408 "), (kind.__name__, drop.answer[:80])
             body = json.loads(drop.answer.split(b"\r\n\r\n", 1)[1])
             assert body["error"] == "request_timeout"
@@ -339,8 +341,6 @@ def test_at_the_connection_limit_the_oldest_unfinished_request_makes_room(tmp_pa
     # One worker, so its limit is reached exactly: gthread would stop accepting there, and the
     # probe would wait behind every stalled connection until their deadlines.
     import resource
-
-    from broker.server import WORKER_CONNECTIONS
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < WORKER_CONNECTIONS + 256:
