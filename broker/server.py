@@ -1,9 +1,14 @@
 """`ci-broker serve`: the Flask app under gunicorn, with limits set explicitly.
 
-gunicorn's own header limits would otherwise answer a long bearer token with its HTML 431 before
-our JSON 413 could (and gunicorn 27 reads a limit of 0 as 8190 bytes, not unlimited); so the header
-field limit sits well above the broker's own token cap, and only headers over 64 KiB meet
-gunicorn's refusal instead of ours.
+Slow clients: the worker (`broker.worker`, gthread underneath) reads each request whole, with
+deadlines, before a thread sees it, so stalled or trickling connections cost a socket each and
+never a thread; `worker_connections` bounds them per worker (docs/operations.md, "Slow clients").
+
+Header limits: gunicorn's own would otherwise answer a long bearer token with its HTML 431 before
+our JSON 413 could (and gunicorn 27 reads a limit of 0 as 8190 bytes, not unlimited). The worker
+refuses a header block over `broker.framing.HEAD_LIMIT` (32 KiB) with a JSON 413 before gunicorn
+parses it, and gunicorn's field limit is set to that same size, so a long token meets a JSON 413
+(the app's up to 32 KiB, the worker's beyond) and never gunicorn's 431.
 
 Tuning (figures in bench/RESULTS.md): an exchange is CPU work (token verify, assertion sign, the
 SDK's request building and XML parsing, about 1.7 ms) around one network round trip to the cloud.
@@ -16,7 +21,8 @@ the throughput when the cloud takes 50 ms.
 Metrics: each worker writes its samples to files in a private directory (prometheus_client's
 multiprocess mode) that `/metrics` adds up; the directory is made before any worker starts,
 dead workers' live gauges are dropped by the `child_exit` hook, and the directory is removed
-when the server exits.
+when the server exits. With `--metrics-bind`, the master serves `/metrics` on that address
+(`broker.metricslistener`) and the main port answers 404 there.
 """
 
 from __future__ import annotations
@@ -31,18 +37,32 @@ from gunicorn.app.base import BaseApplication
 
 from broker import logs
 from broker.config import Config
+from broker.framing import HEAD_LIMIT
+from broker.metricslistener import MetricsListener
+from broker.worker import BufferingThreadWorker
 
-HEADER_FIELD_LIMIT = 64 * 1024
 DEFAULT_THREADS = 16  # `serve --threads` default; see the module docstring and bench/RESULTS.md
+# Connections per worker, most of them slow or idle: each costs a socket and a request buffer of
+# at most HEAD_LIMIT + BODY_LIMIT (48 KiB), never a thread. With the cloud SDKs' pools and log
+# files, 512 stays inside the common soft limit of 1024 open files per process.
+WORKER_CONNECTIONS = 512
 GRACEFUL_TIMEOUT = 30  # in-flight exchanges finish after SIGTERM; the cloud calls time out in 10 s
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class BrokerServer(BaseApplication):  # type: ignore[misc]
-    def __init__(self, config: Config, options: dict[str, Any], audit_log: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        options: dict[str, Any],
+        audit_log: str | None = None,
+        *,
+        metrics_elsewhere: bool = False,
+    ) -> None:
         self.broker_config = config
         self.options = options
         self.audit_log = audit_log
+        self.metrics_elsewhere = metrics_elsewhere
         super().__init__()
 
     def load_config(self) -> None:
@@ -54,7 +74,28 @@ class BrokerServer(BaseApplication):  # type: ignore[misc]
         from broker.app import create_app
 
         logs.configure_audit(self.audit_log)
-        return create_app(self.broker_config)
+        app = create_app(self.broker_config)
+        if self.metrics_elsewhere:
+            unroute_metrics(app)
+        return app
+
+
+def unroute_metrics(app: Any) -> None:
+    """Answer 404 wherever the app would serve `/metrics` (however the path is spelled).
+
+    Replacing the view keeps Flask's routing, which is what decides that `//metrics` or
+    `/%6detrics` mean `/metrics`, as the single judge of it.
+    """
+    from werkzeug.exceptions import NotFound
+
+    def served_on_the_metrics_listener() -> Any:
+        raise NotFound()
+
+    endpoints = {rule.endpoint for rule in app.url_map.iter_rules() if rule.rule == "/metrics"}
+    if not endpoints:
+        raise RuntimeError("the app serves no /metrics to move to the metrics listener")
+    for endpoint in endpoints:
+        app.view_functions[endpoint] = served_on_the_metrics_listener
 
 
 def gunicorn_options(
@@ -65,14 +106,19 @@ def gunicorn_options(
         "bind": bind,
         "workers": workers,
         "threads": threads,
-        "worker_class": "gthread",
+        "worker_class": BufferingThreadWorker,
+        "worker_connections": WORKER_CONNECTIONS,
         "preload_app": False,
         "graceful_timeout": GRACEFUL_TIMEOUT,
         "timeout": 60,
         "keepalive": 5,
         "limit_request_line": 8190,
         "limit_request_fields": 100,
-        "limit_request_field_size": HEADER_FIELD_LIMIT,
+        "limit_request_field_size": HEAD_LIMIT,
+        # What the worker reads itself must be what gunicorn then parses: HTTP/1.1, no TLS,
+        # no PROXY protocol header (BufferingThreadWorker.check_config refuses anything else).
+        "http_protocols": "h1",
+        "proxy_protocol": "off",
         # The heartbeat file is touched every second; on tmpfs that never waits on a disk.
         "worker_tmp_dir": "/dev/shm" if os.access("/dev/shm", os.W_OK) else None,
         "accesslog": None,
@@ -89,8 +135,6 @@ def gunicorn_options(
 
 def apply_options(cfg: Any, options: dict[str, Any]) -> None:
     for key, value in options.items():
-        if key == "control_socket_disable" and key not in cfg.settings:
-            continue  # gunicorn before 25.1 has no control socket to disable
         cfg.set(key, value)
 
 
@@ -131,12 +175,19 @@ def serve(
     *,
     audit_log: str | None = None,
     log_level: str = "INFO",
+    metrics_listener: MetricsListener | None = None,
 ) -> None:
     threads = DEFAULT_THREADS if threads is None else threads
     metrics_dir, made = prepare_metrics_dir()
     master = os.getpid()
+    options = gunicorn_options(bind, workers, threads, log_level)
+    if metrics_listener is not None:
+        # gunicorn calls when_ready in the master once it listens, before the first fork.
+        options["when_ready"] = lambda arbiter: metrics_listener.start()
+        options["post_fork"] = lambda arbiter, worker: metrics_listener.close_inherited()
+    server = BrokerServer(config, options, audit_log, metrics_elsewhere=metrics_listener is not None)
     try:
-        BrokerServer(config, gunicorn_options(bind, workers, threads, log_level), audit_log).run()
+        server.run()
     finally:
         # gunicorn exits through SystemExit on SIGTERM/SIGINT, so this runs on a graceful stop.
         # Its workers are forks that leave through this same frame: only the master cleans up.
