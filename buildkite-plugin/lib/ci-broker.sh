@@ -591,11 +591,20 @@ _cib_refused() {
     esac
 }
 
+# No cloud issues a credential value near this size (AWS session tokens and Azure access tokens
+# run to a few KB). A larger one, exported, would make the job's next command fail with
+# "Argument list too long", far from its cause; so it is refused here, by its size only.
+_cib_value_limit=16384
+
 # _cib_cred KEY required|optional secret|plain: reads credentials.KEY into _cib_v.
 _cib_cred() {
     _cib_get "$_cib_body" "credentials.$1"
     if [ "$_cib_rc" = 3 ] && [ "$2" = optional ]; then
         return 0
+    fi
+    if [ "$_cib_rc" = 0 ] && [ "${#_cib_v}" -gt "$_cib_value_limit" ]; then
+        _cib_die "the broker's answer has a credentials.$1 of ${#_cib_v} bytes, over this client's" \
+            "limit of $_cib_value_limit bytes per value; refusing it (nothing was exported)."
     fi
     if [ "$_cib_rc" != 0 ] || ! _cib_only "$_cib_v" '!-~'; then
         _cib_die "the broker's answer has no usable credentials.$1"
@@ -821,7 +830,7 @@ unset _cib_attempts _cib_aud _cib_awk_json _cib_body _cib_cloud _cib_delim _cib_
     _cib_limit _cib_line _cib_msg _cib_n_aud _cib_n_dur _cib_n_role _cib_n_url _cib_names _cib_nl \
     _cib_oidc_url _cib_raw _cib_outcreds _cib_p _cib_port _cib_py_http _cib_rc _cib_req _cib_rest _cib_rid \
     _cib_role _cib_status _cib_target _cib_tf _cib_tf_dir _cib_token _cib_tool _cib_try _cib_url \
-    _cib_v _cib_wait _cib_why
+    _cib_v _cib_value_limit _cib_wait _cib_why
 unset -f _cib_say _cib_clean _cib_die _cib_only _cib_get _cib_pick_http _cib_request \
     _cib_request_wget _cib_check_busybox_tls _cib_urlencode _cib_mask _cib_explain_error \
     _cib_get_github_token _cib_check_token _cib_inputs _cib_exchange _cib_refused _cib_cred \
