@@ -26,10 +26,11 @@ ENV PATH=/opt/ci-broker/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     CI_BROKER_CONFIG=/etc/ci-broker/broker.yaml
 USER 10001:10001
-EXPOSE 8080
+EXPOSE 8080 9090
 # gunicorn stops accepting and finishes in-flight exchanges on SIGTERM (graceful_timeout 30 s).
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=3s --start-period=10s \
   CMD ["python", "-c", "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status != 200)"]
 ENTRYPOINT ["ci-broker", "serve"]
-CMD ["--bind", "0.0.0.0:8080"]
+# /metrics on a port of its own, which only the scraper should reach (docs/operations.md).
+CMD ["--bind", "0.0.0.0:8080", "--metrics-bind", "0.0.0.0:9090"]

@@ -33,6 +33,9 @@ class Progress(enum.Enum):
     WHOLE = "whole"  # hand it to gunicorn (whole, or certain to be refused by gunicorn)
     HEAD_TOO_LARGE = "head_too_large"
     BODY_TOO_LARGE = "body_too_large"
+    # A chunked body that cannot be valid: answered and closed by the worker, since the bytes
+    # after it cannot be framed (gunicorn would answer a second, unrequested 400 on the connection).
+    MALFORMED_BODY = "malformed_body"
 
 
 class RequestBuffer:
@@ -59,9 +62,11 @@ class RequestBuffer:
             data = bytes(self.data[self.head_end :])
         if self._chunks is not None:
             ended = self._chunks.feed(data)
-            if ended is not None:
-                return Progress.WHOLE  # ended, or malformed: gunicorn answers either way
-            return Progress.BODY_TOO_LARGE if self._chunks.received > BODY_LIMIT else Progress.MORE
+            if ended is False:
+                return Progress.MALFORMED_BODY
+            if self._chunks.received > BODY_LIMIT or self._chunks.announced > BODY_LIMIT:
+                return Progress.BODY_TOO_LARGE
+            return Progress.WHOLE if ended else Progress.MORE
         return Progress.WHOLE if len(self.data) - self.head_end >= self._length else Progress.MORE
 
     def _find_head(self, start: int) -> Progress:
@@ -108,6 +113,7 @@ class _ChunkedBody:
 
     def __init__(self) -> None:
         self.received = 0
+        self.announced = 0  # the chunk sizes declared so far: a body over the limit shows here first
         self._state = "size"
         self._line = bytearray()  # the chunk-size line, the CRLF after data, or the trailers
         self._left = 0  # data bytes of the current chunk still to come
@@ -155,5 +161,6 @@ class _ChunkedBody:
         if not size or not _HEX.issuperset(size):
             return False
         self._left = int(size, 16)
+        self.announced += self._left
         self._state = "data" if self._left else "trailer"
         return True

@@ -10,13 +10,10 @@ refuses a header block over `broker.framing.HEAD_LIMIT` (32 KiB) with a JSON 413
 parses it, and gunicorn's field limit is set to that same size, so a long token meets a JSON 413
 (the app's up to 32 KiB, the worker's beyond) and never gunicorn's 431.
 
-Tuning (figures in bench/RESULTS.md): an exchange is CPU work (token verify, assertion sign, the
-SDK's request building and XML parsing, about 1.7 ms) around one network round trip to the cloud.
-Python runs one thread at a time per process, so throughput scales with processes (one per core)
-and threads only overlap the cloud's round trip: against an instant STS 2-4 threads already keep
-the core busy, against one that takes 50 ms it takes 16-32. 16 threads cost up to 10% more CPU
-per exchange than 4 when the cloud is instant and the core saturated, and give nearly four times
-the throughput when the cloud takes 50 ms.
+Tuning: an exchange is CPU work around one network round trip to the cloud. Python runs one
+thread at a time per process, so throughput scales with processes (one per core) and threads only
+overlap the cloud's round trip; `DEFAULT_THREADS` is chosen to overlap a slow cloud's round trip
+(the measurements are in bench/RESULTS.md).
 
 Metrics: each worker writes its samples to files in a private directory (prometheus_client's
 multiprocess mode) that `/metrics` adds up; the directory is made before any worker starts,
@@ -38,6 +35,7 @@ from gunicorn.app.base import BaseApplication
 from broker import logs
 from broker.config import Config
 from broker.framing import HEAD_LIMIT
+from broker.metrics import MULTIPROC_ENV
 from broker.metricslistener import MetricsListener
 from broker.worker import BufferingThreadWorker
 
@@ -47,7 +45,6 @@ DEFAULT_THREADS = 16  # `serve --threads` default; see the module docstring and 
 # files, 512 stays inside the common soft limit of 1024 open files per process.
 WORKER_CONNECTIONS = 512
 GRACEFUL_TIMEOUT = 30  # in-flight exchanges finish after SIGTERM; the cloud calls time out in 10 s
-METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class BrokerServer(BaseApplication):  # type: ignore[misc]
@@ -140,7 +137,7 @@ def apply_options(cfg: Any, options: dict[str, Any]) -> None:
 
 def _child_exit(server: Any, worker: Any) -> None:
     # Runs in the master: the dead worker's live gauges (key-cache timestamps) stop counting.
-    if os.environ.get(METRICS_ENV):
+    if os.environ.get(MULTIPROC_ENV):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
@@ -152,10 +149,10 @@ def prepare_metrics_dir() -> tuple[str, bool]:
     An operator's own PROMETHEUS_MULTIPROC_DIR (a tmpfs under a read-only root, say) is used as
     given, emptied of a previous run's files; otherwise a private directory is made.
     """
-    if "prometheus_client" in sys.modules and not os.environ.get(METRICS_ENV):
+    if "prometheus_client" in sys.modules and not os.environ.get(MULTIPROC_ENV):
         # Its value class is chosen at import: imported earlier, it would count per process.
         raise RuntimeError("prometheus_client was imported before the metrics directory was set")
-    existing = os.environ.get(METRICS_ENV)
+    existing = os.environ.get(MULTIPROC_ENV)
     if existing:
         os.makedirs(existing, exist_ok=True)
         for name in os.listdir(existing):
@@ -163,7 +160,7 @@ def prepare_metrics_dir() -> tuple[str, bool]:
                 os.unlink(os.path.join(existing, name))
         return existing, False
     path = tempfile.mkdtemp(prefix="ci-broker-metrics-")
-    os.environ[METRICS_ENV] = path
+    os.environ[MULTIPROC_ENV] = path
     return path, True
 
 

@@ -179,6 +179,9 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
         if progress is Progress.WHOLE:
             conn.received = bytes(request.data)
             ThreadWorker.enqueue_req(self, conn)
+        elif progress is Progress.MALFORMED_BODY:
+            dropped("malformed_body")
+            self._refuse(conn, 400, "invalid_request", "the request body's chunked framing is malformed")
         elif progress is Progress.HEAD_TOO_LARGE:
             dropped("headers_too_large")
             self._refuse(conn, 413, "payload_too_large", f"the request headers are over {HEAD_LIMIT} bytes")
@@ -305,7 +308,12 @@ def refusal(status: int, code: str, message: str) -> bytes:
     """A complete HTTP response in the broker's error shape, for a request the app never saw."""
     request_id = requestid.new_id()
     body = json.dumps({"error": code, "message": message, "request_id": request_id}).encode()
-    reason = {408: "Request Timeout", 413: "Content Too Large", 503: "Service Unavailable"}[status]
+    reason = {
+        400: "Bad Request",
+        408: "Request Timeout",
+        413: "Content Too Large",
+        503: "Service Unavailable",
+    }[status]
     head = (
         f"HTTP/1.1 {status} {reason}\r\n"
         "Content-Type: application/json\r\n"
@@ -338,7 +346,7 @@ def dropped(reason: str) -> None:
         _dropped = Counter(
             "ci_broker_requests_dropped",
             "Requests the server refused before the app saw them, by reason: headers_timeout, "
-            "body_timeout, headers_too_large, body_too_large, connection_limit.",
+            "body_timeout, headers_too_large, body_too_large, malformed_body, connection_limit.",
             ["reason"],
         )
     _dropped.labels(reason).inc()

@@ -52,7 +52,7 @@ def test_a_chunk_size_line_with_a_bare_lf_waits_for_its_crlf_like_gunicorn():
     request = HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\nhello\r\n"
     steps = progress_per_byte(request)
     assert steps[:-1] == [Progress.MORE] * (len(request) - 1)
-    assert steps[-1] is Progress.WHOLE  # the line "5\nhello" is not a size: gunicorn refuses it
+    assert steps[-1] is Progress.MALFORMED_BODY  # the line "5\nhello" is not a size
 
 
 @settings(max_examples=200, deadline=None)
@@ -102,10 +102,19 @@ def test_what_gunicorn_refuses_is_handed_over_at_the_end_of_the_header_block():
         assert buffer.feed(HEAD + framing + b"\r\n") is Progress.WHOLE, framing
 
 
-def test_a_malformed_chunk_is_handed_over_at_once():
+def test_a_malformed_chunk_is_refused_at_once():
+    # The worker answers it and closes: the bytes after it cannot be framed, and gunicorn would
+    # answer them with a second, unrequested 400 on the same connection.
     for body in (b"zz\r\n", b"5\r\nhelloXX", b"\r\n"):
         buffer = RequestBuffer()
-        assert buffer.feed(HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + body) is Progress.WHOLE, body
+        feed = buffer.feed(HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + body)
+        assert feed is Progress.MALFORMED_BODY, body
+
+
+def test_a_chunk_announced_over_the_body_limit_is_too_large_before_it_arrives():
+    buffer = RequestBuffer()
+    feed = buffer.feed(HEAD + b"Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n")
+    assert feed is Progress.BODY_TOO_LARGE
 
 
 def test_a_header_block_over_the_limit_is_too_large_before_it_ends():
