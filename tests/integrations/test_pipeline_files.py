@@ -50,7 +50,16 @@ def test_component_takes_url_role_audience_inputs() -> None:
 def test_action_matches_contract_section_5() -> None:
     action = yaml.safe_load((ACTION_DIR / "action.yml").read_text())
     inputs = action["inputs"]
-    assert set(inputs) == {"broker-url", "role", "audience", "duration", "export-env", "output-credentials"}
+    assert set(inputs) == {
+        "broker-url",
+        "role",
+        "audience",
+        "duration",
+        "export-env",
+        "output-credentials",
+        "refresh",
+    }
+    assert inputs["refresh"]["default"] == "false"
     assert inputs["broker-url"]["required"] is True and inputs["role"]["required"] is True
     assert inputs["export-env"]["default"] == "true"
     assert inputs["output-credentials"]["default"] == "false"
@@ -72,11 +81,25 @@ def test_action_matches_contract_section_5() -> None:
         assert node.returncode == 0, node.stderr
 
 
-def test_action_runs_the_shared_client_file() -> None:
-    main = (ACTION_DIR / "main.js").read_text()
-    assert "path.join(__dirname, 'ci-broker.sh')" in main
-    attributes = (ACTION_DIR / ".gitattributes").read_text()
-    assert "*.sh text eol=lf" in attributes
+def test_the_action_is_javascript_with_no_shell_and_no_dependencies() -> None:
+    """The Action runs on the runner's own node on Linux, macOS and Windows: nothing to install."""
+    scripts = sorted(ACTION_DIR.rglob("*.js"))
+    assert {p.name for p in scripts} >= {"main.js", "post.js", "session.js"}
+    for script in scripts:
+        text = script.read_text()
+        assert not re.search(r"ci-broker\.sh|/bin/sh|bash|childProcess\.exec|shell: *true", text), script
+        required = set(re.findall(r"require\('([^']+)'\)", text))
+        assert required <= {"child_process", "crypto", "fs", "os", "path"} | {
+            r for r in required if r.startswith("./")
+        }, script
+        assert b"\r" not in script.read_bytes()
+        node = subprocess.run([require_tool("node"), "--check", str(script)], capture_output=True, text=True)
+        assert node.returncode == 0, node.stderr
+    # The only process it starts is node itself (the Azure token file's refresher).
+    spawns = re.findall(r"spawn\(([^,]+),", (ACTION_DIR / "lib" / "session.js").read_text())
+    assert spawns == ["node"]
+    assert "const node = process.execPath;" in (ACTION_DIR / "lib" / "session.js").read_text()
+    assert "*.js text eol=lf" in (ACTION_DIR / ".gitattributes").read_text()
     assert b"\r" not in CLIENT.read_bytes()
 
 
