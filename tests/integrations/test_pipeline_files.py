@@ -24,9 +24,18 @@ def test_templates_embed_the_client_byte_for_byte() -> None:
     )
     assert check.returncode == 0, check.stderr
     template = yaml.safe_load(TEMPLATE.read_text())
-    assert template[".ci-broker"]["before_script"] == [CLIENT_TEXT]
     spec, component = yaml.safe_load_all(COMPONENT.read_text())
-    assert component["$[[ inputs.job ]]"]["before_script"] == [CLIENT_TEXT]
+    for job in (template[".ci-broker"], component["$[[ inputs.job ]]"]):
+        (script,) = job["before_script"]
+        # Written verbatim (a quoted here-document expands nothing) beside the project, then sourced.
+        head, _, rest = script.partition("<<'CI_BROKER_CLIENT'\n")
+        client, _, tail = rest.partition("\nCI_BROKER_CLIENT\n")
+        assert client + "\n" == CLIENT_TEXT
+        assert head.endswith('cat >"$_cib_self" ')
+        assert '_cib_self="${CI_PROJECT_DIR}.tmp/ci-broker/client.sh"' in head
+        assert tail == '. "$_cib_self"\n'
+        assert "CI_BROKER_CLIENT" not in CLIENT_TEXT.splitlines()
+        assert "ci-broker-session end" in job["after_script"][0]
 
 
 def test_template_matches_contract_section_6() -> None:

@@ -38,7 +38,7 @@ from support import assert_no_secret
 from broker.assertion import AssertionSigner
 from broker.config import build_config
 from broker.sandbox import stack
-from broker.sandbox.issuer import github_claims
+from broker.sandbox.issuer import github_claims, gitlab_claims
 from broker.service import build_broker
 
 SESSION_LIFETIME = 3 * 3600
@@ -73,6 +73,7 @@ def serve(sandbox: Any, serve_config: Any, assertion_lifetime: int) -> Any:
 class Job:
     """A job after its credentials step: its environment, and how its end step runs."""
 
+    role: str
     env: dict[str, str]
     session_dir: Path
     end: Any
@@ -110,10 +111,66 @@ def node_job(tmp: Path, sandbox: Any, role: str) -> Job:
         assert post.returncode == 0, post.log
         return post.log
 
-    return Job(result.env, session_dir, end, result.log, result.masked())
+    return Job(role, result.env, session_dir, end, result.log, result.masked())
 
 
-CLIENTS = {"action": node_job}
+ENV_MARK = "----- job environment -----"
+# The sandbox's AWS role for GitLab projects (deploy-prod is GitHub's); the others serve both.
+GITLAB_ROLES = {"deploy-prod": "gitlab-deploy"}
+
+
+def template_job(tmp: Path, sandbox: Any, role: str, alpine: bool = False) -> Job:
+    """The GitLab template's own before_script and after_script (its YAML text, as GitLab runs
+    it), in a dash job shell with curl, CI_BROKER_REFRESH=true; or, `alpine`, in busybox's sh
+    with busybox's applets and wget alone on PATH."""
+    import yaml
+    from support import TEMPLATE
+
+    job = yaml.safe_load(TEMPLATE.read_text())[".ci-broker"]
+    role = GITLAB_ROLES.get(role, role)
+    project = tmp / "project"
+    project.mkdir(parents=True)
+    token = sandbox.gitlab.mint(gitlab_claims(aud=sandbox.broker_url))
+    env = job_env(
+        {
+            "CI_PROJECT_DIR": str(project),
+            "GITLAB_CI": "true",
+            "CI_BROKER_URL": sandbox.broker_url,
+            "CI_BROKER_ROLE": role,
+            "CI_BROKER_ID_TOKEN": token,
+            "CI_BROKER_REFRESH": "true",
+            "CI_BROKER_HTTP_TOOLS": "curl",
+        }
+    )
+    shell = "dash"
+    if alpine:
+        from clientrun import busybox_bin
+
+        bindir = busybox_bin(tmp)
+        env.update(PATH=str(bindir), CI_BROKER_HTTP_TOOLS="wget")
+        shell = str(bindir / "sh")
+    script = "\n".join(["set -eu", job["before_script"][0], f"echo '{ENV_MARK}'", "env", ""])
+    proc = subprocess.run([shell, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    job_vars = dict(
+        line.split("=", 1) for line in proc.stdout.partition(ENV_MARK + "\n")[2].splitlines() if "=" in line
+    )
+    exported = {k: v for k, v in job_vars.items() if k not in env or env[k] != v}
+    assert not [k for k in job_vars if k.startswith("_cib_")], "the client left names in the job's shell"
+
+    def end() -> str:
+        done = subprocess.run(
+            [shell, "-c", job["after_script"][0]], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout + done.stderr
+
+    return Job(
+        role, exported, Path(exported["CI_BROKER_SESSION_DIR"]), end, proc.stdout + proc.stderr, [token]
+    )
+
+
+CLIENTS = {"action": node_job, "gitlab-template": template_job}
 
 
 def later_step(
@@ -131,6 +188,12 @@ def later_step(
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]), _output=proc.stdout + proc.stderr)
+
+
+def aws_env(job: Job, sandbox: Any) -> dict[str, str]:
+    """Where a later step's AWS tools go: the sandbox's STS, in a region if the role gives none."""
+    region = {} if "AWS_REGION" in job.env else {"AWS_DEFAULT_REGION": "us-east-1"}
+    return {"AWS_ENDPOINT_URL_STS": sandbox.sts.url, **region}
 
 
 def refreshes(events: list[dict[str, Any]], role: str) -> list[dict[str, Any]]:
@@ -168,13 +231,13 @@ def test_boto3_refreshes_through_credential_process(tmp_path, sandbox, serve_con
     assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} & set(job.env)
     config = Path(job.env["AWS_CONFIG_FILE"])
     assert config.parent == job.session_dir and stat.S_IMODE(config.stat().st_mode) == 0o600
-    before = len(refreshes(audit_events, "deploy-prod"))
+    before = len(refreshes(audit_events, job.role))
 
-    seen = later_step(job, AWS_STEP, {"AWS_ENDPOINT_URL_STS": sandbox.sts.url})
-    assert all(a.startswith("arn:aws:sts::123456789012:assumed-role/deploy-prod/") for a in seen["arns"])
+    seen = later_step(job, AWS_STEP, aws_env(job, sandbox))
+    assert all(a.startswith(f"arn:aws:sts::123456789012:assumed-role/{job.role}/") for a in seen["arns"])
     assert len(set(seen["keys"])) == 3, "each call past botocore's refresh window got fresh keys"
     # botocore asks at each credential lookup (several per call) while inside its window.
-    assert len(refreshes(audit_events, "deploy-prod")) - before >= 3
+    assert len(refreshes(audit_events, job.role)) - before >= 3
     assert_no_secret(seen["_output"], [job.refresh_token()], "the step's output")
 
     last = job.refresh_token()
@@ -183,17 +246,38 @@ def test_boto3_refreshes_through_credential_process(tmp_path, sandbox, serve_con
     refused_after_the_job(sandbox, last)
 
 
+def test_the_hooks_run_in_an_alpine_job_with_busybox_alone(tmp_path, sandbox, serve_config, audit_events):
+    serve(sandbox, serve_config, assertion_lifetime=300)
+    job = template_job(tmp_path, sandbox, "deploy-prod", alpine=True)
+    assert (
+        Path(job.env["AWS_CONFIG_FILE"])
+        .read_text()
+        .split("credential_process = ")[1]
+        .startswith(str(tmp_path / "busybox-bin" / "sh"))
+    )
+    before = len(refreshes(audit_events, job.role))
+    # The job's image: busybox's applets alone on PATH, wget its only HTTP client.
+    alpine = {"PATH": str(tmp_path / "busybox-bin"), "CI_BROKER_HTTP_TOOLS": "wget"}
+    seen = later_step(job, AWS_STEP, {**aws_env(job, sandbox), **alpine})
+    assert len(set(seen["keys"])) == 3
+    assert len(refreshes(audit_events, job.role)) - before >= 3
+    last = job.refresh_token()
+    assert "session revoked" in job.end()
+    refused_after_the_job(sandbox, last)
+
+
 def test_credentials_with_time_left_are_handed_out_without_a_refresh(
     tmp_path, sandbox, serve_config, audit_events, client
 ):
     config = session_config(sandbox)
     config["roles"]["deploy-prod"]["aws"]["duration"] = 3600
+    config["roles"]["gitlab-deploy"]["aws"]["duration"] = 3600
     serve_config(config)
     job = client(tmp_path, sandbox, "deploy-prod")
-    before = len(refreshes(audit_events, "deploy-prod"))
-    seen = later_step(job, AWS_STEP, {"AWS_ENDPOINT_URL_STS": sandbox.sts.url})
+    before = len(refreshes(audit_events, job.role))
+    seen = later_step(job, AWS_STEP, aws_env(job, sandbox))
     assert len(set(seen["keys"])) == 1
-    assert len(refreshes(audit_events, "deploy-prod")) == before, "the exchange's hour-long keys sufficed"
+    assert len(refreshes(audit_events, job.role)) == before, "the exchange's hour-long keys sufficed"
     job.end()
 
 
@@ -325,7 +409,7 @@ def test_a_refused_refresh_shows_the_brokers_message(tmp_path, sandbox, serve_co
         headers={"Authorization": f"Bearer {job.refresh_token()}"},
         timeout=30,
     )
-    env = job_env({**job.env, "AWS_ENDPOINT_URL_STS": sandbox.sts.url})
+    env = job_env({**job.env, **aws_env(job, sandbox)})
     proc = subprocess.run(
         [sys.executable, "-c", "import boto3; boto3.client('sts').get_caller_identity()"],
         env=env,
@@ -345,7 +429,7 @@ def test_concurrent_tools_share_one_refresh(tmp_path, sandbox, serve_config, aud
     """Two tools asking at once must not both present the refresh token: that would end the session."""
     serve(sandbox, serve_config, assertion_lifetime=300)
     job = client(tmp_path, sandbox, "deploy-prod")
-    env = job_env({**job.env, "AWS_ENDPOINT_URL_STS": sandbox.sts.url})
+    env = job_env({**job.env, **aws_env(job, sandbox)})
     script = "import boto3; print(boto3.client('sts').get_caller_identity()['Arn'])"
     procs = [
         subprocess.Popen(
