@@ -266,6 +266,48 @@ def test_the_hooks_run_in_an_alpine_job_with_busybox_alone(tmp_path, sandbox, se
     refused_after_the_job(sandbox, last)
 
 
+def test_the_aws_cli_refreshes_through_credential_process(
+    tmp_path, sandbox, serve_config, audit_events, client
+):
+    from support import VENV_BIN, require_tool
+
+    aws = require_tool("aws", VENV_BIN / "aws")
+    serve(sandbox, serve_config, assertion_lifetime=300)
+    job = client(tmp_path, sandbox, "deploy-prod")
+    env = job_env({**job.env, **aws_env(job, sandbox)})
+    before = len(refreshes(audit_events, job.role))
+    for _ in range(2):
+        proc = subprocess.run(
+            [aws, "sts", "get-caller-identity", "--output", "json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["Arn"].startswith(
+            f"arn:aws:sts::123456789012:assumed-role/{job.role}/"
+        )
+    assert len(refreshes(audit_events, job.role)) - before >= 2, "each run of the CLI refreshed"
+    # Once the session is revoked, the CLI shows the broker's refusal, not a stack trace.
+    requests.post(
+        f"{sandbox.broker_url}/v1/revoke",
+        headers={"Authorization": f"Bearer {job.refresh_token()}"},
+        timeout=30,
+    )
+    proc = subprocess.run(
+        [aws, "sts", "get-caller-identity"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode != 0
+    assert "the broker refused to refresh this job's session: HTTP 401 invalid_token" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    job.end()
+    proc = subprocess.run(
+        [aws, "sts", "get-caller-identity"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode != 0, "after the job nothing of the session is left to use"
+
+
 def test_credentials_with_time_left_are_handed_out_without_a_refresh(
     tmp_path, sandbox, serve_config, audit_events, client
 ):

@@ -166,6 +166,9 @@ async function refresh(dir, state, answer) {
 
 // The session's current answer, refreshed at the broker first when it is no longer fresh.
 async function current(dir) {
+  if (!dir || !fs.existsSync(path.join(dir, STATE))) {
+    throw new ActionError(`no ci-broker session at '${clean(dir || '')}': it ended with the job`);
+  }
   return withLock(dir, async () => {
     const state = readState(dir);
     if (state.error) throw new ActionError(state.error);
