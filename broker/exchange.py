@@ -4,8 +4,9 @@ it the session's refresh and revoke (section 8), `Broker.refresh` and `Broker.re
     client limit -> token and body -> verify -> decide -> the request against the role
         -> identity limit -> spend the token -> mint and issue -> start the role's session
 
-    refresh: client limit -> refresh token and body -> its session (spent: end it, alert)
-        -> usable (not ended, not expired) -> decide again on the recorded claims -> blocks
+    refresh: client limit -> refresh token and body -> its session, usable (not ended, not
+        expired) -> the token not spent (else: end the session, alert) -> decide again on the
+        recorded claims -> blocks
         -> the request against the role and the session -> identity and session limits
         -> rotate the refresh token -> mint and issue
 
@@ -32,6 +33,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -142,8 +145,9 @@ class Broker:
             self.record(event)
 
     def refresh(self, request: SessionRequest) -> Granted:
-        event = AuditEvent("refresh", request.request_id, request.client, request.client_request_id)
-        try:
+        with self.audited(
+            AuditEvent("refresh", request.request_id, request.client, request.client_request_id)
+        ) as event:
             self.limiter.check_client(request.client)
             token = request.refresh_token()
             duration = request.duration()
@@ -154,9 +158,9 @@ class Broker:
             session = presented.session
             provider = self.config.providers.get(session.provider)
             event.record_session(session, provider)
+            self.sessions.check_usable(session)
             if presented.spent:
                 raise self.end_reused(session, event, "a spent refresh token was presented again")
-            self.sessions.check_usable(session)
 
             if provider is None or provider.issuer != session.issuer:
                 raise AccessDenied(reason=f"provider {session.provider!r} is no longer configured")
@@ -181,19 +185,12 @@ class Broker:
                 raise
             event.granted(decision.summary(), issued.expires_at)
             return Granted(role, issued, grant)
-        except BrokerError as exc:
-            event.refused(exc)
-            raise
-        except Exception as exc:
-            event.failed(exc)
-            raise
-        finally:
-            self.record(event)
 
     def revoke(self, request: SessionRequest) -> None:
         """End the session of any of its refresh tokens (RFC 7009: other tokens change nothing)."""
-        event = AuditEvent("revoke", request.request_id, request.client, request.client_request_id)
-        try:
+        with self.audited(
+            AuditEvent("revoke", request.request_id, request.client, request.client_request_id)
+        ) as event:
             self.limiter.check_client(request.client)
             token = request.bearer_token()
             event.outcome, event.reason = "unchanged", "not a refresh token the broker knows"
@@ -205,6 +202,13 @@ class Broker:
                 if self.sessions.end(session, REVOKED):
                     metrics.session_ended(REVOKED)
                     event.outcome, event.reason = "revoked", "session revoked by its holder"
+
+    @contextmanager
+    def audited(self, event: AuditEvent) -> Iterator[AuditEvent]:
+        """The request's outcome on its audit event, written and counted once whatever happens
+        (`exchange` spells the same out in its own try/finally)."""
+        try:
+            yield event
         except BrokerError as exc:
             event.refused(exc)
             raise
@@ -224,7 +228,7 @@ class Broker:
             raise InvalidToken("token has already been used", reason=f"jti {jti[:100]!r} replayed")
 
     def issue(
-        self, role: RoleConfig, provider: ProviderConfig, claims: dict[str, Any], duration: int | None
+        self, role: RoleConfig, provider: ProviderConfig, claims: Mapping[str, Any], duration: int | None
     ) -> clouds.Issued:
         """Sign the broker's assertion for the role and trade it with the role's cloud."""
         context = ci_context(provider.name, claims, provider.schema.neutral)

@@ -191,10 +191,9 @@ def refresh_finished(event: AuditEvent, roles: Container[str]) -> None:
 
 def session_ended(reason: str) -> None:
     """Called each time a live session is ended before its expiry."""
-    _child("sessions_ended", reason if reason in _END_REASONS else "other").inc()
+    from broker.sessions import END_REASONS
 
-
-_END_REASONS = ("revoked", "refresh_reuse", "operator")
+    _child("sessions_ended", reason if reason in END_REASONS else "other").inc()
 
 
 def _count_request(metric: str, event: AuditEvent, roles: Container[str]) -> None:

@@ -166,6 +166,17 @@ def test_reusing_a_spent_token_ends_the_session_and_raises_the_alert(sandbox, se
     assert event["type"] == "refresh" and "ended" in event["reason"]
 
 
+def test_a_spent_token_after_the_session_ended_raises_no_alert(sandbox, sessions_broker, audit_events):
+    body = start_session(sandbox)
+    spent = body["session"]["refresh_token"]
+    current = refresh(sandbox, spent).json()["session"]["refresh_token"]
+    assert revoke(sandbox, current).status_code == 200  # the job ended
+    response = refresh(sandbox, spent)
+    assert_refused(response, 401, "invalid_token")
+    assert "has ended" in response.json()["message"]
+    assert not [e for e in audit_events if e.get("type") == "alert"], "nothing left to protect"
+
+
 def test_a_policy_change_between_exchange_and_refresh_is_refused(
     sandbox, serve_config, tmp_path, audit_events
 ):
@@ -216,12 +227,18 @@ def test_a_provider_removed_after_the_exchange_refuses_the_refresh(sandbox, serv
     assert_refused(refresh(sandbox, body["session"]["refresh_token"]), 403, "access_denied")
 
 
-def test_an_expired_session_is_refused(sandbox, serve_config):
+def serve_with_clock(sandbox: Any, serve_config: Any) -> list[float]:
+    """A broker whose sessions read a clock the test moves: `now[0] += seconds`."""
     now = [time.time()]
     config = with_sessions(sandbox)
     loaded = build_config(copy.deepcopy(config), base_dir=sandbox.workdir)
     clocked = build_broker(loaded, sessions=Sessions(MemorySessionStore(), clock=lambda: now[0]))
     serve_config(config, broker=clocked)
+    return now
+
+
+def test_an_expired_session_is_refused(sandbox, serve_config):
+    now = serve_with_clock(sandbox, serve_config)
     body = start_session(sandbox)
     now[0] += LIFETIME - 5
     last = refresh(sandbox, body["session"]["refresh_token"])
@@ -235,11 +252,7 @@ def test_an_expired_session_is_refused(sandbox, serve_config):
 def test_refreshed_credentials_never_outlive_the_session_by_more_than_the_clouds_minimum(
     sandbox, serve_config
 ):
-    now = [time.time()]
-    config = with_sessions(sandbox)
-    loaded = build_config(copy.deepcopy(config), base_dir=sandbox.workdir)
-    clocked = build_broker(loaded, sessions=Sessions(MemorySessionStore(), clock=lambda: now[0]))
-    serve_config(config, broker=clocked)
+    now = serve_with_clock(sandbox, serve_config)
     body = start_session(sandbox)
     now[0] += LIFETIME - 1200  # 20 minutes left: AWS credentials for 20 minutes, not the role's hour
     refreshed = refresh(sandbox, body["session"]["refresh_token"]).json()

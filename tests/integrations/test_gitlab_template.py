@@ -22,7 +22,15 @@ from typing import Any
 
 import pytest
 import yaml
-from support import COMPONENT, TEMPLATE, assert_no_secret, files_containing, git_repo, gitlab_ci_local_path
+from support import (
+    COMPONENT,
+    TEMPLATE,
+    assert_no_secret,
+    assert_refresh_refused,
+    files_containing,
+    git_repo,
+    gitlab_ci_local_path,
+)
 
 from broker.sandbox.issuer import gitlab_claims
 
@@ -260,8 +268,6 @@ pathlib.Path(os.environ["HANDOFF"]).write_text(
 def test_a_long_job_refreshes_in_its_script_and_the_session_ends_with_the_job(
     tmp_path, served_session_broker
 ):
-    import requests
-
     broker = served_session_broker
     script = tmp_path / "long_job.py"
     script.write_text(LONG_JOB)
@@ -288,12 +294,6 @@ def test_a_long_job_refreshes_in_its_script_and_the_session_ends_with_the_job(
     )
     seen = json.loads(handoff.read_text())
     assert not Path(seen["dir"]).exists(), "after_script removed every file"
-    response = requests.post(
-        f"{broker.url}/v1/refresh",
-        json={},
-        headers={"Authorization": f"Bearer {seen['refresh_token']}"},
-        timeout=30,
-    )
-    assert response.status_code == 401, "after the job, the session's refresh token is refused"
+    assert_refresh_refused(broker.url, seen["refresh_token"])  # after the job
     assert_clean(run, [seen["refresh_token"], token])
     assert_no_secret(broker.log_text(), [seen["refresh_token"]], "the broker's log")
