@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 from broker.auditsink import direct_sink
 
 if TYPE_CHECKING:
+    from broker.config import ProviderConfig
     from broker.errors import BrokerError
+    from broker.sessions import Session
     from broker.verify import VerifiedToken
 
 AUDIT_LOGGER = "broker.audit"
@@ -50,11 +52,11 @@ class AuditEvent:
     by its SHA-256 and its non-secret claims only.
     """
 
-    type: str  # "exchange" | "refresh"
+    type: str  # "exchange" | "refresh" | "revoke"
     request_id: str | None
     client: str | None
     client_request_id: str | None = None
-    outcome: str = "refused"  # "granted" | "refused"
+    outcome: str = "refused"  # "granted" | "refused"; a revoke: "revoked" | "unchanged"
     error: str | None = None
     reason: str | None = None
     role: str | None = None
@@ -67,6 +69,7 @@ class AuditEvent:
     claims: dict[str, Any] = field(default_factory=dict)
     matched_rule: int | None = None
     expires_at: str | None = None
+    session_id: str | None = None  # the broker session granted, refreshed or revoked (section 8)
 
     @property
     def verified(self) -> bool:
@@ -81,6 +84,19 @@ class AuditEvent:
         self.jti = claims.get("jti")
         self.token_sha256 = verified.sha256
         self.claims = verified.provider.schema.audit_claims(claims)
+
+    def record_session(self, session: Session, provider: ProviderConfig | None) -> None:
+        """A refresh or revoke: the identity is the one the session's first exchange verified."""
+        claims = session.claims
+        self.session_id = session.id
+        self.role = session.role
+        self.provider = session.provider
+        self.issuer = session.issuer
+        self.subject = claims.get("sub")
+        self.jti = claims.get("jti")
+        self.token_sha256 = session.token_sha256
+        audited = provider.schema.audited if provider is not None else ()
+        self.claims = {name: claims[name] for name in audited if name in claims}
 
     def granted(self, reason: str, expires_at: datetime) -> None:
         self.outcome, self.reason, self.expires_at = "granted", reason, rfc3339(expires_at)

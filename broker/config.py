@@ -33,6 +33,7 @@ from broker.providers import parse_providers
 from broker.replay import store_url_problem
 from broker.rulechecks import allow_rule_problems
 from broker.schema import Finding, Findings, Section, join
+from broker.sessions import MAX_SESSION_LIFETIME
 
 ROLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 RATE = re.compile(r"([1-9][0-9]{0,8})/(second|minute|hour)")
@@ -49,6 +50,7 @@ class ConfigError(Exception):
 class RateLimits:
     per_identity: str | None
     per_client: str | None
+    per_session: str | None = None  # refreshes of one broker session (section 8)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class RoleConfig:
     settings: Any  # the cloud kind's frozen settings object
     rules: tuple[Rule, ...]
     denies: tuple[DenyRule, ...] = ()  # the top-level deny rules that cover this role
+    session_lifetime: int = 0  # seconds a session may be refreshed for (section 8); 0: no sessions
 
     @property
     def max_duration(self) -> int | None:
@@ -225,8 +228,9 @@ def _rate_limits(s: Section) -> RateLimits | None:
     hint = "N/second, N/minute or N/hour"
     per_identity = limits.string("per_identity", "600/minute", pattern=RATE, hint=hint)
     per_client = limits.string("per_client", "6000/minute", pattern=RATE, hint=hint)
+    per_session = limits.string("per_session", "60/minute", pattern=RATE, hint=hint)
     limits.finish()
-    return RateLimits(per_identity=per_identity, per_client=per_client)
+    return RateLimits(per_identity=per_identity, per_client=per_client, per_session=per_session)
 
 
 def _roles(s: Section, providers: dict[str, ProviderConfig]) -> dict[str, RoleConfig]:
@@ -248,9 +252,12 @@ def _roles(s: Section, providers: dict[str, ProviderConfig]) -> dict[str, RoleCo
                 r.raw(other)
                 s.findings.error(r.at(other), f"does not apply to a role whose cloud is {cloud!r}")
         rules = _rules(r, providers)
+        session_lifetime = r.integer("session_lifetime", 0, minimum=0, maximum=MAX_SESSION_LIFETIME)
         r.finish()
-        if cloud and settings is not None and rules:
-            roles[name] = RoleConfig(name=name, cloud=cloud, settings=settings, rules=rules)
+        if cloud and settings is not None and rules and session_lifetime is not None:
+            roles[name] = RoleConfig(
+                name=name, cloud=cloud, settings=settings, rules=rules, session_lifetime=session_lifetime
+            )
     return roles
 
 

@@ -34,6 +34,7 @@ from typing import Any, TextIO
 ROLE = "deploy-prod"
 GITLAB_ROLE = "gitlab-deploy"
 ASSERTION_MAX_LIFETIME = 300
+SESSION_LIFETIME = 3 * 3600
 # What a reader sees of a CI job's token: the claims a policy is usually written against.
 SHOWN_CLAIMS = (
     "iss",
@@ -105,7 +106,7 @@ class Demo:
             self._audit_handler = _AuditTap(self.audit)
             logger.addHandler(self._audit_handler)
             logger.setLevel(logging.INFO)
-            self._app = self.sandbox.serve_in_process()
+            self._app = self.sandbox.serve_in_process(self.demo_config())
         except BaseException:
             self.__exit__(None, None, None)  # whatever did start must not outlive a failed start
             raise
@@ -139,6 +140,12 @@ class Demo:
     @property
     def config(self) -> Any:
         return self._app.extensions["broker"].config
+
+    def demo_config(self) -> dict[str, Any]:
+        """The sandbox's policy, with sessions (contract section 8) on the demo's AWS role."""
+        config = self.sandbox.config_dict()
+        config["roles"][ROLE]["session_lifetime"] = SESSION_LIFETIME
+        return config
 
     # -- output -----------------------------------------------------------------------------------
     def say(self, text: str = "", indent: int = 0) -> None:
@@ -185,6 +192,7 @@ class Demo:
             self.step_replay,
             self.step_gitlab,
             self.step_other_clouds,
+            self.step_sessions,
             self.step_buildkite,
         ]
         for step in steps:
@@ -230,7 +238,7 @@ class Demo:
         self.say(f"The policy for role {ROLE} (the whole demo config: `ci-broker demo --serve`):")
         import yaml
 
-        role = box.config_dict()["roles"][ROLE]
+        role = self.demo_config()["roles"][ROLE]
         self.say(yaml.safe_dump({"roles": {ROLE: role}}, sort_keys=False).rstrip(), 2)
 
     def step_mint(self) -> None:
@@ -593,6 +601,88 @@ class Demo:
             self.say("the same rule on slugs instead of ids is not a policy the broker will load:", 3)
             self.say(problem or "(it loaded)", 5)
             self.expect(bool(problem), "a rule that does not pin the organization's id is refused at load")
+
+    def step_sessions(self) -> None:
+        """Contract section 8: a session refreshed twice, a spent refresh token replayed, the end."""
+        import requests
+
+        self.heading("9", "A long job refreshes its credentials; a copied refresh token ends the session")
+        box = self.sandbox
+        token = box.github_token()
+        self.secrets.append(token)
+        body = _json(box.exchange(token, ROLE))
+        session = body.get("session") or {}
+        self._keep_secrets(body)
+        self.say(
+            f"With session_lifetime: {SESSION_LIFETIME} on {ROLE}, an exchange also returns a session: "
+            f"id {session.get('id')},\nuntil {session.get('expires_at')}, and a refresh token "
+            "(stored by the broker only as a hash).",
+            3,
+        )
+        if not self.expect(bool(session.get("refresh_token")), "the exchange returned a session"):
+            return
+        tokens = [session["refresh_token"]]
+        keys = [body["credentials"]["access_key_id"]]
+
+        def refresh(refresh_token: str) -> tuple[int, dict[str, Any]]:
+            response = requests.post(
+                f"{box.broker_url}/v1/refresh",
+                json={},
+                headers={"Authorization": f"Bearer {refresh_token}"},
+                timeout=30,
+            )
+            answer = _json(response)
+            self._keep_secrets(answer)
+            return response.status_code, answer
+
+        for n in (1, 2):
+            status, answer = refresh(tokens[-1])
+            rotated = (answer.get("session") or {}).get("refresh_token")
+            creds = answer.get("credentials") or {}
+            self.say(
+                f"POST /v1/refresh #{n}: {status}, new credentials {redact(creds.get('access_key_id', ''))} "
+                f"until {answer.get('expires_at')}, and the next refresh token",
+                3,
+            )
+            if not self.expect(
+                status == 200 and bool(rotated) and rotated not in tokens,
+                f"refresh {n}: the broker checked the policy again and issued fresh credentials",
+                f"{status} {answer.get('error')}",
+            ):
+                return
+            tokens.append(str(rotated))
+            keys.append(creds.get("access_key_id", ""))
+        self.expect(len(set(keys)) == 3, "each refresh issued new credentials")
+
+        audit_before = len(self.audit)
+        status, answer = refresh(tokens[0])
+        self.say(
+            f"the first refresh token again (a copy someone kept): {status} {answer.get('error')}: "
+            f"{answer.get('message')}",
+            3,
+        )
+        self.expect(status == 401, "a spent refresh token is refused with 401", str(status))
+        alerts = [e for e in self.audit[audit_before:] if e.get("alert") == "refresh_reuse"]
+        if alerts:
+            self.say(
+                f"audit: alert refresh_reuse, severity {alerts[0].get('severity')}, session {alerts[0].get('session_id')}",
+                3,
+            )
+        self.expect(len(alerts) == 1, "the broker raised the refresh_reuse alert")
+        status, answer = refresh(tokens[-1])
+        self.say(f"the latest refresh token: {status} {answer.get('error')}: {answer.get('message')}", 3)
+        self.expect(
+            status == 401 and "ended" in str(answer.get("message")),
+            "the whole session is dead: even the latest refresh token is refused",
+            str(status),
+        )
+
+    def _keep_secrets(self, answer: dict[str, Any]) -> None:
+        creds = answer.get("credentials") or {}
+        self.secrets.extend(v for k, v in creds.items() if k != "region")
+        refresh_token = (answer.get("session") or {}).get("refresh_token")
+        if refresh_token:
+            self.secrets.append(refresh_token)
 
     # -- helpers ----------------------------------------------------------------------------------
     def show_claims(self, claims: dict[str, Any], names: Iterable[str], indent: int = 5) -> None:

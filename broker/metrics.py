@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 UNKNOWN_ROLE = "(unknown)"  # cannot collide with a configured role: role names start with [A-Za-z0-9]
-RATE_LIMIT_KINDS = ("per_identity", "per_client")
+RATE_LIMIT_KINDS = ("per_identity", "per_client", "per_session")
 _CODE = re.compile(r"[a-z][a-z_]{0,39}")
 # Exchanges cost milliseconds plus the cloud's round trip; the top buckets catch retries and hangs.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -57,6 +57,16 @@ class Metrics:
             "ci_broker_exchanges",
             "Exchanges by outcome (granted|refused), error code, provider, cloud and role.",
             ["outcome", "error", "provider", "cloud", "role"],
+        )
+        self.refreshes = Counter(
+            "ci_broker_refreshes",
+            "Session refreshes by outcome (granted|refused), error code, provider, cloud and role.",
+            ["outcome", "error", "provider", "cloud", "role"],
+        )
+        self.sessions_ended = Counter(
+            "ci_broker_sessions_ended",
+            "Broker sessions ended before their expiry, by reason (revoked|refresh_reuse|operator).",
+            ["reason"],
         )
         self.request_latency = Histogram(
             "ci_broker_request_duration_seconds",
@@ -124,6 +134,8 @@ def get() -> Metrics:
 
 ENDPOINT_PATHS = {
     "/v1/exchange": "exchange",
+    "/v1/refresh": "refresh",
+    "/v1/revoke": "revoke",
     f"/{DISCOVERY_PATH}": "discovery",
     f"/{JWKS_PATH}": "jwks",
     "/healthz": "healthz",
@@ -169,13 +181,29 @@ def exchange_finished(event: AuditEvent, roles: Container[str]) -> None:
     The role is the caller's text until its token verifies: it is counted only then (and as
     `(unknown)` if the config lacks it), so a garbage token cannot probe which roles exist.
     """
+    _count_request("exchanges", event, roles)
+
+
+def refresh_finished(event: AuditEvent, roles: Container[str]) -> None:
+    """Count one refresh like an exchange; its identity is the session's, once the token is known."""
+    _count_request("refreshes", event, roles)
+
+
+def session_ended(reason: str) -> None:
+    """Called each time a live session is ended before its expiry."""
+    from broker.sessions import END_REASONS
+
+    _child("sessions_ended", reason if reason in END_REASONS else "other").inc()
+
+
+def _count_request(metric: str, event: AuditEvent, roles: Container[str]) -> None:
     role = event.role
     if role is None or not event.verified:
         role_label = ""
     else:
         role_label = role if role in roles else UNKNOWN_ROLE
     _child(
-        "exchanges",
+        metric,
         event.outcome,
         _code(event.error),
         event.provider or "",  # a configured provider name, set only once verified

@@ -1,6 +1,8 @@
-"""Rate limits on exchanges (`server.rate_limits`): per client address and per CI identity.
+"""Rate limits on exchanges and refreshes (`server.rate_limits`): per client address, per CI
+identity and per broker session.
 
-Two limits, counted at two points of the request:
+Two limits, counted at two points of the request (a refresh counts against both, its identity
+being the one its session recorded, and against a third, per session, at the same point):
 
 - per client address, before anything is parsed or verified, so a flood of garbage costs one
   counter increment per request and never reaches the JWKS fetch or the signature check;
@@ -44,7 +46,7 @@ REDIS_TIMEOUT = 0.5
 
 @dataclass(frozen=True)
 class _Limit:
-    scope: str  # "client" | "identity"
+    scope: str  # "client" | "identity" | "session"
     item: RateLimitItem
     text: str
 
@@ -55,12 +57,15 @@ class RateLimiter:
         self.where = describe_store(redis_url) if redis_url else "memory"
         self._client: _Limit | None = None
         self._identity: _Limit | None = None
+        self._session: _Limit | None = None
         if limits is None:
             return
         if limits.per_client:
             self._client = _Limit("client", parse(limits.per_client), limits.per_client)
         if limits.per_identity:
             self._identity = _Limit("identity", parse(limits.per_identity), limits.per_identity)
+        if limits.per_session:
+            self._session = _Limit("session", parse(limits.per_session), limits.per_session)
         storage: Storage
         if redis_url:
             storage = RedisStorage(redis_url, wrap_exceptions=True, **redis_options(redis_url, REDIS_TIMEOUT))
@@ -86,6 +91,11 @@ class RateLimiter:
         """
         if self._identity is not None:
             self._hit(self._identity, identity(provider, claims))
+
+    def admit_session(self, session_id: str) -> None:
+        """Count one refresh of a broker session; raises RateLimited over the per-session limit."""
+        if self._session is not None:
+            self._hit(self._session, session_id)
 
     def _hit(self, limit: _Limit, key: str) -> None:
         try:

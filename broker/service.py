@@ -16,6 +16,7 @@ from broker.exchange import Broker
 from broker.jwks import KeyCache, KeyCacheSettings, KeyRefresher
 from broker.ratelimit import RateLimiter
 from broker.replay import ReplayStore, open_store
+from broker.sessions import Sessions, open_session_store
 from broker.verify import TokenVerifier
 
 # Cloud SDKs log request and response bodies at DEBUG, and those bodies hold the credentials
@@ -41,12 +42,14 @@ def build_broker(
     config: Config,
     *,
     replay: ReplayStore | None = None,
+    sessions: Sessions | None = None,
     key_settings: KeyCacheSettings | None = None,
     start_refresher: bool = True,
 ) -> Broker:
     quiet_sdk_loggers()
     # The store first: a store that cannot be opened must fail before any thread is started.
     store = replay if replay is not None else open_store(config.server.replay_store)
+    sessions = sessions or Sessions(open_session_store(config.server.replay_store))
     key_settings = key_settings or KeyCacheSettings()
     caches = {
         p.name: KeyCache(p.issuer, jwks_uri=p.jwks_uri, ca_bundle=p.ca_bundle, settings=key_settings)
@@ -68,6 +71,7 @@ def build_broker(
         backends=backends,
         limiter=RateLimiter.for_config(config),
         replay=store,
+        sessions=sessions,
         caches=caches,
         refresher=refresher,
     )
