@@ -1,17 +1,18 @@
 """The exchange (contract section 4) as one flow, read top to bottom in `Broker.exchange`.
 
-    client limit -> token and body -> verify -> decide -> the request against the role
+    client limit -> token and body -> verify -> decide -> blocks -> the request against the role
         -> identity limit -> spend the token -> mint and issue
 
 - Verifying changes no state. The policy decision (deny rules, then allow rules; an unknown role is
-  a denial like any other) needs none either, so it comes before anything is written.
+  a denial like any other) needs none either, so it comes before anything is written. Runtime
+  blocks (`ci-broker block`) are checked right after it, against this process's copy of them.
 - Everything that can refuse a well-formed, permitted request for its shape (a duration the role
   does not allow) or for load (429) runs before the token is spent: a CI job may then retry with
   the same token, which matters to GitLab jobs that get one ID token each.
 - The token is spent last, just before the cloud is called: a replayed token is refused there.
 - One typed `AuditEvent` is filled in as the flow goes and written once, in `finally`, whatever the
-  outcome; the exchange counters are taken from that same event. The HTTP layer (`broker.app`)
-  only parses and renders.
+  outcome; the exchange counters and the alert detectors (`broker.alerts`) are fed that same
+  event. The HTTP layer (`broker.app`) only parses and renders.
 
 Everything a request needs (keys, SDK clients, compiled policy) was built at start-up by
 `broker.service.build_broker`.
@@ -24,8 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from broker import audit, clouds, metrics
+from broker.alerts import Alerts
 from broker.assertion import AssertionSigner, ci_context
 from broker.audit import AuditEvent
+from broker.blocks import BlockList
 from broker.config import Config, RoleConfig
 from broker.errors import AccessDenied, BrokerError, InvalidRequest, InvalidToken, UpstreamError
 from broker.jwks import KeyCache, KeyRefresher
@@ -70,6 +73,8 @@ class Broker:
     replay: ReplayStore
     caches: dict[str, KeyCache]
     refresher: KeyRefresher
+    blocks: BlockList
+    alerts: Alerts
     extras: dict[str, Any] = field(default_factory=dict)
 
     def exchange(self, request: ExchangeRequest) -> Granted:
@@ -88,6 +93,7 @@ class Broker:
             event.cloud = role.cloud if role is not None else None
             if role is None or not decision.allowed:
                 raise AccessDenied(reason=decision.summary())
+            self.blocks.refuse_if_blocked(verified.provider, verified.claims, role.name)
 
             duration = requested_duration(role, ask.duration)
             self.limiter.admit(verified.provider, verified.claims)
@@ -141,6 +147,7 @@ class Broker:
         """An exchange has its outcome: write its audit event and count it, together."""
         audit.emit(event.fields())
         metrics.exchange_finished(event, self.config.roles)
+        self.alerts.observe(event)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -154,6 +161,8 @@ class Broker:
 
     def close(self) -> None:
         self.refresher.stop()
+        self.blocks.close()
+        self.alerts.close()
 
 
 def requested_duration(role: RoleConfig, duration: int | None) -> int | None:

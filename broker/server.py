@@ -53,7 +53,7 @@ class BrokerServer(BaseApplication):  # type: ignore[misc]
         # SDK clients and connections (none of those survive a fork).
         from broker.app import create_app
 
-        logs.configure_audit(self.audit_log)
+        logs.configure_audit(self.audit_log, settings=self.broker_config.server.audit)
         return create_app(self.broker_config)
 
 

@@ -1,0 +1,215 @@
+"""Where runtime blocks live: the shared store (sqlite or redis), as records plus a version number.
+
+Every write (a block added, one removed, expired ones purged) changes the records and bumps the
+version in one transaction, so a reader that finds the version unchanged knows its copy of the
+records is current, and a reader that takes both in one snapshot never sees one without the other.
+Records are stored as the JSON text `broker.blocks` writes and are parsed there, not here: this
+module only moves them. With `memory` there is nothing to share a block with, so there is no
+block store (`open_block_store` returns None).
+
+Nothing here logs or returns a store URL, which may carry a password.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from broker.replay import (
+    REDIS_TIMEOUT,
+    SQLITE_BUSY_TIMEOUT,
+    describe_store,
+    is_redis_url,
+    redis_options,
+    sqlite_path,
+)
+
+REDIS_RECORDS = "ci-broker:blocks"
+REDIS_VERSION = "ci-broker:blocks:version"
+
+
+class BlockStoreError(Exception):
+    """The store could not be read or written; the message names the store without credentials."""
+
+
+class BlockStore(Protocol):
+    where: str
+
+    def version(self) -> int:
+        """The current version: changes whenever any record does (0 for a store never written)."""
+        ...
+
+    def snapshot(self) -> tuple[int, dict[str, str]]:
+        """The version and every record (id -> JSON text), read together."""
+        ...
+
+    def add(self, block_id: str, record: str, purge: list[str]) -> bool:
+        """Store a record under a new id, removing the ids in `purge`; False if the id exists."""
+        ...
+
+    def remove(self, block_id: str) -> bool:
+        """Remove a record; False if there was none."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SqliteBlockStore:
+    """The blocks in the same sqlite file as the replay store: every process on one host shares it."""
+
+    def __init__(self, path: str) -> None:
+        self.where = f"sqlite:///{path}"
+        self._lock = threading.Lock()
+        try:
+            # isolation_level=None: transactions are the explicit BEGINs below, nothing implicit.
+            self._conn = sqlite3.connect(
+                path, timeout=SQLITE_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS blocks (id TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID"
+            )
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS blocks_version "
+                "(singleton INTEGER PRIMARY KEY CHECK (singleton = 0), version INTEGER NOT NULL)"
+            )
+        except sqlite3.Error as exc:
+            raise BlockStoreError(f"{self.where}: {type(exc).__name__}: {exc}") from None
+
+    def version(self) -> int:
+        row = self._query("SELECT version FROM blocks_version WHERE singleton = 0")
+        return int(row[0][0]) if row else 0
+
+    def snapshot(self) -> tuple[int, dict[str, str]]:
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN")  # one read transaction: one snapshot of both tables
+                try:
+                    version = self._conn.execute("SELECT version FROM blocks_version").fetchall()
+                    records = self._conn.execute("SELECT id, record FROM blocks").fetchall()
+                finally:
+                    self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise BlockStoreError(f"{self.where}: {type(exc).__name__}: {exc}") from None
+        return (int(version[0][0]) if version else 0), {str(i): str(r) for i, r in records}
+
+    def add(self, block_id: str, record: str, purge: list[str]) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "INSERT INTO blocks (id, record) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
+                (block_id, record),
+            )
+            if cursor.rowcount != 1:
+                return False
+            conn.executemany("DELETE FROM blocks WHERE id = ?", [(i,) for i in purge])
+            return True
+
+        return self._write(write)
+
+    def remove(self, block_id: str) -> bool:
+        return self._write(
+            lambda conn: conn.execute("DELETE FROM blocks WHERE id = ?", (block_id,)).rowcount == 1
+        )
+
+    def _write(self, change: Any) -> bool:
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    changed = bool(change(self._conn))
+                    if changed:
+                        self._conn.execute(
+                            "INSERT INTO blocks_version (singleton, version) VALUES (0, 1) "
+                            "ON CONFLICT (singleton) DO UPDATE SET version = version + 1"
+                        )
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+                return changed
+            except sqlite3.Error as exc:
+                raise BlockStoreError(f"{self.where}: {type(exc).__name__}: {exc}") from None
+
+    def _query(self, sql: str) -> list[Any]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql).fetchall()
+            except sqlite3.Error as exc:
+                raise BlockStoreError(f"{self.where}: {type(exc).__name__}: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class RedisBlockStore:
+    """The blocks in one redis hash, with the version in a key of its own (INCR on every write)."""
+
+    def __init__(self, url: str, *, timeout: float = REDIS_TIMEOUT) -> None:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        self.where = describe_store(url)
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        # No retries inside a call: the watcher polls again a moment later, and a CLI write
+        # should fail plainly rather than wait through several timeouts.
+        self._client = redis.Redis.from_url(url, **redis_options(url, timeout), retry=Retry(NoBackoff(), 0))
+
+    def version(self) -> int:
+        value = self._call(lambda: self._client.get(REDIS_VERSION))
+        return int(value) if value is not None else 0
+
+    def snapshot(self) -> tuple[int, dict[str, str]]:
+        def read() -> list[Any]:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.get(REDIS_VERSION)
+                pipe.hgetall(REDIS_RECORDS)
+                return list(pipe.execute())
+
+        version, records = self._call(read)
+        return (int(version) if version is not None else 0), _decoded(records)
+
+    def add(self, block_id: str, record: str, purge: list[str]) -> bool:
+        def write() -> bool:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.hsetnx(REDIS_RECORDS, block_id, record)
+                if purge:
+                    pipe.hdel(REDIS_RECORDS, *purge)
+                pipe.incr(REDIS_VERSION)
+                return bool(pipe.execute()[0])
+
+        return bool(self._call(write))
+
+    def remove(self, block_id: str) -> bool:
+        def write() -> bool:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.hdel(REDIS_RECORDS, block_id)
+                pipe.incr(REDIS_VERSION)
+                return bool(pipe.execute()[0])
+
+        return bool(self._call(write))
+
+    def _call(self, operation: Any) -> Any:
+        try:
+            return operation()
+        except self._errors as exc:
+            raise BlockStoreError(f"redis {self.where}: {type(exc).__name__}") from None
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _decoded(records: Mapping[bytes, bytes]) -> dict[str, str]:
+    return {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in records.items()}
+
+
+def open_block_store(url: str) -> BlockStore | None:
+    """The block store on the broker's shared store, or None for `memory` (nothing to share)."""
+    if url == "memory":
+        return None
+    if is_redis_url(url):
+        return RedisBlockStore(url)
+    return SqliteBlockStore(sqlite_path(url))
