@@ -36,7 +36,7 @@ import hashlib
 import ipaddress
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +68,7 @@ CALLER_REFUSALS = frozenset(
     {"invalid_request", "invalid_token", "access_denied", "payload_too_large", "unsupported_media_type"}
 )
 COUNTING_CAPACITY = 10000
+COUNTING_BATCH = 100  # events counted per round trip, when that many are waiting
 IPV4_PREFIX = 24
 IPV6_PREFIX = 56
 
@@ -98,7 +99,7 @@ class Alerts:
         }
         self._counting = bool(settings.denied_burst or settings.bulk or settings.new_source_days)
         self.queue: BackgroundQueue[Observation] = BackgroundQueue(
-            "alert_counting", self._count, capacity=COUNTING_CAPACITY
+            "alert_counting", self._count, capacity=COUNTING_CAPACITY, batch=COUNTING_BATCH
         )
 
     def start(self) -> None:
@@ -198,69 +199,100 @@ class Alerts:
             return event.verified and bool(s.bulk or s.new_source_days)
         return event.error in CALLER_REFUSALS and s.denied_burst is not None
 
-    def _count(self, observation: Observation) -> None:
-        """Count one event in the store (one round trip) and raise what crosses a threshold."""
-        event, now = observation.event, observation.at
-        s = self.settings
-        identity = self._identity(event) if event.verified else None
-        member = event.request_id or f"{now!r}"
-        ops: list[Op] = []
-        thresholds: list[tuple[int, _Threshold]] = []  # (index of its count in ops, the threshold)
-
-        def count(threshold: _Threshold, member: str) -> None:
-            thresholds.append((len(ops), threshold))
-            ops.append(Count(threshold.key, member, threshold.window))
-
-        if event.outcome == "refused" and s.denied_burst is not None:
-            limit, window = s.denied_burst.count, s.denied_burst.window
-            for scope, subject in (("identity", identity), ("client", event.client)):
-                if subject is not None:
-                    count(_Threshold("denied_burst", scope, subject, limit, window, "refusals"), member)
-        network = client_network(event.client)
-        source = None
-        if event.outcome == "granted" and identity is not None:
-            if s.bulk is not None:
-                count(
-                    _Threshold("bulk", "identity", identity, s.bulk.count, s.bulk.window, "credentials"),
-                    member,
-                )
-                roles = _Threshold(
-                    "bulk", "identity", identity, s.bulk.roles, s.bulk.window, "distinct roles"
-                )
-                count(roles, event.role or "")
-            if s.new_source_days is not None and network is not None:
-                ttl = s.new_source_days * 86400
-                source = len(ops)
-                ops.append(Remember(_key("source", identity), ttl))
-                ops.append(Remember(_key("source", identity, network), ttl))
+    def _count(self, batch: list[Observation]) -> None:
+        """Count a batch of events in the store (one round trip; a second only for thresholds
+        crossed) and raise the alerts, in the events' order."""
+        plans = [self._plan(observation) for observation in batch]
+        ops = [op for plan in plans for op in plan.ops]
         if not ops:
             return
         try:
-            answers = self.windows.run(ops, now)
-            crossed = [(t, answers[i]) for i, t in thresholds if answers[i] >= t.limit]
-            # One alert per key and window: the first replica to set the key's mark raises it.
-            marks = (
-                self.windows.run(
-                    [Remember(t.key + ":fired", t.window, refresh=False) for t, _ in crossed], now
-                )
-                if crossed
-                else []
-            )
+            answers = iter(self.windows.run(ops))
+            crossed: list[tuple[_Plan, _Threshold, int]] = []
+            for plan in plans:
+                plan.answers = [next(answers) for _ in plan.ops]
+                crossed += [(plan, t, n) for t, n in plan.crossed()]
+            # One alert per key and window: the first replica (or event) to set the key's mark raises it.
+            marks = [Remember(t.key + ":fired", t.window, plan.at, refresh=False) for plan, t, _ in crossed]
+            first = iter(self.windows.run(marks) if marks else [])
         except WindowStoreError as exc:
-            log.warning("alert counting skipped an event: %s", exc)
-            self.queue.dropped("failed")
+            log.warning("alert counting skipped %d event(s): %s", len(batch), exc)
+            for _ in batch:
+                self.queue.dropped("failed")
             return
-        for (threshold, n), first in zip(crossed, marks, strict=True):
-            if first:
-                self.raise_alert(threshold.kind, event, threshold.summary(n), threshold.details(n))
-        if source is not None and answers[source + 1] and not answers[source]:
-            days = s.new_source_days
-            self.raise_alert(
-                "new_source",
-                event,
-                f"{identity} was granted credentials from {network}, not seen from there in the last {days} days",
-                {"network": network, "days": days},
-            )
+        fired = {(id(plan), t.key) for (plan, t, _), ok in zip(crossed, first, strict=True) if ok}
+        for plan in plans:
+            for threshold, n in plan.crossed():
+                if (id(plan), threshold.key) in fired:
+                    self.raise_alert(threshold.kind, plan.event, threshold.summary(n), threshold.details(n))
+            if plan.new_network():
+                days = self.settings.new_source_days
+                self.raise_alert(
+                    "new_source",
+                    plan.event,
+                    f"{plan.identity} was granted credentials from {plan.network}, "
+                    f"not seen from there in the last {days} days",
+                    {"network": plan.network, "days": days},
+                )
+
+    def _plan(self, observation: Observation) -> _Plan:
+        """The store operations one event needs, and how to read their answers."""
+        event, at = observation.event, observation.at
+        s = self.settings
+        plan = _Plan(
+            event, at, self._identity(event) if event.verified else None, client_network(event.client)
+        )
+        member = event.request_id or repr(at)
+        if event.outcome == "refused" and s.denied_burst is not None:
+            limit, window = s.denied_burst.count, s.denied_burst.window
+            for scope, subject in (("identity", plan.identity), ("client", event.client)):
+                if subject is not None:
+                    plan.count(_Threshold("denied_burst", scope, subject, limit, window, "refusals"), member)
+        if event.outcome == "granted" and plan.identity is not None:
+            if s.bulk is not None:
+                bulk = s.bulk
+                plan.count(
+                    _Threshold("bulk", "identity", plan.identity, bulk.count, bulk.window, "credentials"),
+                    member,
+                )
+                roles = _Threshold(
+                    "bulk", "identity", plan.identity, bulk.roles, bulk.window, "distinct roles"
+                )
+                plan.count(roles, event.role or "")
+            if s.new_source_days is not None and plan.network is not None:
+                plan.remember_source(s.new_source_days * 86400)
+        return plan
+
+
+@dataclass
+class _Plan:
+    event: AuditEvent
+    at: float
+    identity: str | None
+    network: str | None
+    ops: list[Op] = field(default_factory=list)
+    thresholds: list[tuple[int, _Threshold]] = field(default_factory=list)  # (index in ops, threshold)
+    source: int | None = None  # index in ops of the identity's mark; its network's comes next
+    answers: list[Any] = field(default_factory=list)
+
+    def count(self, threshold: _Threshold, member: str) -> None:
+        self.thresholds.append((len(self.ops), threshold))
+        self.ops.append(Count(threshold.key, member, threshold.window, self.at))
+
+    def remember_source(self, ttl: int) -> None:
+        assert self.identity is not None and self.network is not None
+        self.source = len(self.ops)
+        self.ops.append(Remember(_key("source", self.identity), ttl, self.at))
+        self.ops.append(Remember(_key("source", self.identity, self.network), ttl, self.at))
+
+    def crossed(self) -> list[tuple[_Threshold, int]]:
+        return [(t, int(self.answers[i])) for i, t in self.thresholds if self.answers[i] >= t.limit]
+
+    def new_network(self) -> bool:
+        """A network new to an identity that is itself not new (its first network is learned)."""
+        return (
+            self.source is not None and bool(self.answers[self.source + 1]) and not self.answers[self.source]
+        )
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ class AuditSyslog(LineHandler):
         self._framer: Rfc5424 | None = None
         self._down = False
         self.queue: BackgroundQueue[tuple[float, str]] = BackgroundQueue(
-            "audit_syslog", self._send, capacity=capacity
+            "audit_syslog", lambda lines: self._send(lines[0]), capacity=capacity
         )
 
     def write_line(self, line: str) -> None:

@@ -6,8 +6,9 @@ work to one of these. What a caller gets, and what it is promised:
 - `offer` never blocks and never raises: it appends under a lock and returns. When the queue
   already holds `capacity` items the new item is dropped (the oldest are kept: they were promised
   first) and `ci_broker_background_dropped_total{queue, reason="queue_full"}` counts it.
-- Items are handled one at a time, in order, by a thread of the process that offered them. A
-  handler that waits (a retry's backoff) waits in `sleep`, which `close` interrupts.
+- Items are handled in order by a thread of the process that offered them, in batches of up to
+  `batch` (whatever is waiting, so a batch of one when the thread keeps up). A handler that waits
+  (a retry's backoff) waits in `sleep`, which `close` interrupts.
 - `close` lets the thread finish the queue for up to `grace` seconds, then counts what is left as
   dropped (`reason="shutdown"`).
 
@@ -43,9 +44,18 @@ os.register_at_fork(after_in_child=_forked)
 
 
 class BackgroundQueue(Generic[T]):
-    def __init__(self, name: str, handle: Callable[[T], None], *, capacity: int, grace: float = 2.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        handle: Callable[[list[T]], None],
+        *,
+        capacity: int,
+        batch: int = 1,
+        grace: float = 2.0,
+    ) -> None:
         self.name = name  # the `queue` label of the drop counter: a fixed word per kind of queue
         self.capacity = capacity
+        self.batch = batch
         self.grace = grace
         self._handle = handle
         self._reset()
@@ -107,12 +117,12 @@ class BackgroundQueue(Generic[T]):
                     self._cond.wait()
                 if not self._items:
                     return
-                item = self._items.popleft()
+                items = [self._items.popleft() for _ in range(min(self.batch, len(self._items)))]
                 self._busy = True
             try:
-                self._handle(item)
-            except Exception:  # one bad item must not stop the thread
-                log.exception("background %s: an item failed", self.name)
+                self._handle(items)
+            except Exception:  # one bad batch must not stop the thread
+                log.exception("background %s: handling failed", self.name)
             finally:
                 with self._cond:
                     self._busy = False

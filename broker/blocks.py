@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from broker import metrics
 from broker.blockstore import BlockStore, BlockStoreError
-from broker.claims import ClaimSchema
+from broker.claims import ClaimSchema, claim_text
 from broker.errors import Blocked, Unavailable
 from broker.policy import Condition, compile_condition
 
@@ -283,11 +283,33 @@ def read_blocks(records: Mapping[str, str], config: Config) -> list[Block]:
 # -- what the request path checks -----------------------------------------------------------------
 
 
+# provider -> claim name -> normalised value -> the blocks whose first condition wants that value
+_Index = dict[str, dict[str, dict[str, tuple[Block, ...]]]]
+
+
 @dataclass(frozen=True)
 class _View:
-    by_provider: dict[str, tuple[Block, ...]]
+    """The blocks as the request path reads them: indexed on one exact claim each, so a check costs
+    a dictionary lookup per claim name in use, not a pass over every block."""
+
+    index: _Index
+    blocks: tuple[Block, ...]
     as_of: float  # time.monotonic() when the poll that produced it began
     problem: str | None = None  # why no check can be answered (an unreadable record)
+
+
+def _indexed(blocks: list[Block]) -> _Index:
+    index: dict[str, dict[str, dict[str, list[Block]]]] = {}
+    for block in blocks:
+        if block.conditions:  # none when this config has no such provider: nothing to match
+            first = block.conditions[0]
+            index.setdefault(block.provider, {}).setdefault(first.claim, {}).setdefault(
+                first.values[0], []
+            ).append(block)
+    return {
+        p: {c: {v: tuple(b) for v, b in values.items()} for c, values in claims.items()}
+        for p, claims in index.items()
+    }
 
 
 class BlockList:
@@ -310,7 +332,7 @@ class BlockList:
         self.store = store
         self.poll_interval = poll_interval
         self.max_staleness = max_staleness if store is not None else math.inf
-        self._view = _View({}, time.monotonic())
+        self._view = _View({}, (), time.monotonic())
         self._version: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -329,13 +351,17 @@ class BlockList:
                 "the block list is unavailable",
                 reason=f"blocks not synchronised with {where} for {age:.1f}s (limit {self.max_staleness:g}s)",
             )
-        candidates = view.by_provider.get(provider.name)
-        if not candidates:
+        by_claim = view.index.get(provider.name)
+        if not by_claim:
             return
-        now = time.time()
-        for block in candidates:
-            if block.matches(claims, role, provider.schema, now):
-                raise Blocked(block.id, block.reason)
+        schema = provider.schema
+        for claim, by_value in by_claim.items():
+            text = claim_text(claims.get(claim))
+            if text is None:
+                continue
+            for block in by_value.get(schema.normalize(claim, text), ()):
+                if block.matches(claims, role, schema, time.time()):
+                    raise Blocked(block.id, block.reason)
 
     # -- keeping the copy fresh -------------------------------------------------------------------
 
@@ -363,7 +389,7 @@ class BlockList:
         try:
             version = self.store.version()
             if version == self._version:
-                self._view = _View(self._view.by_provider, began, self._view.problem)
+                self._view = replace(self._view, as_of=began)
             else:
                 version, records = self.store.snapshot()
                 self._load(version, records, began)
@@ -378,9 +404,7 @@ class BlockList:
             log.info("block store %s reachable again", self.store.where)
             self._failing = False
         now = time.time()
-        metrics.blocks_synced(
-            sum(b.active(now) for blocks in self._view.by_provider.values() for b in blocks)
-        )
+        metrics.blocks_synced(sum(b.active(now) for b in self._view.blocks))
 
     def _load(self, version: int, records: Mapping[str, str], began: float) -> None:
         if self._version is not None and version < self._version:
@@ -395,12 +419,9 @@ class BlockList:
             blocks = read_blocks(records, self.config)
         except BlockFormatError as exc:
             log.error("%s", exc)
-            self._view = _View({}, began, problem=str(exc))
+            self._view = _View({}, (), began, problem=str(exc))
             return
-        by_provider: dict[str, list[Block]] = {}
-        for block in blocks:
-            by_provider.setdefault(block.provider, []).append(block)
-        self._view = _View({p: tuple(b) for p, b in by_provider.items()}, began)
+        self._view = _View(_indexed(blocks), tuple(blocks), began)
 
     def close(self) -> None:
         self._stop.set()

@@ -17,14 +17,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from broker.replay import (
-    REDIS_TIMEOUT,
-    SQLITE_BUSY_TIMEOUT,
-    describe_store,
-    is_redis_url,
-    redis_options,
-    sqlite_path,
-)
+from broker.replay import describe_store, is_redis_url, sqlite_path
+from broker.storeconn import redis_client, sqlite_connection
 
 REDIS_RECORDS = "ci-broker:blocks"
 REDIS_VERSION = "ci-broker:blocks:version"
@@ -63,17 +57,11 @@ class SqliteBlockStore:
         self.where = f"sqlite:///{path}"
         self._lock = threading.Lock()
         try:
-            # isolation_level=None: transactions are the explicit BEGINs below, nothing implicit.
-            self._conn = sqlite3.connect(
-                path, timeout=SQLITE_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-            )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute(
-                "CREATE TABLE IF NOT EXISTS blocks (id TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID"
-            )
-            self._conn.execute(
+            self._conn = sqlite_connection(
+                path,
+                "CREATE TABLE IF NOT EXISTS blocks (id TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID",
                 "CREATE TABLE IF NOT EXISTS blocks_version "
-                "(singleton INTEGER PRIMARY KEY CHECK (singleton = 0), version INTEGER NOT NULL)"
+                "(singleton INTEGER PRIMARY KEY CHECK (singleton = 0), version INTEGER NOT NULL)",
             )
         except sqlite3.Error as exc:
             raise BlockStoreError(f"{self.where}: {type(exc).__name__}: {exc}") from None
@@ -147,16 +135,9 @@ class SqliteBlockStore:
 class RedisBlockStore:
     """The blocks in one redis hash, with the version in a key of its own (INCR on every write)."""
 
-    def __init__(self, url: str, *, timeout: float = REDIS_TIMEOUT) -> None:
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
+    def __init__(self, url: str) -> None:
         self.where = describe_store(url)
-        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
-        # No retries inside a call: the watcher polls again a moment later, and a CLI write
-        # should fail plainly rather than wait through several timeouts.
-        self._client = redis.Redis.from_url(url, **redis_options(url, timeout), retry=Retry(NoBackoff(), 0))
+        self._client, self._errors = redis_client(url)
 
     def version(self) -> int:
         value = self._call(lambda: self._client.get(REDIS_VERSION))

@@ -66,7 +66,7 @@ class WebhookSender:
         self.first_backoff = first_backoff
         self._session: Any = None
         self.queue: BackgroundQueue[dict[str, Any]] = BackgroundQueue(
-            "webhook", self._deliver, capacity=capacity, grace=grace
+            "webhook", lambda alerts: self._deliver(alerts[0]), capacity=capacity, grace=grace
         )
 
     def start(self) -> None:

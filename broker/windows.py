@@ -2,19 +2,20 @@
 
 Two operations, sent together in one round trip per batch (`WindowStore.run`):
 
-- `Count(key, member, window)`: record `member` at `now` in the window `key` and answer how many
-  members it holds from the last `window` seconds. A member recorded again moves to `now` rather
-  than counting twice, so a window of role names counts distinct roles and a window of request ids
+- `Count(key, member, window, at)`: record `member` at time `at` in the window `key` and answer
+  how many members it holds from the `window` seconds up to `at`. A member recorded again moves to
+  its new time rather than counting twice, so a window of role names counts distinct roles and a window of request ids
   counts requests.
-- `Remember(key, ttl, refresh)`: answer whether `key` was absent, and keep it for `ttl` seconds
-  from now (`refresh`: renew a present key's time too; without it, a present key keeps its own).
+- `Remember(key, ttl, at, refresh)`: answer whether `key` was absent, and keep it for `ttl`
+  seconds from `at` (`refresh`: renew a present key's time too; without it, a present key keeps
+  its own).
 
 The alert detectors (`broker.alerts`) call these from their background thread only, never from
 the request path. Keys are built by the detectors from hashes, never from caller text.
 
 - memory: this process's dictionaries (one worker only, like the memory replay store);
 - sqlite: two tables in the replay store's file, one transaction per batch;
-- redis: sorted sets and plain keys with expiries, one pipeline per batch.
+- redis: sorted sets and plain keys with expiries, one Lua script call per batch.
 """
 
 from __future__ import annotations
@@ -25,14 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from broker.replay import (
-    REDIS_TIMEOUT,
-    SQLITE_BUSY_TIMEOUT,
-    describe_store,
-    is_redis_url,
-    redis_options,
-    sqlite_path,
-)
+from broker.replay import describe_store, is_redis_url, sqlite_path
+from broker.storeconn import redis_client, sqlite_connection
 
 REDIS_PREFIX = "ci-broker:alert:"
 PURGE_EVERY = 1000
@@ -43,12 +38,14 @@ class Count:
     key: str
     member: str
     window: int
+    at: float  # the event's Unix time: "now" for this operation
 
 
 @dataclass(frozen=True)
 class Remember:
     key: str
     ttl: int
+    at: float
     refresh: bool = True
 
 
@@ -62,7 +59,7 @@ class WindowStoreError(Exception):
 class WindowStore(Protocol):
     where: str
 
-    def run(self, ops: Sequence[Op], now: float) -> list[Any]:
+    def run(self, ops: Sequence[Op]) -> list[Any]:
         """Each op's answer, in order: an int for Count, a bool (was absent) for Remember."""
         ...
 
@@ -78,14 +75,15 @@ class MemoryWindows:
         self._lock = threading.Lock()
         self._ops = 0
 
-    def run(self, ops: Sequence[Op], now: float) -> list[Any]:
+    def run(self, ops: Sequence[Op]) -> list[Any]:
         with self._lock:
             self._ops += len(ops)
-            if self._ops >= PURGE_EVERY:
-                self._purge(now)
-            return [self._one(op, now) for op in ops]
+            if self._ops >= PURGE_EVERY and ops:
+                self._purge(ops[-1].at)
+            return [self._one(op) for op in ops]
 
-    def _one(self, op: Op, now: float) -> Any:
+    def _one(self, op: Op) -> Any:
+        now = op.at
         if isinstance(op, Count):
             members = self._windows.setdefault(op.key, {})
             self._spans[op.key] = op.window
@@ -117,29 +115,25 @@ class SqliteWindows:
         self._lock = threading.Lock()
         self._runs = 0
         try:
-            self._conn = sqlite3.connect(
-                path, timeout=SQLITE_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-            )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute(
+            self._conn = sqlite_connection(
+                path,
                 "CREATE TABLE IF NOT EXISTS alert_windows "
                 "(key TEXT NOT NULL, member TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (key, member)) "
-                "WITHOUT ROWID"
-            )
-            self._conn.execute(
-                "CREATE TABLE IF NOT EXISTS alert_marks (key TEXT PRIMARY KEY, until REAL NOT NULL) WITHOUT ROWID"
+                "WITHOUT ROWID",
+                "CREATE TABLE IF NOT EXISTS alert_marks (key TEXT PRIMARY KEY, until REAL NOT NULL) WITHOUT ROWID",
             )
         except sqlite3.Error as exc:
             raise WindowStoreError(f"{self.where}: {type(exc).__name__}") from None
 
-    def run(self, ops: Sequence[Op], now: float) -> list[Any]:
+    def run(self, ops: Sequence[Op]) -> list[Any]:
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
-                    answers = [self._one(op, now) for op in ops]
+                    answers = [self._one(op) for op in ops]
                     self._runs += 1
-                    if self._runs % PURGE_EVERY == 0:
+                    if self._runs % PURGE_EVERY == 0 and ops:
+                        now = ops[-1].at
                         # Windows are at most a day, marks at most a year: older rows count for nothing.
                         self._conn.execute("DELETE FROM alert_windows WHERE at <= ?", (now - 86400,))
                         self._conn.execute("DELETE FROM alert_marks WHERE until <= ?", (now,))
@@ -151,8 +145,8 @@ class SqliteWindows:
             except sqlite3.Error as exc:
                 raise WindowStoreError(f"{self.where}: {type(exc).__name__}") from None
 
-    def _one(self, op: Op, now: float) -> Any:
-        c = self._conn
+    def _one(self, op: Op) -> Any:
+        c, now = self._conn, op.at
         if isinstance(op, Count):
             c.execute(
                 "INSERT INTO alert_windows (key, member, at) VALUES (?, ?, ?) "
@@ -177,42 +171,60 @@ class SqliteWindows:
 
 
 class RedisWindows:
-    def __init__(self, url: str, *, timeout: float = REDIS_TIMEOUT) -> None:
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
+    """One Lua script per batch: a round trip and one command, however many operations.
 
+    The rate limiter (the `limits` library) runs Lua scripts on the same redis already, so this
+    asks for nothing a deployment with rate limits does not grant. Sent as separate commands
+    (ZADD, ZREMRANGEBYSCORE, ZCARD, EXPIRE per count) the same batch costs the worker several times
+    the CPU in redis-py's command encoding and reply parsing (bench/incident.py).
+    """
+
+    def __init__(self, url: str) -> None:
         self.where = describe_store(url)
-        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
-        self._client = redis.Redis.from_url(url, **redis_options(url, timeout), retry=Retry(NoBackoff(), 0))
+        self._client, self._errors = redis_client(url)
+        self._script = self._client.register_script(_REDIS_BATCH)
 
-    def run(self, ops: Sequence[Op], now: float) -> list[Any]:
-        picks: list[int] = []  # the index, in the pipeline's replies, of each op's answer
+    def run(self, ops: Sequence[Op]) -> list[Any]:
+        keys: list[str] = []
+        args: list[Any] = []
+        for op in ops:
+            keys.append(REDIS_PREFIX + op.key)
+            if isinstance(op, Count):
+                args += ["c", repr(op.at), op.member, op.window]
+            else:
+                args += ["r", repr(op.at), op.ttl, 1 if op.refresh else 0]
         try:
-            with self._client.pipeline(transaction=False) as pipe:
-                for op in ops:
-                    key = REDIS_PREFIX + op.key
-                    if isinstance(op, Count):
-                        pipe.zadd(key, {op.member: now})
-                        pipe.zremrangebyscore(key, "-inf", now - op.window)
-                        picks.append(len(pipe))
-                        pipe.zcard(key)
-                        pipe.expire(key, op.window + 1)
-                    else:
-                        picks.append(len(pipe))
-                        pipe.set(key, b"1", nx=True, ex=op.ttl)
-                        if op.refresh:
-                            pipe.expire(key, op.ttl)
-                replies = pipe.execute()
+            replies = self._script(keys=keys, args=args)
         except self._errors as exc:
             raise WindowStoreError(f"redis {self.where}: {type(exc).__name__}") from None
-        return [
-            int(replies[i]) if isinstance(op, Count) else bool(replies[i])
-            for i, op in zip(picks, ops, strict=True)
-        ]
+        return [int(r) if isinstance(op, Count) else bool(r) for r, op in zip(replies, ops, strict=True)]
 
     def close(self) -> None:
         self._client.close()
+
+
+# KEYS: one per operation; ARGV: four per operation (see RedisWindows.run).
+_REDIS_BATCH = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local kind, now, a, b = ARGV[4 * i - 3], tonumber(ARGV[4 * i - 2]), ARGV[4 * i - 1], tonumber(ARGV[4 * i])
+  if kind == "c" then
+    redis.call("ZADD", key, now, a)
+    redis.call("ZREMRANGEBYSCORE", key, "-inf", now - b)
+    out[i] = redis.call("ZCARD", key)
+    redis.call("EXPIRE", key, b + 1)
+  else
+    local ttl = tonumber(a)
+    if redis.call("SET", key, "1", "NX", "EX", ttl) then
+      out[i] = 1
+    else
+      out[i] = 0
+      if b == 1 then redis.call("EXPIRE", key, ttl) end
+    end
+  end
+end
+return out
+"""
 
 
 def open_window_store(url: str) -> WindowStore:

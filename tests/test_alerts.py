@@ -369,9 +369,9 @@ class HeldWindows(MemoryWindows):
         super().__init__()
         self.release = threading.Event()
 
-    def run(self, ops, now):
+    def run(self, ops):
         assert self.release.wait(30)
-        return super().run(ops, now)
+        return super().run(ops)
 
 
 def test_counting_happens_off_the_request_path(sandbox):
@@ -386,6 +386,23 @@ def test_counting_happens_off_the_request_path(sandbox):
     windows.release.set()
     assert alerts.queue.flush(10)
     assert alerts.queue.pending() == 0
+    alerts.close()
+
+
+def test_events_counted_in_one_batch_fire_once_at_the_threshold_event(sandbox, audit_events):
+    # Events that pile up while the thread is busy are counted together, and judged in order.
+    config = build_config(sandbox.config_dict(), base_dir=sandbox.workdir)
+    windows = HeldWindows()
+    alerts = Alerts(
+        config, AlertSettings(denied_burst=Burst(3, 60), bulk=None, new_source_days=None), windows
+    )
+    alerts.start()
+    for i in range(6):
+        alerts.observe(refused_event("github:1", request_id=f"r{i}", client=f"192.0.2.{i}"))
+    windows.release.set()
+    assert alerts.queue.flush(10)
+    (fired,) = alerts_of(audit_events, "denied_burst")
+    assert fired["request_id"] == "r2" and fired["details"]["count"] == 3
     alerts.close()
 
 

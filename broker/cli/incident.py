@@ -12,6 +12,8 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from broker.cli.common import EXIT_ERROR, EXIT_OK, Subparsers, add_config_option, load
@@ -58,49 +60,63 @@ def register(sub: Subparsers) -> None:
     p.set_defaults(handler=list_blocks)
 
 
-def _store(config: Config) -> BlockStore | None:
-    """The config's block store, or None after saying why there is none."""
-    from broker.blockstore import BlockStoreError, open_block_store
-
-    url = config.server.replay_store
-    if url == "memory":
-        print(
-            "error: server.store is memory: each broker process keeps its own state, so a block "
-            "written here would reach no running broker. Blocks need the shared store "
-            "(sqlite:///PATH on one host, redis://HOST:PORT/DB for several).",
-            file=sys.stderr,
-        )
-        return None
-    try:
-        return open_block_store(url)
-    except BlockStoreError as exc:
-        print(f"error: the block store is unavailable: {exc}", file=sys.stderr)
-        return None
+class _Refused(Exception):
+    """An error to print, exiting 2."""
 
 
-def block(args: argparse.Namespace) -> int:
-    from broker.blocks import BlockError, BlockFormatError, new_block, parse_record
+def _run(args: argparse.Namespace, command: Callable[[Config], None]) -> int:
+    """Load the config and run `command`; every error it raises is one line on stderr and exit 2."""
+    from broker.blocks import BlockError, BlockFormatError
     from broker.blockstore import BlockStoreError
 
     config = load(args)
     if config is None:
         return EXIT_ERROR
     try:
-        made = new_block(
-            config,
-            provider=args.provider,
-            claims=args.claim,
-            role=args.role,
-            reason=args.reason,
-            duration=args.duration,
-        )
-    except BlockError as exc:
+        command(config)
+    except (_Refused, BlockError, BlockFormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    store = _store(config)
-    if store is None:
+    except BlockStoreError as exc:
+        print(f"error: the block store is unavailable: {exc}; nothing was changed", file=sys.stderr)
         return EXIT_ERROR
+    return EXIT_OK
+
+
+@contextmanager
+def _opened(config: Config) -> Iterator[BlockStore]:
+    """The config's block store, closed afterwards; refused for `memory`."""
+    from broker.blockstore import open_block_store
+
+    store = open_block_store(config.server.replay_store)
+    if store is None:
+        raise _Refused(
+            "server.store is memory: each broker process keeps its own state, so a block written "
+            "here would reach no running broker. Blocks need the shared store (sqlite:///PATH on "
+            "one host, redis://HOST:PORT/DB for several)."
+        )
     try:
+        yield store
+    finally:
+        store.close()
+
+
+def block(args: argparse.Namespace) -> int:
+    return _run(args, lambda config: _block(args, config))
+
+
+def _block(args: argparse.Namespace, config: Config) -> None:
+    from broker.blocks import BlockFormatError, new_block, parse_record
+
+    made = new_block(
+        config,
+        provider=args.provider,
+        claims=args.claim,
+        role=args.role,
+        reason=args.reason,
+        duration=args.duration,
+    )
+    with _opened(config) as store:
         _, records = store.snapshot()
         expired: list[str] = []
         now = time.time()
@@ -111,74 +127,42 @@ def block(args: argparse.Namespace) -> int:
             except BlockFormatError as exc:
                 print(f"warning: {exc}", file=sys.stderr)
         if not store.add(made.id, made.record(), expired):
-            print(f"error: block id {made.id} already exists; run the command again", file=sys.stderr)
-            return EXIT_ERROR
-    except BlockStoreError as exc:
-        print(f"error: the block store is unavailable: {exc}; nothing was written", file=sys.stderr)
-        return EXIT_ERROR
-    finally:
-        store.close()
+            raise _Refused(f"block id {made.id} already exists; run the command again")
     print(made.id)
     print(f"blocked {made.describe()}")
     print(f"every replica refuses it within 2 seconds; `ci-broker unblock {made.id}` removes it")
-    return EXIT_OK
 
 
 def unblock(args: argparse.Namespace) -> int:
-    from broker.blocks import BLOCK_ID
-    from broker.blockstore import BlockStoreError
+    return _run(args, lambda config: _unblock(args.id, config))
 
-    config = load(args)
-    if config is None:
-        return EXIT_ERROR
-    if not BLOCK_ID.fullmatch(args.id):
-        print(f"error: {args.id[:80]!r} is not a block id (blk- and 12 hex digits)", file=sys.stderr)
-        return EXIT_ERROR
-    store = _store(config)
-    if store is None:
-        return EXIT_ERROR
-    try:
-        removed = store.remove(args.id)
-    except BlockStoreError as exc:
-        print(f"error: the block store is unavailable: {exc}; nothing was changed", file=sys.stderr)
-        return EXIT_ERROR
-    finally:
-        store.close()
-    if not removed:
-        print(f"error: no block {args.id} (already removed? `ci-broker blocks` lists them)", file=sys.stderr)
-        return EXIT_ERROR
-    print(f"removed block {args.id}; every replica lets the identity through within 2 seconds")
-    return EXIT_OK
+
+def _unblock(block_id: str, config: Config) -> None:
+    from broker.blocks import BLOCK_ID
+
+    if not BLOCK_ID.fullmatch(block_id):
+        raise _Refused(f"{block_id[:80]!r} is not a block id (blk- and 12 hex digits)")
+    with _opened(config) as store:
+        if not store.remove(block_id):
+            raise _Refused(f"no block {block_id} (already removed? `ci-broker blocks` lists them)")
+    print(f"removed block {block_id}; every replica lets the identity through within 2 seconds")
 
 
 def list_blocks(args: argparse.Namespace) -> int:
-    from broker.blocks import BlockFormatError, read_blocks
-    from broker.blockstore import BlockStoreError
+    return _run(args, lambda config: _list(config, as_json=args.json))
 
-    config = load(args)
-    if config is None:
-        return EXIT_ERROR
-    store = _store(config)
-    if store is None:
-        return EXIT_ERROR
-    try:
-        _, records = store.snapshot()
-        blocks = read_blocks(records, config)
-    except BlockStoreError as exc:
-        print(f"error: the block store is unavailable: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except BlockFormatError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    finally:
-        store.close()
+
+def _list(config: Config, *, as_json: bool) -> None:
+    from broker.blocks import read_blocks
+
+    with _opened(config) as store:
+        blocks = read_blocks(store.snapshot()[1], config)
     now = time.time()
     active = [b for b in blocks if b.active(now)]
-    if args.json:
+    if as_json:
         print(json.dumps([b.public() for b in active], indent=2))
     elif not active:
         print("no blocks in force")
     else:
         for b in active:
             print(b.describe())
-    return EXIT_OK
