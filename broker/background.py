@@ -7,8 +7,8 @@ work to one of these. What a caller gets, and what it is promised:
   already holds `capacity` items the new item is dropped (the oldest are kept: they were promised
   first) and `ci_broker_background_dropped_total{queue, reason="queue_full"}` counts it.
 - Items are handled in order by a thread of the process that offered them, in batches of up to
-  `batch` (whatever is waiting, so a batch of one when the thread keeps up). A handler that waits
-  (a retry's backoff) waits in `sleep`, which `close` interrupts.
+  `batch`: whatever is waiting, after up to `linger` seconds for a batch to fill. A handler that
+  waits (a retry's backoff) waits in `sleep`, which `close` interrupts.
 - `close` lets the thread finish the queue for up to `grace` seconds, then counts what is left as
   dropped (`reason="shutdown"`).
 
@@ -51,11 +51,13 @@ class BackgroundQueue(Generic[T]):
         *,
         capacity: int,
         batch: int = 1,
+        linger: float = 0.0,
         grace: float = 2.0,
     ) -> None:
         self.name = name  # the `queue` label of the drop counter: a fixed word per kind of queue
         self.capacity = capacity
         self.batch = batch
+        self.linger = linger
         self.grace = grace
         self._handle = handle
         self._reset()
@@ -63,8 +65,11 @@ class BackgroundQueue(Generic[T]):
     def _reset(self) -> None:
         self._pid = _pid
         self._items: deque[T] = deque()
-        self._cond = threading.Condition(threading.Lock())
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # the thread waits here for items
+        self._idle = threading.Condition(lock)  # `flush` waits here for the thread
         self._busy = False
+        self._hurry = False
         self._closing = False
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -88,7 +93,9 @@ class BackgroundQueue(Generic[T]):
                 accepted = False
             else:
                 self._items.append(item)
-                self._cond.notify()
+                # The thread waits for a first item, then (lingering) for a full batch.
+                if len(self._items) == 1 or len(self._items) >= self.batch:
+                    self._cond.notify()
                 accepted = True
             started = self._thread is not None
         if not accepted:
@@ -115,10 +122,17 @@ class BackgroundQueue(Generic[T]):
             with self._cond:
                 while not self._items and not self._closing:
                     self._cond.wait()
+                if self.linger and not self._closing:
+                    # Let a batch gather: one round trip then serves many items.
+                    deadline = time.monotonic() + self.linger
+                    while len(self._items) < self.batch and not (self._closing or self._hurry):
+                        left = deadline - time.monotonic()
+                        if left <= 0 or not self._cond.wait(left):
+                            break
                 if not self._items:
                     return
                 items = [self._items.popleft() for _ in range(min(self.batch, len(self._items)))]
-                self._busy = True
+                self._busy, self._hurry = True, False
             try:
                 self._handle(items)
             except Exception:  # one bad batch must not stop the thread
@@ -126,17 +140,19 @@ class BackgroundQueue(Generic[T]):
             finally:
                 with self._cond:
                     self._busy = False
-                    self._cond.notify_all()
+                    self._idle.notify_all()
 
     def flush(self, timeout: float) -> bool:
         """Wait until every queued item has been handled; False on timeout (tests, shutdown)."""
         deadline = time.monotonic() + timeout
-        with self._cond:
+        with self._idle:
             while self._items or self._busy:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._cond.wait(left)
+                self._hurry = True  # no lingering for a batch: someone is waiting
+                self._cond.notify()
+                self._idle.wait(left)
         return True
 
     def pending(self) -> int:

@@ -128,14 +128,17 @@ def test_an_absent_webhook_loses_nothing_the_queue_accepted(receiver):
 
 
 def test_a_full_queue_drops_new_alerts_and_counts_them(receiver):
-    s = sender(receiver.url, capacity=3, max_attempts=50)
-    before = dropped("queue_full")
-    accepted = [s.send(alert(n)) for n in range(5)]
-    assert accepted == [True, True, True, False, False]
-    assert dropped("queue_full") == before + 2
+    receiver.hold.clear()
     receiver.start()
+    s = sender(receiver.url, capacity=3)
+    before = dropped("queue_full")
+    assert s.send(alert(0))
+    assert receiver.arrived.wait(10)  # the sender holds alert 0 in a POST that hangs
+    assert [s.send(alert(n)) for n in range(1, 6)] == [True, True, True, False, False]
+    assert dropped("queue_full") == before + 2
+    receiver.hold.set()
     assert s.queue.flush(20)
-    assert [b["alert"]["request_id"] for b in receiver.bodies] == ["r0", "r1", "r2"]
+    assert [b["alert"]["request_id"] for b in receiver.bodies] == ["r0", "r1", "r2", "r3"]
     s.close()
 
 
