@@ -333,7 +333,7 @@ class BlockList:
         self.poll_interval = poll_interval
         self.max_staleness = max_staleness if store is not None else math.inf
         self._view = _View({}, (), time.monotonic())
-        self._version: int | None = None
+        self._version: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
@@ -406,13 +406,11 @@ class BlockList:
         now = time.time()
         metrics.blocks_synced(sum(b.active(now) for b in self._view.blocks))
 
-    def _load(self, version: int, records: Mapping[str, str], began: float) -> None:
-        if self._version is not None and version < self._version:
+    def _load(self, version: str, records: Mapping[str, str], began: float) -> None:
+        if self._version and version.partition(":")[0] != self._version.partition(":")[0]:
             log.warning(
-                "the block store's version went back from %d to %d: blocks may have been lost "
-                "(a redis restart without persistence?); re-apply any block still needed",
-                self._version,
-                version,
+                "the block store was emptied since it was last read (a redis restart without "
+                "persistence?): blocks may have been lost; check `ci-broker blocks` and re-apply"
             )
         self._version = version
         try:

@@ -1,8 +1,11 @@
-"""Where runtime blocks live: the shared store (sqlite or redis), as records plus a version number.
+"""Where runtime blocks live: the shared store (sqlite or redis), as records plus a version.
 
 Every write (a block added, one removed, expired ones purged) changes the records and bumps the
 version in one transaction, so a reader that finds the version unchanged knows its copy of the
 records is current, and a reader that takes both in one snapshot never sees one without the other.
+The version is `EPOCH:N`: a counter, and a random epoch chosen by the first write to an empty
+store, so a store that lost everything (a redis restart without persistence) and was written again
+as many times never shows a reader the version it saw before.
 Records are stored as the JSON text `broker.blocks` writes and are parsed there, not here: this
 module only moves them. With `memory` there is nothing to share a block with, so there is no
 block store (`open_block_store` returns None).
@@ -12,6 +15,7 @@ Nothing here logs or returns a store URL, which may carry a password.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import threading
 from collections.abc import Mapping
@@ -22,6 +26,7 @@ from broker.storeconn import redis_client, sqlite_connection
 
 REDIS_RECORDS = "ci-broker:blocks"
 REDIS_VERSION = "ci-broker:blocks:version"
+REDIS_EPOCH = "ci-broker:blocks:epoch"
 
 
 class BlockStoreError(Exception):
@@ -31,11 +36,11 @@ class BlockStoreError(Exception):
 class BlockStore(Protocol):
     where: str
 
-    def version(self) -> int:
-        """The current version: changes whenever any record does (0 for a store never written)."""
+    def version(self) -> str:
+        """The current version: changes whenever any record does ("" for a store never written)."""
         ...
 
-    def snapshot(self) -> tuple[int, dict[str, str]]:
+    def snapshot(self) -> tuple[str, dict[str, str]]:
         """The version and every record (id -> JSON text), read together."""
         ...
 
@@ -60,28 +65,27 @@ class SqliteBlockStore:
             self._conn = sqlite_connection(
                 path,
                 "CREATE TABLE IF NOT EXISTS blocks (id TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID",
-                "CREATE TABLE IF NOT EXISTS blocks_version "
-                "(singleton INTEGER PRIMARY KEY CHECK (singleton = 0), version INTEGER NOT NULL)",
+                "CREATE TABLE IF NOT EXISTS blocks_version (singleton INTEGER PRIMARY KEY CHECK (singleton = 0), "
+                "version INTEGER NOT NULL, epoch TEXT NOT NULL)",
             )
         except sqlite3.Error as exc:
             raise BlockStoreError(f"{self.where}: {type(exc).__name__}: {exc}") from None
 
-    def version(self) -> int:
-        row = self._query("SELECT version FROM blocks_version WHERE singleton = 0")
-        return int(row[0][0]) if row else 0
+    def version(self) -> str:
+        return _version(self._query("SELECT epoch, version FROM blocks_version WHERE singleton = 0"))
 
-    def snapshot(self) -> tuple[int, dict[str, str]]:
+    def snapshot(self) -> tuple[str, dict[str, str]]:
         with self._lock:
             try:
                 self._conn.execute("BEGIN")  # one read transaction: one snapshot of both tables
                 try:
-                    version = self._conn.execute("SELECT version FROM blocks_version").fetchall()
+                    version = self._conn.execute("SELECT epoch, version FROM blocks_version").fetchall()
                     records = self._conn.execute("SELECT id, record FROM blocks").fetchall()
                 finally:
                     self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise BlockStoreError(f"{self.where}: {type(exc).__name__}: {exc}") from None
-        return (int(version[0][0]) if version else 0), {str(i): str(r) for i, r in records}
+        return _version(version), {str(i): str(r) for i, r in records}
 
     def add(self, block_id: str, record: str, purge: list[str]) -> bool:
         def write(conn: sqlite3.Connection) -> bool:
@@ -109,8 +113,9 @@ class SqliteBlockStore:
                     changed = bool(change(self._conn))
                     if changed:
                         self._conn.execute(
-                            "INSERT INTO blocks_version (singleton, version) VALUES (0, 1) "
-                            "ON CONFLICT (singleton) DO UPDATE SET version = version + 1"
+                            "INSERT INTO blocks_version (singleton, version, epoch) VALUES (0, 1, ?) "
+                            "ON CONFLICT (singleton) DO UPDATE SET version = version + 1",
+                            (secrets.token_hex(8),),
                         )
                 except BaseException:
                     self._conn.execute("ROLLBACK")
@@ -139,19 +144,19 @@ class RedisBlockStore:
         self.where = describe_store(url)
         self._client, self._errors = redis_client(url)
 
-    def version(self) -> int:
-        value = self._call(lambda: self._client.get(REDIS_VERSION))
-        return int(value) if value is not None else 0
+    def version(self) -> str:
+        epoch, n = self._call(lambda: self._client.mget(REDIS_EPOCH, REDIS_VERSION))
+        return _version([(epoch, n)] if n is not None else [])
 
-    def snapshot(self) -> tuple[int, dict[str, str]]:
+    def snapshot(self) -> tuple[str, dict[str, str]]:
         def read() -> list[Any]:
             with self._client.pipeline(transaction=True) as pipe:
-                pipe.get(REDIS_VERSION)
+                pipe.mget(REDIS_EPOCH, REDIS_VERSION)
                 pipe.hgetall(REDIS_RECORDS)
                 return list(pipe.execute())
 
-        version, records = self._call(read)
-        return (int(version) if version is not None else 0), _decoded(records)
+        (epoch, n), records = self._call(read)
+        return _version([(epoch, n)] if n is not None else []), _decoded(records)
 
     def add(self, block_id: str, record: str, purge: list[str]) -> bool:
         def write() -> bool:
@@ -159,7 +164,7 @@ class RedisBlockStore:
                 pipe.hsetnx(REDIS_RECORDS, block_id, record)
                 if purge:
                     pipe.hdel(REDIS_RECORDS, *purge)
-                pipe.incr(REDIS_VERSION)
+                _bump(pipe)
                 return bool(pipe.execute()[0])
 
         return bool(self._call(write))
@@ -168,7 +173,7 @@ class RedisBlockStore:
         def write() -> bool:
             with self._client.pipeline(transaction=True) as pipe:
                 pipe.hdel(REDIS_RECORDS, block_id)
-                pipe.incr(REDIS_VERSION)
+                _bump(pipe)
                 return bool(pipe.execute()[0])
 
         return bool(self._call(write))
@@ -181,6 +186,20 @@ class RedisBlockStore:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _bump(pipe: Any) -> None:
+    pipe.set(REDIS_EPOCH, secrets.token_hex(8), nx=True)
+    pipe.incr(REDIS_VERSION)
+
+
+def _version(rows: list[Any]) -> str:
+    """`EPOCH:N` from an (epoch, counter) row, or "" for a store never written."""
+    if not rows:
+        return ""
+    epoch, n = rows[0]
+    epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+    return f"{epoch}:{int(n)}"
 
 
 def _decoded(records: Mapping[bytes, bytes]) -> dict[str, str]:

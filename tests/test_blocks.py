@@ -17,12 +17,13 @@ from typing import Any
 
 import pytest
 
-from broker.blocks import BlockList, parse_duration
-from broker.blockstore import SqliteBlockStore
+from broker.blocks import BlockList, new_block, parse_duration
+from broker.blockstore import RedisBlockStore, SqliteBlockStore
 from broker.cli import main
 from broker.config import build_config
-from broker.errors import AccessDenied
+from broker.errors import AccessDenied, Blocked
 from tests.helpers import assert_refused, last_refusal
+from tests.redis_support import redis_server_fixture
 
 
 @pytest.fixture
@@ -340,3 +341,43 @@ def test_a_copy_older_than_the_bound_fails_closed(sandbox, tmp_path, store_confi
     blocks.poll()
     blocks.refuse_if_blocked(provider, claims, "deploy-prod")
     blocks.close()
+
+
+# -- a store that lost everything -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    yield from redis_server_fixture(tmp_path_factory)
+
+
+def test_a_store_emptied_and_written_again_is_reloaded_not_mistaken_for_the_old_one(
+    redis_server, sandbox, caplog
+):
+    # A redis restart without persistence, then as many writes as before: the counter alone would
+    # repeat the version this worker read, and it would keep enforcing the lost block, not the new.
+    config = build_config(sandbox.config_dict(), base_dir=sandbox.workdir)
+    provider = config.providers["github"]
+    store = RedisBlockStore(redis_server.url)
+    old = new_block(
+        config, provider="github", claims=["repository_id=1"], role=None, reason="old", duration=None
+    )
+    store.add(old.id, old.record(), [])
+    blocks = BlockList(config, RedisBlockStore(redis_server.url))
+    blocks.poll()
+    with pytest.raises(Blocked):
+        blocks.refuse_if_blocked(provider, {"repository_id": "1"}, "deploy-prod")
+    version = store.version()
+    redis_server.flush()
+    new = new_block(
+        config, provider="github", claims=["repository_id=2"], role=None, reason="new", duration=None
+    )
+    store.add(new.id, new.record(), [])
+    assert store.version().split(":")[1] == version.split(":")[1], "the counter alone repeats"
+    blocks.poll()
+    blocks.refuse_if_blocked(provider, {"repository_id": "1"}, "deploy-prod")
+    with pytest.raises(Blocked):
+        blocks.refuse_if_blocked(provider, {"repository_id": "2"}, "deploy-prod")
+    assert any("emptied" in r.getMessage() for r in caplog.records)
+    blocks.close()
+    store.close()
