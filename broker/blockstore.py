@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from broker.replay import describe_store, is_redis_url, sqlite_path
-from broker.storeconn import redis_client, sqlite_connection
+from broker.storeconn import redis_client, sqlite_connection, write_transaction
 
 REDIS_RECORDS = "ci-broker:blocks"
 REDIS_VERSION = "ci-broker:blocks:version"
@@ -108,19 +108,14 @@ class SqliteBlockStore:
     def _write(self, change: Any) -> bool:
         with self._lock:
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    changed = bool(change(self._conn))
+                with write_transaction(self._conn) as conn:
+                    changed = bool(change(conn))
                     if changed:
-                        self._conn.execute(
+                        conn.execute(
                             "INSERT INTO blocks_version (singleton, version, epoch) VALUES (0, 1, ?) "
                             "ON CONFLICT (singleton) DO UPDATE SET version = version + 1",
                             (secrets.token_hex(8),),
                         )
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-                self._conn.execute("COMMIT")
                 return changed
             except sqlite3.Error as exc:
                 raise BlockStoreError(f"{self.where}: {type(exc).__name__}: {exc}") from None

@@ -4,12 +4,14 @@
   later, and a command line write should fail plainly rather than wait through several
   timeouts), with the replay store's timeouts and password handling.
 - sqlite: the replay store's file, in WAL mode, one statement or explicit transaction at a time,
-  shared by the caller's threads under the caller's own lock.
+  shared by the caller's threads under the caller's own lock; `write_transaction` for writes.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from broker.replay import REDIS_TIMEOUT, SQLITE_BUSY_TIMEOUT, redis_options
@@ -33,3 +35,16 @@ def sqlite_connection(path: str, *tables: str) -> sqlite3.Connection:
     for table in tables:
         conn.execute(table)
     return conn
+
+
+@contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE (the write lock up front: no deadlock upgrading a read), COMMIT on success,
+    ROLLBACK on any exception, which propagates."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from broker.replay import describe_store, is_redis_url, sqlite_path
-from broker.storeconn import redis_client, sqlite_connection
+from broker.storeconn import redis_client, sqlite_connection, write_transaction
 
 REDIS_PREFIX = "ci-broker:alert:"
 PURGE_EVERY = 1000
@@ -129,19 +129,14 @@ class SqliteWindows:
     def run(self, ops: Sequence[Op]) -> list[Any]:
         with self._lock:
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
+                with write_transaction(self._conn) as conn:
                     answers = [self._one(op) for op in ops]
                     self._runs += 1
                     if self._runs % PURGE_EVERY == 0 and ops:
                         now = ops[-1].at
                         # Windows are at most a day, marks at most a year: older rows count for nothing.
-                        self._conn.execute("DELETE FROM alert_windows WHERE at <= ?", (now - 86400,))
-                        self._conn.execute("DELETE FROM alert_marks WHERE until <= ?", (now,))
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-                self._conn.execute("COMMIT")
+                        conn.execute("DELETE FROM alert_windows WHERE at <= ?", (now - 86400,))
+                        conn.execute("DELETE FROM alert_marks WHERE until <= ?", (now,))
                 return answers
             except sqlite3.Error as exc:
                 raise WindowStoreError(f"{self.where}: {type(exc).__name__}") from None
