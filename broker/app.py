@@ -38,7 +38,9 @@ _BEARER = re.compile(r"Bearer +([^ ]+) *", re.IGNORECASE)
 api = Blueprint("api", __name__)
 
 
-def create_app(config: Config, *, broker: Broker | None = None) -> Flask:
+def create_app(config: Config, *, broker: Broker | None = None, metrics_route: bool = True) -> Flask:
+    """The broker's WSGI app. `metrics_route=False` when `/metrics` is served by a listener of its
+    own (`serve --metrics-bind`): the app then has no such route, however the path is spelled."""
     app = Flask("broker")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["broker"] = broker or build_broker(config)
@@ -47,7 +49,7 @@ def create_app(config: Config, *, broker: Broker | None = None) -> Flask:
     app.register_error_handler(BrokerError, _render_broker_error)
     app.register_error_handler(HTTPException, _render_http_error)
     app.register_error_handler(Exception, _render_unexpected)
-    metrics.instrument(app)
+    metrics.instrument(app, route=metrics_route)
     app.wsgi_app = requestid.RequestIds(app.wsgi_app)  # type: ignore[method-assign]
     return app
 

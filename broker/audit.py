@@ -1,7 +1,8 @@
-"""One JSON audit event per exchange or refresh, granted or refused, on its own logger.
+"""One audit event per exchange or refresh, granted or refused, and per alert, on its own logger.
 
 Events carry who asked for what and why it was decided, the token's SHA-256 to correlate with the
-CI system's logs, and never the token or any credential.
+CI system's logs, and never the token or any credential. Each is one line: JSON by default, or
+CEF (`server.audit.format`, `broker.cef`); where lines go is `broker.auditsink`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from broker import cef
 from broker.auditsink import direct_sink
+from broker.errors import Blocked
 
 if TYPE_CHECKING:
     from broker.config import ProviderConfig
@@ -70,6 +73,7 @@ class AuditEvent:
     matched_rule: int | None = None
     expires_at: str | None = None
     session_id: str | None = None  # the broker session granted, refreshed or revoked (section 8)
+    block_id: str | None = None  # the runtime block that refused it (`ci-broker block`)
 
     @property
     def verified(self) -> bool:
@@ -103,6 +107,8 @@ class AuditEvent:
 
     def refused(self, exc: BrokerError) -> None:
         self.outcome, self.error, self.reason = "refused", exc.code, exc.reason
+        if isinstance(exc, Blocked):
+            self.block_id = exc.block_id
 
     def failed(self, exc: BaseException) -> None:
         # The traceback goes to the operator's log (broker.app); the event names only the type.
@@ -115,11 +121,29 @@ class AuditEvent:
 _FIELDS = tuple(f.name for f in fields(AuditEvent))
 
 
+def json_line(event: Mapping[str, Any]) -> str:
+    return _encode({"time": _now_text(), **event})
+
+
+def cef_line(event: Mapping[str, Any]) -> str:
+    return cef.line(event, time.time())
+
+
+FORMATTERS = {"json": json_line, "cef": cef_line}
+_format = json_line
+
+
+def set_format(name: str) -> None:
+    """`server.audit.format`: every event this process writes from now on, whatever its type."""
+    global _format
+    _format = FORMATTERS[name]
+
+
 def emit(event: Mapping[str, Any]) -> None:
-    """Write one audit event (an `AuditEvent`'s fields, or another event type's) as a JSON line."""
+    """Write one audit event (an `AuditEvent`'s fields, or another event type's) as one line."""
     if not _logger.isEnabledFor(logging.INFO):
         return
-    line = _encode({"time": _now_text(), **event})
+    line = _format(event)
     sink = direct_sink(_logger)
     if sink is None:
         _logger.handle(_record(line))

@@ -16,7 +16,10 @@ from typing import Any
 import yaml
 
 from broker import clouds
+from broker.alertconfig import AlertSettings, read_alert_settings
+from broker.auditconfig import AuditSettings, read_audit_settings
 from broker.claims import ClaimSchema
+from broker.hours import Hours, parse_hours
 from broker.keys import SigningKey, load_signing_key
 from broker.policy import (
     Condition,
@@ -62,6 +65,8 @@ class ServerConfig:
     token_max_age: int
     leeway: int
     rate_limits: RateLimits | None
+    alerts: AlertSettings = AlertSettings()
+    audit: AuditSettings = AuditSettings()
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class RoleConfig:
     rules: tuple[Rule, ...]
     denies: tuple[DenyRule, ...] = ()  # the top-level deny rules that cover this role
     session_lifetime: int = 0  # seconds a session may be refreshed for (section 8); 0: no sessions
+    hours: Hours | None = None  # working hours: a grant outside them raises the off_hours alert
 
     @property
     def max_duration(self) -> int | None:
@@ -192,6 +198,8 @@ def _server(s: Section, base_dir: Path) -> ServerConfig | None:
     token_max_age = s.integer("token_max_age", 900, minimum=1, maximum=86400)
     leeway = s.integer("leeway", 60, minimum=0, maximum=600)
     rate_limits = _rate_limits(s)
+    alerts = read_alert_settings(s)
+    audit = read_audit_settings(s, base_dir)
     s.finish()
     if not issuer or not audience or not keys or token_max_age is None or leeway is None:
         return None
@@ -203,6 +211,8 @@ def _server(s: Section, base_dir: Path) -> ServerConfig | None:
         token_max_age=token_max_age,
         leeway=leeway,
         rate_limits=rate_limits,
+        alerts=alerts,
+        audit=audit,
     )
 
 
@@ -253,12 +263,30 @@ def _roles(s: Section, providers: dict[str, ProviderConfig]) -> dict[str, RoleCo
                 s.findings.error(r.at(other), f"does not apply to a role whose cloud is {cloud!r}")
         rules = _rules(r, providers)
         session_lifetime = r.integer("session_lifetime", 0, minimum=0, maximum=MAX_SESSION_LIFETIME)
+        hours = _hours(r)
         r.finish()
         if cloud and settings is not None and rules and session_lifetime is not None:
             roles[name] = RoleConfig(
-                name=name, cloud=cloud, settings=settings, rules=rules, session_lifetime=session_lifetime
+                name=name,
+                cloud=cloud,
+                settings=settings,
+                rules=rules,
+                session_lifetime=session_lifetime,
+                hours=hours,
             )
     return roles
+
+
+def _hours(r: Section) -> Hours | None:
+    """A role's working hours (`broker.hours`): grants outside them raise the off_hours alert."""
+    entries = r.string_list("hours")
+    if not entries:
+        return None
+    try:
+        return parse_hours(entries)
+    except ValueError as exc:
+        r.findings.error(r.at("hours"), str(exc))
+        return None
 
 
 def _rules(r: Section, providers: dict[str, ProviderConfig]) -> tuple[Rule, ...]:

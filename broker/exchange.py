@@ -1,7 +1,7 @@
 """The exchange (contract section 4) as one flow, read top to bottom in `Broker.exchange`; beside
 it the session's refresh and revoke (section 8), `Broker.refresh` and `Broker.revoke`.
 
-    client limit -> token and body -> verify -> decide -> the request against the role
+    client limit -> token and body -> verify -> decide -> blocks -> the request against the role
         -> identity limit -> spend the token -> mint and issue -> start the role's session
 
     refresh: client limit -> refresh token and body -> its session, usable (not ended, not
@@ -11,19 +11,20 @@ it the session's refresh and revoke (section 8), `Broker.refresh` and `Broker.re
         -> rotate the refresh token -> mint and issue
 
 - Verifying changes no state. The policy decision (deny rules, then allow rules; an unknown role is
-  a denial like any other) needs none either, so it comes before anything is written.
+  a denial like any other) needs none either, so it comes before anything is written. Runtime
+  blocks (`ci-broker block`) are checked right after it, against this process's copy of them.
 - Everything that can refuse a well-formed, permitted request for its shape (a duration the role
   does not allow) or for load (429) runs before the token is spent: a CI job may then retry with
   the same token, which matters to GitLab jobs that get one ID token each.
 - The token is spent last, just before the cloud is called: a replayed token is refused there.
 - One typed `AuditEvent` is filled in as the flow goes and written once, in `finally`, whatever the
-  outcome; the exchange counters are taken from that same event. The HTTP layer (`broker.app`)
-  only parses and renders.
+  outcome; the exchange counters and the alert detectors (`broker.alerts`) are fed that same
+  event. The HTTP layer (`broker.app`) only parses and renders.
 - A refresh makes the exchange's decision again, on the claims the first exchange verified, with
-  the policy as it is now. Its refresh token is rotated (spent) only after every check has passed
-  and just before the cloud is called, so nothing is issued unless the store recorded the
-  rotation; if the cloud then fails, the rotation is undone and the caller may retry its token.
-  A spent token presented again ends the session (someone holds a copy).
+  the policy and the blocks as they are now. Its refresh token is rotated (spent) only after every
+  check has passed and just before the cloud is called, so nothing is issued unless the store
+  recorded the rotation; if the cloud then fails, the rotation is undone and the caller may retry
+  its token. A spent token presented again ends the session (someone holds a copy).
 
 Everything a request needs (keys, SDK clients, compiled policy) was built at start-up by
 `broker.service.build_broker`.
@@ -39,8 +40,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from broker import audit, clouds, metrics
+from broker.alerts import Alerts
 from broker.assertion import AssertionSigner, ci_context
 from broker.audit import AuditEvent
+from broker.blocks import BlockList
 from broker.config import Config, ProviderConfig, RoleConfig
 from broker.errors import AccessDenied, BrokerError, InvalidRequest, InvalidToken, UpstreamError
 from broker.jwks import KeyCache, KeyRefresher
@@ -108,6 +111,8 @@ class Broker:
     sessions: Sessions
     caches: dict[str, KeyCache]
     refresher: KeyRefresher
+    blocks: BlockList
+    alerts: Alerts
     extras: dict[str, Any] = field(default_factory=dict)
 
     def exchange(self, request: ExchangeRequest) -> Granted:
@@ -126,6 +131,7 @@ class Broker:
             event.cloud = role.cloud if role is not None else None
             if role is None or not decision.allowed:
                 raise AccessDenied(reason=decision.summary())
+            self.blocks.refuse_if_blocked(verified.provider, verified.claims, role.name)
 
             duration = requested_duration(role, ask.duration)
             self.limiter.admit(verified.provider, verified.claims)
@@ -169,7 +175,7 @@ class Broker:
             event.cloud = role.cloud if role is not None else None
             if role is None or not decision.allowed:
                 raise AccessDenied(reason=decision.summary())
-            self.refuse_if_blocked(role, provider, session)
+            self.blocks.refuse_if_blocked(provider, session.claims, role.name)
 
             duration = session_duration(role, duration, self.sessions.remaining(session))
             self.limiter.admit(provider, session.claims)
@@ -268,37 +274,14 @@ class Broker:
         event.session_id = session.id
         return grant
 
-    def refuse_if_blocked(self, role: RoleConfig, provider: ProviderConfig, session: Session) -> None:
-        """Blocks (contract section 9) for a refresh: a block matching the session's recorded
-        claims refuses it with AccessDenied. The hook the runtime blocks feature fills in; the
-        static `deny:` rules are already part of `Config.decide`."""
-
     def end_reused(self, session: Session, event: AuditEvent, why: str) -> InvalidToken:
         """Someone holds a copy of the session's refresh token: raise the alert, end the session."""
-        self.raise_refresh_reuse_alert(event)
+        self.alerts.refresh_reuse(event, session_id=session.id)
         if self.sessions.end(session, REFRESH_REUSE):
             metrics.session_ended(REFRESH_REUSE)
         return InvalidToken(
             "the refresh token was already used; the session has been ended",
             reason=f"session {session.id}: {why}; session ended",
-        )
-
-    def raise_refresh_reuse_alert(self, event: AuditEvent) -> None:
-        """The `refresh_reuse` alert (contract section 9), raised in this one place."""
-        audit.emit(
-            {
-                "type": "alert",
-                "alert": "refresh_reuse",
-                "severity": "high",
-                "request_id": event.request_id,
-                "client": event.client,
-                "session_id": event.session_id,
-                "role": event.role,
-                "provider": event.provider,
-                "issuer": event.issuer,
-                "subject": event.subject,
-                "claims": event.claims,
-            }
         )
 
     def record(self, event: AuditEvent) -> None:
@@ -308,6 +291,7 @@ class Broker:
             metrics.exchange_finished(event, self.config.roles)
         elif event.type == "refresh":
             metrics.refresh_finished(event, self.config.roles)
+        self.alerts.observe(event)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -321,6 +305,8 @@ class Broker:
 
     def close(self) -> None:
         self.refresher.stop()
+        self.blocks.close()
+        self.alerts.close()
 
 
 def requested_duration(role: RoleConfig, duration: int | None) -> int | None:

@@ -103,6 +103,29 @@ class Metrics:
             ["kid", "alg", "active"],
             multiprocess_mode="livemax",
         )
+        # Incident response (contract section 9): alerts, runtime blocks, background queues.
+        self.alerts = Counter("ci_broker_alerts", "Alerts raised, by kind.", ["alert"])
+        self.blocks_active = Gauge(
+            "ci_broker_blocks_active",
+            "Runtime blocks in force, as the live worker that sees the most counts them.",
+            multiprocess_mode="livemax",
+        )
+        self.blocks_synced = Gauge(
+            "ci_broker_blocks_synced_timestamp_seconds",
+            "Unix time of the last successful read of the block store; the stalest live worker's.",
+            multiprocess_mode="livemin",
+        )
+        self.webhook_deliveries = Counter(
+            "ci_broker_alert_webhook_deliveries",
+            "Alert webhook POST attempts by result (ok|error).",
+            ["result"],
+        )
+        self.background_dropped = Counter(
+            "ci_broker_background_dropped",
+            "Items a background sender dropped, by queue (webhook, alert_counting, audit_syslog) "
+            "and reason (queue_full, gave_up, rejected).",
+            ["queue", "reason"],
+        )
 
 
 _pid = os.getpid()
@@ -175,6 +198,33 @@ def signing_keys(keys: Sequence[Any]) -> None:
         get().signing_key.labels(key.kid, key.alg, "true" if i == 0 else "false").set(1)
 
 
+def alert_raised(kind: str) -> None:
+    """Called for each alert; `kind` is one of `broker.alerts.KINDS`."""
+    _child("alerts", kind).inc()
+
+
+def alert_kinds(kinds: Iterable[str]) -> None:
+    """Called once at start-up: every kind's counter exists at 0, so a rule sees its first rise."""
+    for kind in kinds:
+        _child("alerts", kind)
+
+
+def blocks_synced(active: int) -> None:
+    """Called by the block list after each successful poll of the block store."""
+    m = get()
+    m.blocks_active.set(active)
+    m.blocks_synced.set(time.time())
+
+
+def webhook_attempt(ok: bool) -> None:
+    _child("webhook_deliveries", "ok" if ok else "error").inc()
+
+
+def background_dropped(queue: str, reason: str) -> None:
+    """Called by a background sender for each item it gives up on (bounded labels: see callers)."""
+    _child("background_dropped", queue, reason).inc()
+
+
 def exchange_finished(event: AuditEvent, roles: Container[str]) -> None:
     """Count one exchange by its audit event's outcome, error code, provider, cloud and role.
 
@@ -215,9 +265,10 @@ def _count_request(metric: str, event: AuditEvent, roles: Container[str]) -> Non
 # -- the Flask side -------------------------------------------------------------------------------
 
 
-def instrument(app: Flask) -> None:
-    """Serve `/metrics` and time every request by endpoint."""
-    app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
+def instrument(app: Flask, *, route: bool = True) -> None:
+    """Time every request by endpoint, and serve `/metrics` unless `route` is false."""
+    if route:
+        app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
     app.wsgi_app = _TimedWSGI(app.wsgi_app)  # type: ignore[method-assign]
 
 

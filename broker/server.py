@@ -70,29 +70,8 @@ class BrokerServer(BaseApplication):  # type: ignore[misc]
         # SDK clients and connections (none of those survive a fork).
         from broker.app import create_app
 
-        logs.configure_audit(self.audit_log)
-        app = create_app(self.broker_config)
-        if self.metrics_elsewhere:
-            unroute_metrics(app)
-        return app
-
-
-def unroute_metrics(app: Any) -> None:
-    """Answer 404 wherever the app would serve `/metrics` (however the path is spelled).
-
-    Replacing the view keeps Flask's routing, which is what decides that `//metrics` or
-    `/%6detrics` mean `/metrics`, as the single judge of it.
-    """
-    from werkzeug.exceptions import NotFound
-
-    def served_on_the_metrics_listener() -> Any:
-        raise NotFound()
-
-    endpoints = {rule.endpoint for rule in app.url_map.iter_rules() if rule.rule == "/metrics"}
-    if not endpoints:
-        raise RuntimeError("the app serves no /metrics to move to the metrics listener")
-    for endpoint in endpoints:
-        app.view_functions[endpoint] = served_on_the_metrics_listener
+        logs.configure_audit(self.audit_log, settings=self.broker_config.server.audit)
+        return create_app(self.broker_config, metrics_route=not self.metrics_elsewhere)
 
 
 def gunicorn_options(

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from broker.cli import common, demo, keys, policy, serve
+from broker.cli import common, demo, incident, keys, policy, serve
 
-COMMAND_GROUPS = (serve, policy, keys, demo)
+COMMAND_GROUPS = (serve, policy, keys, incident, demo)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
