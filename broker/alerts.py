@@ -45,7 +45,6 @@ from typing import TYPE_CHECKING, Any
 from broker import audit, metrics
 from broker.alertconfig import AlertSettings
 from broker.background import BackgroundQueue
-from broker.claims import claim_text
 from broker.windows import Count, Op, Remember, WindowStore, WindowStoreError
 
 if TYPE_CHECKING:
@@ -202,13 +201,7 @@ class Alerts:
             self.webhook.send({"time": audit.rfc3339(datetime.now(UTC)), **alert})
 
     def _identity(self, event: AuditEvent) -> str | None:
-        """provider:repository-or-project id, as rate limits count it (`broker.ratelimit.identity`),
-        once the token verified. Audit events carry each schema's repository id claim."""
-        provider = self.config.providers.get(event.provider or "")
-        if provider is None:
-            return None
-        text = claim_text(event.claims.get(provider.schema.neutral["repository_id"]))
-        return f"{provider.name}:{text if text is not None else '?'}"
+        return event.identity
 
     # -- in the background thread -----------------------------------------------------------------
 

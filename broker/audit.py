@@ -73,7 +73,9 @@ class AuditEvent:
     matched_rule: int | None = None
     expires_at: str | None = None
     session_id: str | None = None  # the broker session granted, refreshed or revoked (section 8)
-    block_id: str | None = None  # the runtime block that refused it (`ci-broker block`)
+    block_id: str | None = None
+    # provider:repository-or-project id (`ProviderConfig.identity`), once the token verified.
+    identity: str | None = None  # the runtime block that refused it (`ci-broker block`)
 
     @property
     def verified(self) -> bool:
@@ -83,6 +85,7 @@ class AuditEvent:
     def record_token(self, verified: VerifiedToken) -> None:
         claims = verified.claims
         self.provider = verified.provider.name
+        self.identity = verified.provider.identity(claims)
         self.issuer = claims["iss"]
         self.subject = claims["sub"]
         self.jti = claims.get("jti")
@@ -101,6 +104,7 @@ class AuditEvent:
         self.token_sha256 = session.token_sha256
         audited = provider.schema.audited if provider is not None else ()
         self.claims = {name: claims[name] for name in audited if name in claims}
+        self.identity = provider.identity(claims) if provider is not None else None
 
     def granted(self, reason: str, expires_at: datetime) -> None:
         self.outcome, self.reason, self.expires_at = "granted", reason, rfc3339(expires_at)

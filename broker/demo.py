@@ -665,7 +665,8 @@ class Demo:
         alerts = [e for e in self.audit[audit_before:] if e.get("alert") == "refresh_reuse"]
         if alerts:
             self.say(
-                f"audit: alert refresh_reuse, severity {alerts[0].get('severity')}, session {alerts[0].get('session_id')}",
+                f"audit: alert refresh_reuse, severity {alerts[0].get('severity')}, "
+                f"session {alerts[0].get('details', {}).get('session_id')}",
                 3,
             )
         self.expect(len(alerts) == 1, "the broker raised the refresh_reuse alert")

@@ -8,8 +8,10 @@ that Jenkins administrators template). Every problem is a finding with its key p
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from broker.claims import (
     CLAIM_PATH,
@@ -46,6 +48,12 @@ class ProviderConfig:
     schema: ClaimSchema
     # The `aud` this provider's tokens must carry; None: the server's audience.
     audience: str | None = None
+
+    def identity(self, claims: Mapping[str, Any]) -> str:
+        """provider + repository/project id: what one repository's jobs share, whatever its name.
+        What rate limits count, alerts name and blocks' audit trail follows."""
+        text = self.schema.identity(claims)
+        return f"{self.name}:{text if text is not None else '?'}"
 
 
 def parse_providers(s: Section) -> dict[str, ProviderConfig]:

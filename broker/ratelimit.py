@@ -90,7 +90,7 @@ class RateLimiter:
         Shaped as the verifier's `admit` hook: called after verification, before single use.
         """
         if self._identity is not None:
-            self._hit(self._identity, identity(provider, claims))
+            self._hit(self._identity, provider.identity(claims))
 
     def admit_session(self, session_id: str) -> None:
         """Count one refresh of a broker session; raises RateLimited over the per-session limit."""
@@ -136,9 +136,3 @@ def _is_outage(cause: BaseException) -> bool:
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     return isinstance(cause, (OSError, RedisConnectionError, RedisTimeoutError))
-
-
-def identity(provider: ProviderConfig, claims: Mapping[str, Any]) -> str:
-    """provider + repository/project id: what one repository's jobs share, whatever its name."""
-    text = provider.schema.identity(claims)
-    return f"{provider.name}:{text if text is not None else '?'}"

@@ -20,7 +20,6 @@ import pytest
 from broker.alertconfig import AlertSettings, Bulk, Burst
 from broker.alerts import KINDS, Alerts, client_network
 from broker.audit import AuditEvent
-from broker.claims import SCHEMAS
 from broker.config import ConfigError, build_config
 from broker.hours import parse_hours
 from broker.windows import MemoryWindows, RedisWindows, SqliteWindows
@@ -307,10 +306,14 @@ def test_refresh_reuse_is_one_call_for_the_sessions_code(sandbox, tmp_path, audi
     alerts.close()
 
 
-def test_every_schema_audits_the_claim_identities_are_made_of():
-    # Alerts name an identity from the audit event's claims: the repository id must be among them.
-    for schema in SCHEMAS.values():
-        assert schema.neutral["repository_id"] in schema.audited, schema.type
+def test_an_alert_names_the_identity_rate_limits_count_for_every_provider_type(sandbox, broker, audit_events):
+    # One definition of an identity (ProviderConfig.identity) serves rate limits, audit and alerts,
+    # whatever claim a provider type's repository id is (Jenkins': sub, not an audited claim).
+    for provider in broker.extensions["broker"].config.providers.values():
+        claims = {provider.schema.neutral["repository_id"]: "42", "sub": "42"}
+        assert provider.identity(claims) == f"{provider.name}:42"
+    assert sandbox.exchange(sandbox.github_token()).status_code == 200
+    assert audit_events[-1]["identity"] == "github:892734123"
 
 
 # -- several replicas count together --------------------------------------------------------------
@@ -321,6 +324,7 @@ def refused_event(identity: str, *, request_id: str, client: str = "192.0.2.1") 
     event = AuditEvent("exchange", request_id, client)
     event.provider, event.issuer, event.subject = provider, "https://issuer.example", "sub"
     event.claims = {"repository_id": repository_id}
+    event.identity = identity
     event.role = "deploy-prod"
     event.outcome, event.error = "refused", "access_denied"
     return event

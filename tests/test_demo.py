@@ -50,7 +50,7 @@ def test_demo_walkthrough_holds_every_expectation(tmp_path: Path) -> None:
         "already been used",
         "POST /v1/refresh #2: 200",
         "401 invalid_token: the refresh token was already used; the session has been ended",
-        "audit: alert refresh_reuse, severity high",
+        "audit: alert refresh_reuse, severity critical",
         "sub                          role:deploy-prod",
         "assumed-role/deploy-prod/",
     ):

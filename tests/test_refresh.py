@@ -152,9 +152,9 @@ def test_reusing_a_spent_token_ends_the_session_and_raises_the_alert(sandbox, se
     alerts = [e for e in audit_events if e.get("type") == "alert"]
     assert len(alerts) == 1
     alert = alerts[0]
-    assert alert["alert"] == "refresh_reuse" and alert["severity"] == "high"
+    assert alert["alert"] == "refresh_reuse" and alert["severity"] == "critical"
     assert alert["request_id"] == reused.headers["X-Request-Id"]
-    assert alert["session_id"] == body["session"]["id"] and alert["role"] == "deploy-prod"
+    assert alert["details"]["session_id"] == body["session"]["id"] and alert["role"] == "deploy-prod"
     assert (
         alert["provider"] == "github" and alert["subject"] == "repo:octo-org/octo-repo:environment:production"
     )

@@ -119,7 +119,7 @@ def test_one_refresh_token_fired_at_both_replicas_at_once_wins_exactly_once(repl
         alerts = [
             e
             for e in replicas.audit()
-            if e.get("alert") == "refresh_reuse" and e.get("session_id") == session["id"]  # type: ignore[index]
+            if e.get("alert") == "refresh_reuse" and e.get("details", {}).get("session_id") == session["id"]  # type: ignore[index]
         ]
         assert alerts, "the reuse alert was written"
     logs = replicas.logs()
