@@ -12,9 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from broker import clouds
+from broker import clouds, strictyaml
 from broker.claims import SCHEMAS, ClaimSchema
 from broker.keys import SigningKey, load_signing_key
 from broker.policy import Condition, Rule, compile_condition
@@ -93,28 +91,6 @@ class Config:
         return None
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys: with plain YAML the last one silently wins."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen.add(key)
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_StrictLoader)
-
-
 def load_config(path: str | Path) -> Config:
     """Read, validate and compile a config file; raises ConfigError listing every problem."""
     file = str(path)
@@ -123,9 +99,9 @@ def load_config(path: str | Path) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(file, [Finding("error", "<file>", f"cannot read: {exc}")]) from None
     try:
-        data = parse_yaml(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(file, [Finding("error", "<file>", f"invalid YAML: {exc}")]) from None
+        data = strictyaml.loads(text)
+    except strictyaml.YamlProblem as exc:
+        raise ConfigError(file, [Finding("error", exc.path or "<file>", exc.message)]) from None
     return build_config(data, base_dir=Path(path).resolve().parent, file=file)
 
 
