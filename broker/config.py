@@ -98,11 +98,14 @@ def load_config(path: str | Path) -> Config:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(file, [Finding("error", "<file>", f"cannot read: {exc}")]) from None
-    try:
-        data = strictyaml.loads(text)
-    except strictyaml.YamlProblem as exc:
-        raise ConfigError(file, [Finding("error", exc.path or "<file>", exc.message)]) from None
-    return build_config(data, base_dir=Path(path).resolve().parent, file=file)
+    with strictyaml.collector_paused():
+        try:
+            data = strictyaml.loads(text)
+        except strictyaml.YamlProblem as exc:
+            raise ConfigError(file, [Finding("error", exc.path or "<file>", exc.message)]) from None
+        config = build_config(data, base_dir=Path(path).resolve().parent, file=file)
+        del data  # freed before the collector is back, so its next pass sees only the config
+    return config
 
 
 def build_config(data: Any, *, base_dir: Path, file: str = "<config>") -> Config:

@@ -13,7 +13,7 @@ must never silently replace the first. It is reported with its key path and line
 from __future__ import annotations
 
 import gc
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -46,40 +46,67 @@ class _DuplicateKey(ConstructorError):
         self.key_node = key_node
 
 
-def _construct_mapping(loader: yaml.SafeLoader, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
-    # Built directly rather than by PyYAML's generator (which exists for self-referencing
-    # mappings a config never has); a mapping that refers to itself is refused as recursive.
+def _mapping(loader: yaml.SafeLoader, node: MappingNode, build: Callable[[Node], Any]) -> dict[Any, Any]:
+    """A mapping node's dict, its keys and values made by `build`; a key seen twice is refused."""
     loader.flatten_mapping(node)  # `<<` merge keys, as SafeLoader does
     mapping: dict[Any, Any] = {}
     for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if not isinstance(key, Hashable):
+        key = build(key_node)
+        try:
+            seen = key in mapping
+        except TypeError:
             raise ConstructorError(
                 "while constructing a mapping",
                 node.start_mark,
                 "found an unhashable key",
                 key_node.start_mark,
-            )
-        if key in mapping:
+            ) from None
+        if seen:
             raise _DuplicateKey(key, key_node)
-        mapping[key] = loader.construct_object(value_node, deep=deep)
+        mapping[key] = build(value_node)
     return mapping
 
 
-def _construct_sequence(loader: yaml.SafeLoader, node: SequenceNode, deep: bool = False) -> list[Any]:
-    return [loader.construct_object(child, deep=deep) for child in node.value]
-
-
-def _construct_str(loader: yaml.SafeLoader, node: Node) -> Any:
-    return node.value if type(node) is ScalarNode else loader.construct_scalar(node)  # type: ignore[arg-type]
+def _construct_mapping(loader: yaml.SafeLoader, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
+    # SafeLoader's own mappings, sets and merges all come through this method, so whatever the
+    # loader builds by itself (inside an ordered map, say) refuses duplicates too.
+    return _mapping(loader, node, lambda child: loader.construct_object(child, deep=deep))
 
 
 def _strict(base: type[yaml.SafeLoader]) -> type[yaml.SafeLoader]:
-    loader = type(f"Strict{base.__name__}", (base,), {})
-    loader.add_constructor(MAP_TAG, _construct_mapping)
-    loader.add_constructor(SEQ_TAG, _construct_sequence)
-    loader.add_constructor(STR_TAG, _construct_str)
-    return loader
+    return type(f"Strict{base.__name__}", (base,), {"construct_mapping": _construct_mapping})
+
+
+def _construct(loader: yaml.SafeLoader, root: Node) -> Any:
+    """The objects of the tree under `root`, as `construct_document` builds them, in a third of
+    its time: plain strings, mappings and lists are built here, anything else by the loader's
+    constructors. A node reached twice (an alias) gives the same object, built once; a node
+    that contains itself is refused."""
+    built: dict[int, Any] = {}
+    building: set[int] = set()
+
+    def build(node: Node) -> Any:
+        kind = type(node)
+        if kind is ScalarNode:
+            return node.value if node.tag == STR_TAG else loader.construct_object(node)
+        if id(node) in built:
+            return built[id(node)]
+        if id(node) in building:
+            raise ConstructorError(
+                None, None, "found a node that contains itself (recursive)", node.start_mark
+            )
+        building.add(id(node))
+        if kind is MappingNode and node.tag == MAP_TAG:
+            value: Any = _mapping(loader, node, build)  # type: ignore[arg-type]
+        elif kind is SequenceNode and node.tag == SEQ_TAG:
+            value = [build(child) for child in node.value]
+        else:
+            value = loader.construct_object(node, deep=True)
+        building.discard(id(node))
+        built[id(node)] = value
+        return value
+
+    return build(root)
 
 
 PURE_LOADER = _strict(yaml.SafeLoader)
@@ -95,9 +122,9 @@ def loads(text: str, loader: type[yaml.SafeLoader] = LOADER) -> Any:
     parser = loader(text)
     root: Node | None = None
     try:
-        with _gc_paused():
+        with collector_paused():
             root = parser.get_single_node()
-            return None if root is None else parser.construct_document(root)
+            return None if root is None else _construct(parser, root)
     except _DuplicateKey as exc:
         mark = exc.problem_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -112,9 +139,14 @@ def loads(text: str, loader: type[yaml.SafeLoader] = LOADER) -> Any:
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
-    # Parsing allocates hundreds of thousands of small containers and no cycles; the collector's
-    # passes over them cost more than the parse itself (bench/RESULTS.md).
+def collector_paused() -> Iterator[None]:
+    """Python's cycle collector off for the block (and back as it was after).
+
+    Loading a config allocates hundreds of thousands of small containers and no cycles; the
+    collector's passes over them cost more than the parse itself (bench/RESULTS.md). Pause it
+    around the parse and whatever is built from its result, so the passes that follow see only
+    what survives.
+    """
     was_enabled = gc.isenabled()
     gc.disable()
     try:

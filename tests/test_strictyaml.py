@@ -111,6 +111,9 @@ def test_a_duplicate_key_is_refused_with_its_key_path_and_line(loader):
         ("roles:\n  a: 1\n  b: 2\n  a: 3\n", "roles.a", 4),
         # A key a merge (`<<`) brought in and the mapping sets again: refused too, not overridden.
         ("base: &b {ref: main}\nrule: {<<: *b, ref: dev}\n", "rule.ref", 2),
+        # Mappings PyYAML builds by itself: inside an ordered map, and a set's members.
+        ("a: !!omap [{b: {c: 1, c: 2}}]\n", "a[0].b.c", 1),
+        ("a: !!set {x, y, x}\n", "a.x", 1),
     ],
 )
 def test_duplicates_anywhere_are_refused(loader, text, path, line):
@@ -156,6 +159,15 @@ def test_syntax_errors_are_invalid_yaml_with_a_line(loader, text, line):
 )
 def test_deep_nesting_is_a_clear_error_not_a_crash(loader, text):
     assert problem(text, loader).message.startswith("invalid YAML: ")
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_an_alias_is_the_same_object_built_once(loader):
+    # Ten levels of ten aliases each would be 10**10 lists if each alias were built anew.
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 10)}]" for n in range(1, 10)]
+    data = loads("\n".join(lines) + "\n", loader)
+    assert data["l9"][0] is data["l8"] and data["l8"][3] is data["l7"]
 
 
 @pytest.mark.parametrize("loader", LOADERS)
