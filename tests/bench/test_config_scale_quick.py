@@ -38,6 +38,7 @@ def test_the_quick_config_scale_run_measures_every_size(tmp_path):
             "load_cpu_seconds",
             "build_cpu_seconds",
             "serve_ready_seconds",
+            "serve_cpu_seconds",
             "serve_master_rss_mb",
             "serve_worker_rss_mb",
         ):
