@@ -307,7 +307,12 @@ class Bench:
         started_at_load = load_average()
         load = wrk(name, url, tokens, seconds, connections, self.pin)
         served = max(1, load.requests)
-        load.cpu_ms = 1000 * (sum(cpu_seconds(pid) for pid in workers) - before) / served
+        spent = sum(cpu_seconds(pid) for pid in workers) - before
+        if server.poll() is not None or (load.requests > 100 and spent == 0):
+            # Another process on this machine may have taken the port between our pick and the
+            # server's bind: the load went there, and these figures are not the app's.
+            raise RuntimeError(f"{name}: its server is not the one that answered on {url}")
+        load.cpu_ms = 1000 * spent / served
         load.load_average = started_at_load
         if store_before and redis_url and redis_pid:
             (usec, _), cpu = store_before
@@ -868,6 +873,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", help="also record a py-spy profile of the broker worker to this file")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the servers and the load to cores")
     parser.add_argument("--json", help="write the raw figures here")
+    parser.add_argument("--workdir", help="keep configs, tokens and every server's output here")
     args = parser.parse_args(argv)
     args.part = args.part or list(PARTS)
     args.duration = args.duration or (2.0 if args.quick else 15.0)
@@ -878,8 +884,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not shutil.which(tool) and (tool == "wrk" or "deployed" in args.part):
             print(f"error: {tool} is not installed (Debian: apt-get install {package})", file=sys.stderr)
             return 2
-    with tempfile.TemporaryDirectory(prefix="ci-broker-bench-") as tmp:
-        report = Bench(args, Path(tmp)).run()
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+        report = Bench(args, Path(args.workdir).resolve()).run()
+    else:
+        with tempfile.TemporaryDirectory(prefix="ci-broker-bench-") as tmp:
+            report = Bench(args, Path(tmp)).run()
     lines, figures = summarize(report)
     print("\n".join(lines))
     if args.json:
