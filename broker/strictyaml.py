@@ -1,7 +1,7 @@
 """The config file's YAML: safe tags only, duplicate keys refused, libyaml's parser when present.
 
 PyYAML's own parser is pure Python and costs most of the time a large config takes to load;
-libyaml's (in PyYAML's wheels) parses the same text several times faster, and the pure one stays
+libyaml's (in PyYAML's wheels) parses the same text far faster, and the pure one stays
 the fallback where PyYAML was built without it. Both feed the same resolver and constructors, so
 they build the same objects from the same file (a test compares them on every config the project
 ships). Figures: bench/RESULTS.md, "Config size".
@@ -16,7 +16,7 @@ import gc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from yaml.constructor import ConstructorError
@@ -73,15 +73,15 @@ def _construct_mapping(loader: yaml.SafeLoader, node: MappingNode, deep: bool = 
     return _mapping(loader, node, lambda child: loader.construct_object(child, deep=deep))
 
 
-def _strict(base: type[yaml.SafeLoader]) -> type[yaml.SafeLoader]:
+def _strict(base: type[Any]) -> type[Any]:
     return type(f"Strict{base.__name__}", (base,), {"construct_mapping": _construct_mapping})
 
 
 def _construct(loader: yaml.SafeLoader, root: Node) -> Any:
-    """The objects of the tree under `root`, as `construct_document` builds them, in a third of
-    its time: plain strings, mappings and lists are built here, anything else by the loader's
-    constructors. A node reached twice (an alias) gives the same object, built once; a node
-    that contains itself is refused."""
+    """The objects of the tree under `root`, as `construct_document` builds them but without its
+    per-node bookkeeping: plain strings, mappings and lists are built here, anything else by the
+    loader's constructors. A node reached twice (an alias) gives the same object, built once; a
+    node that contains itself is refused."""
     built: dict[int, Any] = {}
     building: set[int] = set()
 
@@ -97,7 +97,7 @@ def _construct(loader: yaml.SafeLoader, root: Node) -> Any:
             )
         building.add(id(node))
         if kind is MappingNode and node.tag == MAP_TAG:
-            value: Any = _mapping(loader, node, build)  # type: ignore[arg-type]
+            value: Any = _mapping(loader, cast(MappingNode, node), build)
         elif kind is SequenceNode and node.tag == SEQ_TAG:
             value = [build(child) for child in node.value]
         else:
@@ -111,13 +111,13 @@ def _construct(loader: yaml.SafeLoader, root: Node) -> Any:
 
 PURE_LOADER = _strict(yaml.SafeLoader)
 try:
-    C_LOADER: type[yaml.SafeLoader] | None = _strict(yaml.CSafeLoader)
+    C_LOADER: type[Any] | None = _strict(yaml.CSafeLoader)
 except AttributeError:  # PyYAML built without libyaml
     C_LOADER = None
 LOADER = C_LOADER or PURE_LOADER
 
 
-def loads(text: str, loader: type[yaml.SafeLoader] = LOADER) -> Any:
+def loads(text: str, loader: type[Any] = LOADER) -> Any:
     """The one document in `text`; raises YamlProblem with the line (and key path) at fault."""
     parser = loader(text)
     root: Node | None = None
