@@ -6,8 +6,8 @@ role) is written once, then measured in rounds that cycle through the sizes (so 
 machine's load falls on every size alike), each in a fresh process:
 
 - `ci-broker check`: wall and CPU time, peak RSS;
-- the load split in process: `load_config` as a whole, `build_config` on already-parsed data
-  (parse = the difference), and of the build, the time in `compile_condition`;
+- the load in process: `load_config` as a whole, then its parse and its build apart, and of
+  the build, the time in `compile_condition`;
 - `ci-broker serve --workers 2` (sqlite replay store, a local issuer): seconds from launch to
   the first 200 on /readyz, and the peak RSS of the master and of each worker.
 
@@ -130,18 +130,22 @@ def run_check(config: Path, env: dict[str, str]) -> dict[str, float]:
 # Run with `python -c` in a fresh process, from outside the repository, so that `--broker-path`
 # decides which `broker` package it measures.
 BREAKDOWN = """
-import json, sys, time
+import contextlib, json, sys, time
 from pathlib import Path
-import yaml
 import broker.config as loader
+
+# The parse and the collector's state as load_config has them.
+if hasattr(loader, "parse_yaml"):  # a tree from before broker/strictyaml.py
+    parse, collector_paused = loader.parse_yaml, contextlib.nullcontext
+else:
+    from broker.strictyaml import collector_paused, loads as parse
 
 config = Path(sys.argv[1])
 cpu = time.process_time
 start = cpu()
 loaded = loader.load_config(config)
 load = cpu() - start
-# The parse again, for the build alone; any safe loader gives the same data.
-data = yaml.load(config.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+text = config.read_text()
 compiling = [0.0]
 compile_condition = getattr(loader, "compile_condition", None)
 
@@ -154,13 +158,16 @@ def timed(*args, **kwargs):
 
 if compile_condition is not None:
     loader.compile_condition = timed
-start = cpu()
-built = loader.build_config(data, base_dir=config.parent)
-build = cpu() - start
+with collector_paused():
+    start = cpu()
+    data = parse(text)
+    parsed = cpu() - start
+    built = loader.build_config(data, base_dir=config.parent)
+    build = cpu() - start - parsed
 assert len(built.roles) == len(loaded.roles)
 print(json.dumps({
     "load_cpu_seconds": load,
-    "parse_cpu_seconds": load - build,
+    "parse_cpu_seconds": parsed,
     "build_cpu_seconds": build,
     "compile_cpu_seconds": compiling[0] if compile_condition is not None else float("nan"),
 }))
@@ -168,7 +175,8 @@ print(json.dumps({
 
 
 def run_breakdown(config: Path, env: dict[str, str]) -> dict[str, float]:
-    """In a fresh process: load_config, then build_config alone on parsed data, timing the compiler."""
+    """In a fresh process: load_config as a whole, then its parse and its build apart (the build
+    timing the compiler), with the collector as load_config has it."""
     out = subprocess.run(
         [sys.executable, "-c", BREAKDOWN, str(config)],
         capture_output=True,
@@ -270,7 +278,7 @@ def report(result: dict[str, Any]) -> str:
     lines += [
         "",
         "check: `ci-broker check` as a whole (starting Python included); load CPU: load_config in",
-        "process, split into parse and build (compile: compile_condition's share of the build);",
+        "process; parse and build measured apart (compile: compile_condition's share of the build);",
         "serve ready: `ci-broker serve --workers 2` launched to its first 200 on /readyz (CPU: its",
         "master's and workers' by then; on a busy machine the steadier figure).",
     ]
