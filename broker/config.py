@@ -13,9 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from broker import clouds
+from broker import clouds, strictyaml
 from broker.alertconfig import AlertSettings, read_alert_settings
 from broker.auditconfig import AuditSettings, read_audit_settings
 from broker.claims import ClaimSchema
@@ -119,28 +117,6 @@ class Config:
         return role, decision
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys: with plain YAML the last one silently wins."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen.add(key)
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_StrictLoader)
-
-
 def load_config(path: str | Path) -> Config:
     """Read, validate and compile a config file; raises ConfigError listing every problem."""
     file = str(path)
@@ -148,11 +124,14 @@ def load_config(path: str | Path) -> Config:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(file, [Finding("error", "<file>", f"cannot read: {exc}")]) from None
-    try:
-        data = parse_yaml(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(file, [Finding("error", "<file>", f"invalid YAML: {exc}")]) from None
-    return build_config(data, base_dir=Path(path).resolve().parent, file=file)
+    with strictyaml.collector_paused():
+        try:
+            data = strictyaml.loads(text)
+        except strictyaml.YamlProblem as exc:
+            raise ConfigError(file, [Finding("error", exc.path or "<file>", exc.message)]) from None
+        config = build_config(data, base_dir=Path(path).resolve().parent, file=file)
+        del data  # freed before the collector is back, so its next pass sees only the config
+    return config
 
 
 def build_config(data: Any, *, base_dir: Path, file: str = "<config>") -> Config:
