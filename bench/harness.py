@@ -13,6 +13,7 @@ A library for the scripts beside it (`python -m bench.run`, `bench.steps`, `benc
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
 import os
@@ -21,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -335,3 +337,29 @@ def machine() -> dict[str, Any]:
 def load_average() -> float:
     """The machine's one-minute load average (other people's work included)."""
     return os.getloadavg()[0]
+
+
+def wsgi_environ(token: str, body: bytes, path: str = "/v1/exchange") -> dict[str, Any]:
+    """A POST as gunicorn hands it to the app, for the in-process measurements."""
+    return {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8080",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_PORT": "40000",
+        "HTTP_HOST": "127.0.0.1:8080",
+        "HTTP_AUTHORIZATION": f"Bearer {token}",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "wsgi.version": (1, 0),
+    }

@@ -38,9 +38,7 @@ from unittest import mock
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench.harness import ROOT
 
 BLOCKS = 50
 
@@ -77,7 +75,7 @@ class Environment:
     def __enter__(self) -> Environment:
         import subprocess
 
-        from bench.run import write_config
+        from bench.harness import write_config
         from broker.keys import generate_private_key, private_key_pem
         from broker.sandbox.issuer import LocalIssuer
         from broker.sandbox.stack import free_port
@@ -94,7 +92,7 @@ class Environment:
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
         self.stack.callback(lambda: (sts.terminate(), sts.wait(30)))
-        from bench.run import wait_http
+        from bench.harness import wait_http
 
         wait_http(f"http://127.0.0.1:{port}", sts, 60)
         self.issuer = LocalIssuer().start()
@@ -116,7 +114,7 @@ class Environment:
 
     def app(self, name: str, change: Callable[[dict[str, Any]], None]) -> Any:
         """A broker app built as `serve` builds it, from the base config with `change` applied."""
-        from bench.apps import broker_app
+        from bench.factories import broker_app
         from broker.logs import configure_audit
 
         config = json.loads(json.dumps(self.base))
@@ -130,14 +128,14 @@ class Environment:
         return app
 
     def tokens(self, count: int) -> Iterator[str]:
-        from bench.run import mint_tokens
+        from bench.harness import mint_tokens
 
         path = mint_tokens(self.issuer, self.audience, count, self.work / "tokens.txt")
         return iter(path.read_text().split())
 
 
 def exchange(app: Any, token: str) -> str:
-    from bench.steps import environ
+    from bench.harness import wsgi_environ as environ
 
     statuses: list[str] = []
     result = app(environ(token, b'{"role": "bench-deploy"}'), lambda status, *a: statuses.append(status))

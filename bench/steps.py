@@ -20,7 +20,6 @@ in a tight loop of its own.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import os
@@ -35,32 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.factories import LISTED, broker_app, floor_app, variants
-from bench.harness import ROOT, core_split, mint_tokens, signing_key, wait_http, write_config
-
-
-def environ(token: str, body: bytes) -> dict[str, Any]:
-    return {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": "/v1/exchange",
-        "SCRIPT_NAME": "",
-        "QUERY_STRING": "",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "8080",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "127.0.0.1",
-        "REMOTE_PORT": "40000",
-        "HTTP_HOST": "127.0.0.1:8080",
-        "HTTP_AUTHORIZATION": f"Bearer {token}",
-        "CONTENT_TYPE": "application/json",
-        "CONTENT_LENGTH": str(len(body)),
-        "wsgi.input": io.BytesIO(body),
-        "wsgi.url_scheme": "http",
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-        "wsgi.version": (1, 0),
-    }
+from bench.harness import ROOT, core_split, mint_tokens, signing_key, wait_http, write_config, wsgi_environ
 
 
 def exchange_all(app: Any, tokens: list[str], body: bytes) -> None:
@@ -73,7 +47,7 @@ def exchange_all(app: Any, tokens: list[str], body: bytes) -> None:
         ) -> None:
             seen.append(status)
 
-        result = app(environ(token, body), start_response)
+        result = app(wsgi_environ(token, body), start_response)
         b"".join(result)
         getattr(result, "close", lambda: None)()
         if not statuses[0].startswith("200"):

@@ -1,4 +1,4 @@
-"""bench/incident.py --quick: the incident-response benchmark runs end to end and prints every row.
+"""python -m bench.incident --quick: the incident-response benchmark runs end to end and prints every row.
 
 Like the benchmark's other smoke tests, it asserts that the figures are there, never their values.
 """
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_quick_incident_benchmark_runs_and_prints_every_row():
     require_redis_server()
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "incident.py"), "--quick"],
+        [sys.executable, "-m", "bench.incident", "--quick"],
         capture_output=True,
         text=True,
         timeout=290,

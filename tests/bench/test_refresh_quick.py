@@ -1,4 +1,4 @@
-"""bench/refresh.py --quick: refresh against exchange runs end to end and prints a row per store.
+"""python -m bench.refresh --quick: refresh against exchange runs end to end and prints a row per store.
 
 Like the benchmark's other smoke tests, it asserts that the figures are there, never their values.
 """
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.timeout(180)
 def test_the_quick_refresh_benchmark_runs_and_prints_every_store():
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "refresh.py"), "--quick"],
+        [sys.executable, "-m", "bench.refresh", "--quick"],
         capture_output=True,
         text=True,
         timeout=170,
