@@ -10,7 +10,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
 demo: venv
@@ -19,10 +19,12 @@ demo: venv
 test: venv
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-# The gate before every commit: ruff's lint and formatter (configured in pyproject.toml).
+# The gate before every commit: ruff's lint and formatter, then mypy (strict) on broker/; all
+# configured in pyproject.toml.
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache

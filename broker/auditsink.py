@@ -19,15 +19,19 @@ from typing import IO, Any
 FILE_MODE = 0o640
 
 
-class AuditSink(logging.StreamHandler):  # type: ignore[type-arg]
+class AuditSink(logging.StreamHandler[IO[str]]):
     """The broker's audit handler: `write_line(line)` does what `emit` does with a record whose
     message is that whole line."""
 
     def write_line(self, line: str) -> None:
-        with self.lock:  # type: ignore[union-attr]
+        # The lock logging holds around emit (Handler.handle takes it the same way).
+        self.acquire()
+        try:
             self._before_write()
             self.stream.write(line + self.terminator)
             self.flush()
+        finally:
+            self.release()
 
     def _before_write(self) -> None:
         pass

@@ -25,7 +25,7 @@ ERROR_XML = """<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
 class LocalSTS:
     def __init__(self, broker_issuer: str, roles: dict[str, str] | None = None) -> None:
         """`roles` maps a role ARN to the broker role name its trust policy names in `sub`."""
-        from moto.server import DomainDispatcherApplication, create_backend_app
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
         self.moto = DomainDispatcherApplication(create_backend_app)
         self.roles = dict(roles or {})
