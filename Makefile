@@ -20,7 +20,7 @@ UV_COMPILE = $(UV) pip compile --quiet --universal --python-version 3.11 --gener
 BUILD_REQUIRES = $(PYTHON) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")'
 INSTALL_LOCKED = $(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install --quiet --require-hashes -r $(LOCK_TEST)
 
-.PHONY: venv demo test lint lock lock-upgrade clean
+.PHONY: venv demo test check lint lock lock-upgrade clean
 
 venv: $(STAMP)
 
@@ -40,6 +40,13 @@ demo: venv
 # The whole suite: what CI runs.
 test: venv
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The fast tier for the edit-test loop: everything but the tests tests/conftest.py marks slow
+# (act, gitlab-ci-local, `ci-broker serve` subprocesses, terraform, checkov, benchmark runs), on
+# every core (pytest-xdist; PYTEST_ARGS=-n0 for one process, e.g. with a debugger), with 50
+# examples per property test instead of 200 (tests/fuzz/test_properties.py).
+check: venv
+	FUZZ_EXAMPLES=50 $(VENV)/bin/python -m pytest -m "not slow" -n auto $(PYTEST_ARGS)
 
 # The gate before every commit: ruff's lint and formatter, then mypy (strict) on broker/; all
 # configured in pyproject.toml.
