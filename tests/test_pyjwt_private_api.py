@@ -98,7 +98,6 @@ def test_the_signature_still_takes_the_arguments_the_broker_passes(broker_call):
     signature = inspect.signature(ORIGINAL)
     # Raises TypeError if a parameter the broker passes was renamed, removed or made positional.
     signature.bind(broker_call.instance, {}, broker_call.options, *broker_call.args, **broker_call.kwargs)
-    assert set(broker_call.kwargs) <= {"audience", "issuer", "leeway"}, broker_call.kwargs
 
 
 def test_the_signature_is_the_one_reviewed():
