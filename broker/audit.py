@@ -161,4 +161,4 @@ def emit(event: Mapping[str, Any]) -> None:
 def _record(line: str) -> logging.LogRecord:
     # What Logger.info builds, less its walk up the stack for the caller's file and line: no audit
     # handler prints them, and the walk is a measurable part of an exchange's own CPU time.
-    return _logger.makeRecord(AUDIT_LOGGER, logging.INFO, __file__, 0, line, None, None)
+    return _logger.makeRecord(AUDIT_LOGGER, logging.INFO, __file__, 0, line, (), None)

@@ -38,14 +38,18 @@ class LineHandler(logging.Handler):
         raise NotImplementedError
 
 
-class AuditSink(LineHandler, logging.StreamHandler):  # type: ignore[type-arg]
+class AuditSink(LineHandler, logging.StreamHandler[IO[str]]):
     """A stream or file sink."""
 
     def write_line(self, line: str) -> None:
-        with self.lock:  # type: ignore[union-attr]
+        # The lock logging holds around emit (Handler.handle takes it the same way).
+        self.acquire()
+        try:
             self._before_write()
             self.stream.write(line + self.terminator)
             self.flush()
+        finally:
+            self.release()
 
     def _before_write(self) -> None:
         pass

@@ -87,6 +87,7 @@ class BackgroundQueue(Generic[T]):
         """Queue `item` for the thread; False (and counted) if the queue is full or closed."""
         if self._pid != _pid:
             self._reset()
+        full = False
         with self._cond:
             if self._closing or len(self._items) >= self.capacity:
                 full = not self._closing
@@ -113,6 +114,10 @@ class BackgroundQueue(Generic[T]):
         """Wait in the thread (a handler's backoff); False if the queue is closing meanwhile."""
         return not self._stopped.wait(seconds)
 
+    def _stopping(self) -> bool:
+        # A method, not an expression in the loop: both flags change in other threads.
+        return self._closing or self._hurry
+
     @property
     def closing(self) -> bool:
         return self._stopped.is_set()
@@ -125,7 +130,7 @@ class BackgroundQueue(Generic[T]):
                 if self.linger and not self._closing:
                     # Let a batch gather: one round trip then serves many items.
                     deadline = time.monotonic() + self.linger
-                    while len(self._items) < self.batch and not (self._closing or self._hurry):
+                    while len(self._items) < self.batch and not self._stopping():
                         left = deadline - time.monotonic()
                         if left <= 0 or not self._cond.wait(left):
                             break

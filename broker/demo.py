@@ -722,7 +722,7 @@ class Demo:
             endpoint_url=self.sandbox.sts.url,
             config=Config(retries={"max_attempts": 1}, connect_timeout=5, read_timeout=10),
         )
-        return client.get_caller_identity()
+        return dict(client.get_caller_identity())
 
     # -- --serve ----------------------------------------------------------------------------------
     def serve(self, stdin: TextIO) -> None:
@@ -841,7 +841,8 @@ def _payload(token: str) -> dict[str, Any]:
     import base64
 
     part = token.split(".")[1]
-    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    payload: dict[str, Any] = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    return payload
 
 
 def _json(response: Any) -> dict[str, Any]:

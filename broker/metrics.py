@@ -334,7 +334,7 @@ def render() -> bytes:
     else:
         families = list(REGISTRY.collect())
     families.append(_cache_age(families))
-    return generate_latest(_Families(families))  # type: ignore[arg-type]
+    return generate_latest(_Families(families))
 
 
 def _cache_age(families: Iterable[Any]) -> Any:

@@ -187,7 +187,7 @@ class RedisReplayStore:
                 if attempt == 0:
                     return False
                 # An earlier attempt may have written before its reply was lost: that is still us.
-                return self._client.get(name) == nonce.encode()
+                return bool(self._client.get(name) == nonce.encode())
             except self._retryable as exc:
                 last = exc
             except self._errors as exc:

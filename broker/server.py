@@ -47,7 +47,7 @@ WORKER_CONNECTIONS = 512
 GRACEFUL_TIMEOUT = 30  # in-flight exchanges finish after SIGTERM; the cloud calls time out in 10 s
 
 
-class BrokerServer(BaseApplication):  # type: ignore[misc]
+class BrokerServer(BaseApplication):
     def __init__(
         self,
         config: Config,

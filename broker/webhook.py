@@ -82,6 +82,7 @@ class WebhookSender:
         if self._session is None:  # made in the sender's own thread, in the worker that uses it
             self._session = requests.Session()
         body = payload(alert)
+        problem = "not sent"
         for attempt in range(self.max_attempts):
             try:
                 response = self._session.post(self._url, json=body, timeout=self.timeout)

@@ -61,7 +61,7 @@ _RECV_BYTES = 64 * 1024
 log = logging.getLogger("broker.worker")
 
 
-class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
+class BufferingThreadWorker(ThreadWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.reading: dict[BufferedConn, None] = {}  # connections whose request is arriving
@@ -118,20 +118,23 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
             else:
                 self._close(conn)
         elif self.keepalived_conns:
-            conn = self.keepalived_conns.popleft()
-            self.poller.unregister(conn.sock)
-            self._close(conn)
+            idle = self.keepalived_conns.popleft()
+            assert isinstance(idle, BufferedConn)
+            self.poller.unregister(idle.sock)
+            self._close(idle)
 
-    def on_client_socket_readable(self, conn: BufferedConn, client: socket.socket) -> None:
+    def on_client_socket_readable(self, conn: TConn, client: socket.socket) -> None:
         # A kept-alive connection's next request has started arriving.
+        assert isinstance(conn, BufferedConn)  # every connection this worker accepts is one
         self.poller.unregister(client)
         self.keepalived_conns.remove(conn)
         self._read_request(conn)
 
-    def enqueue_req(self, conn: BufferedConn) -> None:
+    def enqueue_req(self, conn: TConn) -> None:
         # gthread sends a kept-alive connection here when its last read took in the start of the
         # next request too (pipelining): that request is read whole like any other.
-        self._read_request(conn, conn.parser.unreader.take_buffered() if conn.parser else b"")
+        assert isinstance(conn, BufferedConn)
+        self._read_request(conn, _unreader(conn).take_buffered() if conn.parser else b"")
 
     def _read_request(self, conn: BufferedConn, received: bytes = b"") -> None:
         if conn.sock.gettimeout() != 0.0:
@@ -275,7 +278,7 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
         return threading.get_ident() == self._loop_thread
 
 
-class BufferedConn(TConn):  # type: ignore[misc]
+class BufferedConn(TConn):
     """gthread's connection, plus the request being read and its deadline."""
 
     def __init__(self, worker: BufferingThreadWorker, sock: socket.socket, client: Any, server: Any) -> None:
@@ -294,7 +297,7 @@ class BufferedConn(TConn):  # type: ignore[misc]
         super().init()
         self.sock.settimeout(IO_TIMEOUT)
         if self.received:
-            self.parser.unreader.unread(self.received)
+            _unreader(self).unread(self.received)
             self.received = b""
 
     def close(self, graceful: bool = False) -> None:
@@ -302,6 +305,11 @@ class BufferedConn(TConn):  # type: ignore[misc]
             self.worker.linger(self.sock)
         else:
             super().close(graceful)
+
+
+def _unreader(conn: TConn) -> Any:
+    """The HTTP/1.1 parser's buffer (this worker serves no HTTP/2 or uwsgi: gunicorn's defaults)."""
+    return getattr(conn.parser, "unreader")  # noqa: B009 - the parser's type is a union
 
 
 def refusal(status: int, code: str, message: str) -> bytes:

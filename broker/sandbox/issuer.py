@@ -32,8 +32,9 @@ def b64url(data: bytes) -> str:
 class IssuerKeyPair:
     def __init__(self, alg: str = "RS256") -> None:
         self.alg = alg
+        self.private_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
         if alg == "RS256":
-            self.private_key: Any = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            self.private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
             jwk = RSAAlgorithm.to_jwk(self.private_key.public_key(), as_dict=True)
         elif alg == "ES256":
             self.private_key = ec.generate_private_key(ec.SECP256R1())
@@ -44,7 +45,7 @@ class IssuerKeyPair:
         self.public_jwk = {**jwk, "kid": self.kid, "alg": alg, "use": "sig"}
 
     def sign(self, signing_input: bytes) -> bytes:
-        if self.alg == "RS256":
+        if isinstance(self.private_key, rsa.RSAPrivateKey):
             return self.private_key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
         from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
