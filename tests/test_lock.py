@@ -54,8 +54,23 @@ def requirements(*groups: Iterable[str]) -> list[Requirement]:
     return [Requirement(spec) for group in groups for spec in group]
 
 
+def extra_requirements(extras: Iterable[str]) -> list[Requirement]:
+    """An extra's requirements, with one that names the project itself (`ci-broker[demo]` inside
+    `test`) replaced by the requirements of the extras it names: the lock holds those, not the
+    project."""
+    project = canonicalize_name(PYPROJECT["project"]["name"])
+    found: list[Requirement] = []
+    for extra in extras:
+        for requirement in requirements(PYPROJECT["project"]["optional-dependencies"][extra]):
+            if canonicalize_name(requirement.name) == project:
+                found += extra_requirements(sorted(requirement.extras))
+            else:
+                found.append(requirement)
+    return found
+
+
 RUNTIME = requirements(PYPROJECT["project"]["dependencies"], PYPROJECT["build-system"]["requires"])
-EXTRAS = requirements(*(PYPROJECT["project"]["optional-dependencies"][extra] for extra in TEST_EXTRAS))
+EXTRAS = extra_requirements(TEST_EXTRAS)
 
 
 def unmet(lock: list[Pin], wanted: list[Requirement]) -> list[str]:
