@@ -1,7 +1,7 @@
 """What each of the broker's own steps costs, measured in process.
 
-Calls the WSGI apps of `bench/apps.py` directly on one thread (no HTTP server, no load generator),
-against the same instant STS as `bench/run.py`, and reports CPU time per exchange:
+Calls the WSGI apps of `bench.factories` directly on one thread (no HTTP server, no load generator),
+against the same instant STS as `bench.run`, and reports CPU time per exchange:
 
 - floor, and the floor with the broker's STS client;
 - the broker as `serve` builds it (prometheus multiprocess mode, audit to a file);
@@ -13,18 +13,16 @@ The apps run in interleaved rounds and each variant is compared with the broker 
 it costs among everything else an exchange does, usually several times what the same step costs
 in a tight loop of its own.
 
-    python bench/steps.py            # 30 rounds of 300 exchanges per app (a few minutes)
-    python bench/steps.py --quick    # proves the script works (CI); its figures mean nothing
+    python -m bench.steps            # 30 rounds of 300 exchanges per app (a few minutes)
+    python -m bench.steps --quick    # proves the script works (CI); its figures mean nothing
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -34,94 +32,9 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-Patches = Callable[[], list[Any]]
-LISTED = "no policy/replay/audit/logs/metrics"
-
-
-def variants() -> dict[str, Patches]:
-    """Each of the broker's own steps, switched off; imported late (after the metrics set-up)."""
-    import broker.app as app
-    import broker.exchange as exchange
-    import broker.metrics as metrics
-    import broker.requestid as requestid
-    import broker.verify as verify
-    from broker.config import Config
-    from broker.policy import Decision
-
-    granted = Decision("bench-deploy", True, 0, ())
-
-    def decide(config: Config, role_name: str, *args: Any, **kwargs: Any) -> Any:
-        return config.roles[role_name], granted
-
-    def listed() -> list[Any]:
-        # What the issue's 10% covers: policy, replay, audit, logging (the request ids every log
-        # line and audit event carries) and metrics (the exchange counter, both latency
-        # histograms, the replay-refusal counter), all off at once.
-        return [
-            mock.patch.object(Config, "decide", decide),
-            mock.patch.object(exchange.Broker, "spend", lambda self, verified: None),
-            mock.patch.object(exchange.audit, "emit", lambda event: None),
-            mock.patch.object(
-                requestid.RequestIds,
-                "__call__",
-                lambda self, env, start: self.wsgi_app({**env, requestid.ENVIRON_KEY: "bench"}, start),
-            ),
-            mock.patch.object(
-                metrics._TimedWSGI, "__call__", lambda self, env, start: self.wsgi_app(env, start)
-            ),
-            mock.patch.object(exchange.metrics, "upstream_finished", lambda *a, **k: None),
-            mock.patch.object(exchange.metrics, "exchange_finished", lambda *a: None),
-        ]
-
-    return {
-        LISTED: listed,
-        "no audit event": lambda: [mock.patch.object(exchange.audit, "emit", lambda event: None)],
-        "no body checks": lambda: [
-            mock.patch.object(app.HttpExchange, "ask", lambda self: exchange.Ask("bench-deploy", None))
-        ],
-        "no claim checks": lambda: [
-            mock.patch.object(verify.TokenVerifier, "_check_claims", lambda *a: None),
-            mock.patch.object(verify.TokenVerifier, "_check_with_pyjwt", lambda *a: None),
-        ],
-        "no policy": lambda: [mock.patch.object(Config, "decide", decide)],
-        "no replay record": lambda: [
-            mock.patch.object(exchange.Broker, "spend", lambda self, verified: None)
-        ],
-        "no exchange counter": lambda: [
-            mock.patch.object(exchange.metrics, "exchange_finished", lambda *a: None)
-        ],
-    }
-
-
-def environ(token: str, body: bytes) -> dict[str, Any]:
-    return {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": "/v1/exchange",
-        "SCRIPT_NAME": "",
-        "QUERY_STRING": "",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "8080",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "127.0.0.1",
-        "REMOTE_PORT": "40000",
-        "HTTP_HOST": "127.0.0.1:8080",
-        "HTTP_AUTHORIZATION": f"Bearer {token}",
-        "CONTENT_TYPE": "application/json",
-        "CONTENT_LENGTH": str(len(body)),
-        "wsgi.input": io.BytesIO(body),
-        "wsgi.url_scheme": "http",
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-        "wsgi.version": (1, 0),
-    }
+from bench.factories import LISTED, broker_app, floor_app, variants
+from bench.harness import ROOT, core_split, mint_tokens, signing_key, wait_http, write_config, wsgi_environ
 
 
 def exchange_all(app: Any, tokens: list[str], body: bytes) -> None:
@@ -134,7 +47,7 @@ def exchange_all(app: Any, tokens: list[str], body: bytes) -> None:
         ) -> None:
             seen.append(status)
 
-        result = app(environ(token, body), start_response)
+        result = app(wsgi_environ(token, body), start_response)
         b"".join(result)
         getattr(result, "close", lambda: None)()
         if not statuses[0].startswith("200"):
@@ -189,20 +102,13 @@ class MeasuredApps:
     def __enter__(self) -> tuple[dict[str, Any], Callable[[int], Iterator[str]]]:
         from cryptography.hazmat.primitives import serialization
 
-        from bench.apps import broker_app, floor_app
-        from bench.run import mint_tokens, wait_http, write_config
-        from broker.keys import generate_private_key, private_key_pem
         from broker.logs import configure_audit
         from broker.sandbox.issuer import LocalIssuer
         from broker.sandbox.stack import free_port
 
-        # As in run.py: the measured apps on the last core, the STS on the others.
-        cores = os.cpu_count() or 1
-        pin = (
-            ["taskset", "-c", ",".join(str(c) for c in range(cores - 1))]
-            if cores >= 2 and shutil.which("taskset")
-            else []
-        )
+        # As in bench.run: the measured apps on the last core, the STS on the others.
+        cores = core_split()
+        pin = ["taskset", "-c", cores["load"]] if cores else []
         port = free_port()
         sts = subprocess.Popen(
             [
@@ -219,16 +125,13 @@ class MeasuredApps:
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
         self.stack.callback(lambda: (sts.terminate(), sts.wait(30)))
         sts_url = f"http://127.0.0.1:{port}"
         wait_http(sts_url, sts, 60)
         issuer = LocalIssuer().start()
         self.stack.callback(issuer.stop)
-        key = self.work / "signing.pem"
-        key.write_bytes(private_key_pem(generate_private_key("ES256")))
-        key.chmod(0o600)
+        key = signing_key(self.work)
         audience = "http://127.0.0.1:8080"
         config = write_config(self.work / "broker.yaml", audience, issuer.url, sts_url, key)
         public = issuer.key.private_key.public_key().public_bytes(
@@ -249,8 +152,8 @@ class MeasuredApps:
             path = mint_tokens(issuer, audience, count, self.work / "tokens.txt")
             return iter(path.read_text().split())
 
-        if pin:
-            os.sched_setaffinity(0, {cores - 1})
+        if cores:
+            os.sched_setaffinity(0, {int(cores["server"])})
         return apps, mint
 
     def __exit__(self, *exc: Any) -> None:

@@ -25,18 +25,22 @@ from broker.errors import (
 )
 from broker.exchange import Ask, Broker, Granted
 from broker.service import build_broker
+from broker.sessions import is_refresh_token
 from broker.verify import MAX_TOKEN_CHARS
 
 log = logging.getLogger("broker.app")
 
 MAX_BODY_BYTES = 4 * 1024
 MAX_DURATION = 43200
+MAX_REFRESH_HEADER = 128
 _BEARER = re.compile(r"Bearer +([^ ]+) *", re.IGNORECASE)
 
 api = Blueprint("api", __name__)
 
 
-def create_app(config: Config, *, broker: Broker | None = None) -> Flask:
+def create_app(config: Config, *, broker: Broker | None = None, metrics_route: bool = True) -> Flask:
+    """The broker's WSGI app. `metrics_route=False` when `/metrics` is served by a listener of its
+    own (`serve --metrics-bind`): the app then has no such route, however the path is spelled."""
     app = Flask("broker")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["broker"] = broker or build_broker(config)
@@ -45,7 +49,7 @@ def create_app(config: Config, *, broker: Broker | None = None) -> Flask:
     app.register_error_handler(BrokerError, _render_broker_error)
     app.register_error_handler(HTTPException, _render_http_error)
     app.register_error_handler(Exception, _render_unexpected)
-    metrics.instrument(app)
+    metrics.instrument(app, route=metrics_route)
     app.wsgi_app = requestid.RequestIds(app.wsgi_app)  # type: ignore[method-assign]
     return app
 
@@ -65,12 +69,19 @@ def exchange() -> Response:
 
 
 def granted_body(granted: Granted) -> dict[str, Any]:
-    return {
+    body = {
         "role": granted.role.name,
         "cloud": granted.role.cloud,
         "expires_at": audit.rfc3339(granted.issued.expires_at),
         "credentials": granted.issued.credentials,
     }
+    if granted.session is not None:
+        body["session"] = {
+            "id": granted.session.id,
+            "refresh_token": granted.session.refresh_token,
+            "expires_at": audit.rfc3339(granted.session.expires_at),
+        }
+    return body
 
 
 class HttpExchange:
@@ -91,6 +102,55 @@ class HttpExchange:
 
     def ask(self) -> Ask:
         return exchange_body(self.environ)
+
+
+# -- sessions: refresh and revoke (contract section 8) ---------------------------------------------
+
+
+@api.post("/v1/refresh")
+def refresh() -> Response:
+    granted = _broker().refresh(HttpSessionRequest(request.environ))
+    return json_response(granted_body(granted))
+
+
+@api.post("/v1/revoke")
+def revoke() -> Response:
+    _broker().revoke(HttpSessionRequest(request.environ))
+    return json_response({})
+
+
+class HttpSessionRequest:
+    """A refresh or revoke as the flow sees it (`broker.exchange.SessionRequest`)."""
+
+    def __init__(self, environ: dict[str, Any]) -> None:
+        self.environ = environ
+        self.client: str | None = environ.get("REMOTE_ADDR")
+        self.request_id: str = environ[requestid.ENVIRON_KEY]
+        self.client_request_id: str | None = environ.get(requestid.CLIENT_ENVIRON_KEY)
+
+    def refresh_token(self) -> str:
+        header = self.environ.get("HTTP_AUTHORIZATION", "")
+        # A refresh token is 49 characters; anything much longer is not one (a CI token, say),
+        # and is refused like any other malformed refresh token, never as a payload error.
+        match = _BEARER.fullmatch(header) if len(header) <= MAX_REFRESH_HEADER else None
+        token = match.group(1) if match else ""
+        if not is_refresh_token(token):
+            raise InvalidToken(
+                "an Authorization: Bearer <refresh token> header is required (the session's "
+                "refresh_token; CI tokens go to /v1/exchange)",
+                reason="no bearer token" if not header else "malformed refresh token",
+            )
+        return token
+
+    def bearer_token(self) -> str:
+        return bearer_token(self.environ)
+
+    def duration(self) -> int | None:
+        body = json_body(self.environ)
+        unknown = set(body) - {"duration"}
+        if unknown:
+            raise InvalidRequest(f"unknown field(s): {', '.join(sorted(k[:40] for k in unknown))}")
+        return duration_field(body)
 
 
 def json_response(body: dict[str, Any], status: int = 200) -> Response:

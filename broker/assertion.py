@@ -14,6 +14,7 @@ from typing import Any
 import jwt
 
 from broker import strictjson
+from broker.claims import resolve
 from broker.keys import SigningKey, b64url
 
 MAX_LIFETIME = 300
@@ -61,10 +62,13 @@ class AssertionSigner:
 
 
 def ci_context(provider: str, claims: Mapping[str, Any], neutral: Mapping[str, str]) -> dict[str, str]:
-    """Provider-neutral context (repository, repository_id, ref, run_id, sha) from a CI token."""
+    """Provider-neutral context (repository, repository_id, ref, run_id, sha) from a CI token.
+
+    `neutral` maps each name to a claim path (`kubernetes.io.serviceaccount.uid`).
+    """
     context = {"provider": provider}
     for name, claim in neutral.items():
-        value = claims.get(claim)
+        value = resolve(claims, claim)
         if isinstance(value, (str, int)) and not isinstance(value, bool):
             context[name] = str(value)
     return context

@@ -1,7 +1,8 @@
-"""One JSON audit event per exchange or refresh, granted or refused, on its own logger.
+"""One audit event per exchange or refresh, granted or refused, and per alert, on its own logger.
 
 Events carry who asked for what and why it was decided, the token's SHA-256 to correlate with the
-CI system's logs, and never the token or any credential.
+CI system's logs, and never the token or any credential. Each is one line: JSON by default, or
+CEF (`server.audit.format`, `broker.cef`); where lines go is `broker.auditsink`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from broker import cef
 from broker.auditsink import direct_sink
+from broker.errors import Blocked
 
 if TYPE_CHECKING:
+    from broker.config import ProviderConfig
     from broker.errors import BrokerError
+    from broker.sessions import Session
     from broker.verify import VerifiedToken
 
 AUDIT_LOGGER = "broker.audit"
@@ -50,11 +55,11 @@ class AuditEvent:
     by its SHA-256 and its non-secret claims only.
     """
 
-    type: str  # "exchange" | "refresh"
+    type: str  # "exchange" | "refresh" | "revoke"
     request_id: str | None
     client: str | None
     client_request_id: str | None = None
-    outcome: str = "refused"  # "granted" | "refused"
+    outcome: str = "refused"  # "granted" | "refused"; a revoke: "revoked" | "unchanged"
     error: str | None = None
     reason: str | None = None
     role: str | None = None
@@ -67,6 +72,10 @@ class AuditEvent:
     claims: dict[str, Any] = field(default_factory=dict)
     matched_rule: int | None = None
     expires_at: str | None = None
+    session_id: str | None = None  # the broker session granted, refreshed or revoked (section 8)
+    block_id: str | None = None
+    # provider:repository-or-project id (`ProviderConfig.identity`), once the token verified.
+    identity: str | None = None  # the runtime block that refused it (`ci-broker block`)
 
     @property
     def verified(self) -> bool:
@@ -76,17 +85,34 @@ class AuditEvent:
     def record_token(self, verified: VerifiedToken) -> None:
         claims = verified.claims
         self.provider = verified.provider.name
+        self.identity = verified.provider.identity(claims)
         self.issuer = claims["iss"]
         self.subject = claims["sub"]
         self.jti = claims.get("jti")
         self.token_sha256 = verified.sha256
-        self.claims = {name: claims[name] for name in verified.provider.schema.audited if name in claims}
+        self.claims = verified.provider.schema.audit_claims(claims)
+
+    def record_session(self, session: Session, provider: ProviderConfig | None) -> None:
+        """A refresh or revoke: the identity is the one the session's first exchange verified."""
+        claims = session.claims
+        self.session_id = session.id
+        self.role = session.role
+        self.provider = session.provider
+        self.issuer = session.issuer
+        self.subject = claims.get("sub")
+        self.jti = claims.get("jti")
+        self.token_sha256 = session.token_sha256
+        audited = provider.schema.audited if provider is not None else ()
+        self.claims = {name: claims[name] for name in audited if name in claims}
+        self.identity = provider.identity(claims) if provider is not None else None
 
     def granted(self, reason: str, expires_at: datetime) -> None:
         self.outcome, self.reason, self.expires_at = "granted", reason, rfc3339(expires_at)
 
     def refused(self, exc: BrokerError) -> None:
         self.outcome, self.error, self.reason = "refused", exc.code, exc.reason
+        if isinstance(exc, Blocked):
+            self.block_id = exc.block_id
 
     def failed(self, exc: BaseException) -> None:
         # The traceback goes to the operator's log (broker.app); the event names only the type.
@@ -99,11 +125,29 @@ class AuditEvent:
 _FIELDS = tuple(f.name for f in fields(AuditEvent))
 
 
+def json_line(event: Mapping[str, Any]) -> str:
+    return _encode({"time": _now_text(), **event})
+
+
+def cef_line(event: Mapping[str, Any]) -> str:
+    return cef.line(event, time.time())
+
+
+FORMATTERS = {"json": json_line, "cef": cef_line}
+_format = json_line
+
+
+def set_format(name: str) -> None:
+    """`server.audit.format`: every event this process writes from now on, whatever its type."""
+    global _format
+    _format = FORMATTERS[name]
+
+
 def emit(event: Mapping[str, Any]) -> None:
-    """Write one audit event (an `AuditEvent`'s fields, or another event type's) as a JSON line."""
+    """Write one audit event (an `AuditEvent`'s fields, or another event type's) as one line."""
     if not _logger.isEnabledFor(logging.INFO):
         return
-    line = _encode({"time": _now_text(), **event})
+    line = _format(event)
     sink = direct_sink(_logger)
     if sink is None:
         _logger.handle(_record(line))
@@ -117,4 +161,4 @@ def emit(event: Mapping[str, Any]) -> None:
 def _record(line: str) -> logging.LogRecord:
     # What Logger.info builds, less its walk up the stack for the caller's file and line: no audit
     # handler prints them, and the walk is a measurable part of an exchange's own CPU time.
-    return _logger.makeRecord(AUDIT_LOGGER, logging.INFO, __file__, 0, line, None, None)
+    return _logger.makeRecord(AUDIT_LOGGER, logging.INFO, __file__, 0, line, (), None)

@@ -13,10 +13,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from broker import clouds
-from broker.claims import SCHEMAS, ClaimSchema
+from broker import clouds, strictyaml
+from broker.alertconfig import AlertSettings, read_alert_settings
+from broker.auditconfig import AuditSettings, read_audit_settings
+from broker.claims import ClaimSchema
+from broker.hours import Hours, parse_hours
 from broker.keys import SigningKey, load_signing_key
 from broker.policy import (
     Condition,
@@ -28,14 +29,15 @@ from broker.policy import (
     evaluate,
     unknown_role,
 )
+from broker.providers import ProviderConfig as ProviderConfig
+from broker.providers import parse_providers
 from broker.replay import store_url_problem
+from broker.rulechecks import allow_rule_problems
 from broker.schema import Finding, Findings, Section, join
+from broker.sessions import MAX_SESSION_LIFETIME
 
 ROLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-PROVIDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 RATE = re.compile(r"([1-9][0-9]{0,8})/(second|minute|hour)")
-# Asymmetric algorithms only: HS* would let anyone holding the issuer's public key mint tokens.
-PROVIDER_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
 
 
 class ConfigError(Exception):
@@ -49,6 +51,7 @@ class ConfigError(Exception):
 class RateLimits:
     per_identity: str | None
     per_client: str | None
+    per_session: str | None = None  # refreshes of one broker session (section 8)
 
 
 @dataclass(frozen=True)
@@ -60,20 +63,8 @@ class ServerConfig:
     token_max_age: int
     leeway: int
     rate_limits: RateLimits | None
-
-
-@dataclass(frozen=True)
-class ProviderConfig:
-    name: str
-    issuer: str
-    type: str
-    jwks_uri: str | None
-    ca_bundle: str | None
-    algorithms: tuple[str, ...]
-
-    @property
-    def schema(self) -> ClaimSchema:
-        return SCHEMAS[self.type]
+    alerts: AlertSettings = AlertSettings()
+    audit: AuditSettings = AuditSettings()
 
 
 @dataclass(frozen=True)
@@ -83,6 +74,8 @@ class RoleConfig:
     settings: Any  # the cloud kind's frozen settings object
     rules: tuple[Rule, ...]
     denies: tuple[DenyRule, ...] = ()  # the top-level deny rules that cover this role
+    session_lifetime: int = 0  # seconds a session may be refreshed for (section 8); 0: no sessions
+    hours: Hours | None = None  # working hours: a grant outside them raises the off_hours alert
 
     @property
     def max_duration(self) -> int | None:
@@ -124,28 +117,6 @@ class Config:
         return role, decision
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys: with plain YAML the last one silently wins."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen.add(key)
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_StrictLoader)
-
-
 def load_config(path: str | Path) -> Config:
     """Read, validate and compile a config file; raises ConfigError listing every problem."""
     file = str(path)
@@ -153,18 +124,21 @@ def load_config(path: str | Path) -> Config:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(file, [Finding("error", "<file>", f"cannot read: {exc}")]) from None
-    try:
-        data = parse_yaml(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(file, [Finding("error", "<file>", f"invalid YAML: {exc}")]) from None
-    return build_config(data, base_dir=Path(path).resolve().parent, file=file)
+    with strictyaml.collector_paused():
+        try:
+            data = strictyaml.loads(text)
+        except strictyaml.YamlProblem as exc:
+            raise ConfigError(file, [Finding("error", exc.path or "<file>", exc.message)]) from None
+        config = build_config(data, base_dir=Path(path).resolve().parent, file=file)
+        del data  # freed before the collector is back, so its next pass sees only the config
+    return config
 
 
 def build_config(data: Any, *, base_dir: Path, file: str = "<config>") -> Config:
     findings = Findings()
     top = Section(data, "", findings)
     server = _server(top.section("server", required=True), base_dir)
-    providers = _providers(top.section("providers", required=True))
+    providers = parse_providers(top.section("providers", required=True))
     roles = _roles(top.section("roles", required=True), providers)
     deny = _deny_rules(top, providers, roles)
     top.finish()
@@ -203,6 +177,8 @@ def _server(s: Section, base_dir: Path) -> ServerConfig | None:
     token_max_age = s.integer("token_max_age", 900, minimum=1, maximum=86400)
     leeway = s.integer("leeway", 60, minimum=0, maximum=600)
     rate_limits = _rate_limits(s)
+    alerts = read_alert_settings(s)
+    audit = read_audit_settings(s, base_dir)
     s.finish()
     if not issuer or not audience or not keys or token_max_age is None or leeway is None:
         return None
@@ -214,6 +190,8 @@ def _server(s: Section, base_dir: Path) -> ServerConfig | None:
         token_max_age=token_max_age,
         leeway=leeway,
         rate_limits=rate_limits,
+        alerts=alerts,
+        audit=audit,
     )
 
 
@@ -239,47 +217,9 @@ def _rate_limits(s: Section) -> RateLimits | None:
     hint = "N/second, N/minute or N/hour"
     per_identity = limits.string("per_identity", "600/minute", pattern=RATE, hint=hint)
     per_client = limits.string("per_client", "6000/minute", pattern=RATE, hint=hint)
+    per_session = limits.string("per_session", "60/minute", pattern=RATE, hint=hint)
     limits.finish()
-    return RateLimits(per_identity=per_identity, per_client=per_client)
-
-
-def _providers(s: Section) -> dict[str, ProviderConfig]:
-    providers: dict[str, ProviderConfig] = {}
-    issuers: dict[str, str] = {}
-    for name in list(s.keys()):
-        p = s.section(name)
-        if not isinstance(name, str) or not PROVIDER_NAME.fullmatch(name):
-            s.findings.error(p.path, "provider names use letters, digits, '.', '_' and '-'")
-            continue
-        issuer = p.url("issuer", required=True)
-        kind = p.choice("type", tuple(SCHEMAS), required=True)
-        jwks_uri = p.url("jwks_uri")
-        ca_bundle = p.string("ca_bundle")
-        if ca_bundle and not Path(ca_bundle).is_file():
-            s.findings.error(p.at("ca_bundle"), f"{ca_bundle!r} is not a readable file")
-        algorithms = p.string_list("algorithms", ("RS256",))
-        for i, alg in enumerate(algorithms):
-            if alg not in PROVIDER_ALGORITHMS:
-                s.findings.error(
-                    join(p.at("algorithms"), i),
-                    f"{alg!r} is not allowed; use one of {', '.join(PROVIDER_ALGORITHMS)}",
-                )
-        p.finish()
-        if issuer in issuers:
-            s.findings.error(p.at("issuer"), f"the same issuer is already provider {issuers[issuer]!r}")
-        if issuer and kind:
-            issuers[issuer] = name
-            providers[name] = ProviderConfig(
-                name=name,
-                issuer=issuer,
-                type=kind,
-                jwks_uri=jwks_uri,
-                ca_bundle=ca_bundle,
-                algorithms=algorithms,
-            )
-    if s.valid and not providers and not s.findings.errors:
-        s.findings.error(s.path, "at least one provider is required")
-    return providers
+    return RateLimits(per_identity=per_identity, per_client=per_client, per_session=per_session)
 
 
 def _roles(s: Section, providers: dict[str, ProviderConfig]) -> dict[str, RoleConfig]:
@@ -301,10 +241,31 @@ def _roles(s: Section, providers: dict[str, ProviderConfig]) -> dict[str, RoleCo
                 r.raw(other)
                 s.findings.error(r.at(other), f"does not apply to a role whose cloud is {cloud!r}")
         rules = _rules(r, providers)
+        session_lifetime = r.integer("session_lifetime", 0, minimum=0, maximum=MAX_SESSION_LIFETIME)
+        hours = _hours(r)
         r.finish()
-        if cloud and settings is not None and rules:
-            roles[name] = RoleConfig(name=name, cloud=cloud, settings=settings, rules=rules)
+        if cloud and settings is not None and rules and session_lifetime is not None:
+            roles[name] = RoleConfig(
+                name=name,
+                cloud=cloud,
+                settings=settings,
+                rules=rules,
+                session_lifetime=session_lifetime,
+                hours=hours,
+            )
     return roles
+
+
+def _hours(r: Section) -> Hours | None:
+    """A role's working hours (`broker.hours`): grants outside them raise the off_hours alert."""
+    entries = r.string_list("hours")
+    if not entries:
+        return None
+    try:
+        return parse_hours(entries)
+    except ValueError as exc:
+        r.findings.error(r.at("hours"), str(exc))
+        return None
 
 
 def _rules(r: Section, providers: dict[str, ProviderConfig]) -> tuple[Rule, ...]:
@@ -328,7 +289,11 @@ def _rules(r: Section, providers: dict[str, ProviderConfig]) -> tuple[Rule, ...]
         rule.raw("description")
         rule.finish()
         if provider and conditions:
-            rules.append(Rule(index=i, provider=provider, conditions=conditions))
+            problems = allow_rule_problems(providers[provider], conditions)
+            for problem in problems:
+                r.findings.error(rule.path, problem)
+            if not problems:
+                rules.append(Rule(index=i, provider=provider, conditions=conditions))
     return tuple(rules) if len(rules) == len(raw) else ()
 
 
@@ -404,7 +369,14 @@ def _conditions(c: Section, schema: ClaimSchema | None) -> tuple[Condition, ...]
         if schema is None:
             continue
         try:
-            conditions.append(compile_condition(claim, raw, schema))
+            condition = compile_condition(claim, raw, schema)
         except ValueError as exc:
             c.findings.error(c.at(claim), str(exc))
+            continue
+        if schema.declared and not schema.knows(claim):
+            # An oidc provider's schema is the operator's own list: a claim outside it is a typo or
+            # a gap in the schema, and a rule on it would silently never hold.
+            c.findings.error(c.at(claim), f"{claim!r} is not a claim this provider's schema declares")
+            continue
+        conditions.append(condition)
     return tuple(conditions) if schema is not None and len(conditions) == len(list(c.keys())) else ()

@@ -12,6 +12,7 @@ Tokens and credentials are never printed. Everything secret the demo handles is 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from typing import Any, TextIO
 ROLE = "deploy-prod"
 GITLAB_ROLE = "gitlab-deploy"
 ASSERTION_MAX_LIFETIME = 300
+SESSION_LIFETIME = 3 * 3600
 # What a reader sees of a CI job's token: the claims a policy is usually written against.
 SHOWN_CLAIMS = (
     "iss",
@@ -52,6 +54,18 @@ OTHER_CLOUDS = {
     "gcp": ("a GCP", "the local Google endpoints"),
     "azure": ("an Azure", "the local Entra ID endpoint"),
 }
+# The Buildkite step: the organization and pipeline a rule pins (buildkite_claims' own), and what
+# of its token is shown.
+BUILDKITE_ORG_ID = "0184990a-477b-4fa8-9968-496074483c77"
+BUILDKITE_PIPELINE_ID = "0184990a-4782-42b5-afc1-16715b10b1a0"
+BUILDKITE_SHOWN = (
+    "organization_slug",
+    "organization_id",
+    "pipeline_id",
+    "build_branch",
+    "step_key",
+    "job_id",
+)
 # A compact JWS (three base64url parts, the first two JSON objects): never legitimately in output.
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
 
@@ -92,7 +106,7 @@ class Demo:
             self._audit_handler = _AuditTap(self.audit)
             logger.addHandler(self._audit_handler)
             logger.setLevel(logging.INFO)
-            self._app = self.sandbox.serve_in_process()
+            self._app = self.sandbox.serve_in_process(self.demo_config())
         except BaseException:
             self.__exit__(None, None, None)  # whatever did start must not outlive a failed start
             raise
@@ -126,6 +140,12 @@ class Demo:
     @property
     def config(self) -> Any:
         return self._app.extensions["broker"].config
+
+    def demo_config(self) -> dict[str, Any]:
+        """The sandbox's policy, with sessions (contract section 8) on the demo's AWS role."""
+        config = self.sandbox.config_dict()
+        config["roles"][ROLE]["session_lifetime"] = SESSION_LIFETIME
+        return config
 
     # -- output -----------------------------------------------------------------------------------
     def say(self, text: str = "", indent: int = 0) -> None:
@@ -172,6 +192,8 @@ class Demo:
             self.step_replay,
             self.step_gitlab,
             self.step_other_clouds,
+            self.step_sessions,
+            self.step_buildkite,
         ]
         for step in steps:
             try:
@@ -216,7 +238,7 @@ class Demo:
         self.say(f"The policy for role {ROLE} (the whole demo config: `ci-broker demo --serve`):")
         import yaml
 
-        role = box.config_dict()["roles"][ROLE]
+        role = self.demo_config()["roles"][ROLE]
         self.say(yaml.safe_dump({"roles": {ROLE: role}}, sort_keys=False).rstrip(), 2)
 
     def step_mint(self) -> None:
@@ -497,13 +519,179 @@ class Demo:
             )
             self.expect(described is not None, f"the token is one {where} issued, and still valid")
 
+    def step_buildkite(self) -> None:
+        """Any CI that issues OIDC tokens: a Buildkite job, whose issuer every organization shares.
+
+        A second broker app is built from the demo config plus a Buildkite provider and rule (same
+        issuer URL and signing key, so the local STS trusts it as it trusts the first) and is called
+        through its WSGI interface: the running demo broker is left as it is for the steps after.
+        """
+        from broker.app import create_app
+        from broker.config import ConfigError, build_config
+        from broker.sandbox.issuer import OMIT, LocalIssuer, buildkite_claims
+
+        box = self.sandbox
+        after = int(self._step) + 1 if self._step.isdigit() else 9  # numbered after the last step
+        self.heading(str(after), "The same policy serves any CI with OIDC: a Buildkite job")
+        rule = {
+            "organization_id": BUILDKITE_ORG_ID,
+            "pipeline_id": BUILDKITE_PIPELINE_ID,
+            "build_branch": "main",
+        }
+        with LocalIssuer() as issuer:
+            config = box.config_dict()
+            config["providers"]["buildkite"] = {"issuer": issuer.url, "type": "buildkite"}
+            config["roles"][ROLE]["allow"].append({"provider": "buildkite", "claims": rule})
+            self.say("A provider of type buildkite and one more rule for role deploy-prod:", 3)
+            self.say(f"providers.buildkite: {{issuer: {issuer.url}, type: buildkite}}", 5)
+            self.say(f"allow: {{provider: buildkite, claims: {json.dumps(rule)}}}", 5)
+            app = create_app(build_config(copy.deepcopy(config), base_dir=box.workdir))
+            try:
+                client = app.test_client()
+
+                def exchange(token: str) -> Any:
+                    self.secrets.append(token)
+                    headers = {"Authorization": f"Bearer {token}"}
+                    return client.post("/v1/exchange", json={"role": ROLE}, headers=headers)
+
+                claims = buildkite_claims(aud=box.broker_url, jti=OMIT)
+                self.say("buildkite-agent oidc request-token --claim organization_id,pipeline_id, from an", 3)
+                self.say("older agent (no jti; a step without a key sends step_key null):", 3)
+                self.show_claims({**claims, "step_key": None}, BUILDKITE_SHOWN)
+                token = issuer.mint({**claims, "step_key": None})
+                accepted_before = len(box.sts.accepted)
+                response = exchange(token)
+                body = response.get_json(silent=True) or {}
+                self.secrets.extend(v for k, v in body.get("credentials", {}).items() if k != "region")
+                self.say(f"the broker answered {response.status_code}, cloud {body.get('cloud')}", 5)
+                new = box.sts.accepted[accepted_before:]
+                self.expect(
+                    response.status_code == 200 and len(new) == 1 and new[0].get("provider") == "buildkite",
+                    "a Buildkite token gets AWS credentials through the same role and policy",
+                    f"{response.status_code} {body.get('error')}",
+                )
+                again = exchange(token)
+                self.expect(
+                    again.status_code == 401,
+                    "without a jti the token is still single use (keyed on the SHA-256 of what was signed)",
+                    str(again.status_code),
+                )
+                other = issuer.mint(
+                    {
+                        **buildkite_claims(aud=box.broker_url),
+                        "organization_id": "0190aaaa-0000-4000-8000-0000000000e1",
+                    }
+                )
+                self.say("another organization's job, same issuer, same slugs, branch and step:", 3)
+                refused = exchange(other)
+                self.say(f"the broker answered {refused.status_code}", 5)
+                self.expect(refused.status_code == 403, "another Buildkite organization is refused (403)")
+            finally:
+                app.extensions["broker"].close()
+            unpinned = copy.deepcopy(config)
+            unpinned["roles"][ROLE]["allow"][-1]["claims"] = {
+                "organization_slug": "acme-inc",
+                "build_branch": "main",
+            }
+            try:
+                build_config(unpinned, base_dir=box.workdir)
+                problem = ""
+            except ConfigError as exc:
+                problem = next((f.message for f in exc.findings if "tenant" in f.message), "")
+            self.say("the same rule on slugs instead of ids is not a policy the broker will load:", 3)
+            self.say(problem or "(it loaded)", 5)
+            self.expect(bool(problem), "a rule that does not pin the organization's id is refused at load")
+
+    def step_sessions(self) -> None:
+        """Contract section 8: a session refreshed twice, a spent refresh token replayed, the end."""
+        import requests
+
+        self.heading("9", "A long job refreshes its credentials; a copied refresh token ends the session")
+        box = self.sandbox
+        token = box.github_token()
+        self.secrets.append(token)
+        body = _json(box.exchange(token, ROLE))
+        session = body.get("session") or {}
+        self._keep_secrets(body)
+        self.say(
+            f"With session_lifetime: {SESSION_LIFETIME} on {ROLE}, an exchange also returns a session: "
+            f"id {session.get('id')},\nuntil {session.get('expires_at')}, and a refresh token "
+            "(stored by the broker only as a hash).",
+            3,
+        )
+        if not self.expect(bool(session.get("refresh_token")), "the exchange returned a session"):
+            return
+        tokens = [session["refresh_token"]]
+        keys = [body["credentials"]["access_key_id"]]
+
+        def refresh(refresh_token: str) -> tuple[int, dict[str, Any]]:
+            response = requests.post(
+                f"{box.broker_url}/v1/refresh",
+                json={},
+                headers={"Authorization": f"Bearer {refresh_token}"},
+                timeout=30,
+            )
+            answer = _json(response)
+            self._keep_secrets(answer)
+            return response.status_code, answer
+
+        for n in (1, 2):
+            status, answer = refresh(tokens[-1])
+            rotated = (answer.get("session") or {}).get("refresh_token")
+            creds = answer.get("credentials") or {}
+            self.say(
+                f"POST /v1/refresh #{n}: {status}, new credentials {redact(creds.get('access_key_id', ''))} "
+                f"until {answer.get('expires_at')}, and the next refresh token",
+                3,
+            )
+            if not self.expect(
+                status == 200 and bool(rotated) and rotated not in tokens,
+                f"refresh {n}: the broker checked the policy again and issued fresh credentials",
+                f"{status} {answer.get('error')}",
+            ):
+                return
+            tokens.append(str(rotated))
+            keys.append(creds.get("access_key_id", ""))
+        self.expect(len(set(keys)) == 3, "each refresh issued new credentials")
+
+        audit_before = len(self.audit)
+        status, answer = refresh(tokens[0])
+        self.say(
+            f"the first refresh token again (a copy someone kept): {status} {answer.get('error')}: "
+            f"{answer.get('message')}",
+            3,
+        )
+        self.expect(status == 401, "a spent refresh token is refused with 401", str(status))
+        alerts = [e for e in self.audit[audit_before:] if e.get("alert") == "refresh_reuse"]
+        if alerts:
+            self.say(
+                f"audit: alert refresh_reuse, severity {alerts[0].get('severity')}, "
+                f"session {alerts[0].get('details', {}).get('session_id')}",
+                3,
+            )
+        self.expect(len(alerts) == 1, "the broker raised the refresh_reuse alert")
+        status, answer = refresh(tokens[-1])
+        self.say(f"the latest refresh token: {status} {answer.get('error')}: {answer.get('message')}", 3)
+        self.expect(
+            status == 401 and "ended" in str(answer.get("message")),
+            "the whole session is dead: even the latest refresh token is refused",
+            str(status),
+        )
+
+    def _keep_secrets(self, answer: dict[str, Any]) -> None:
+        creds = answer.get("credentials") or {}
+        self.secrets.extend(v for k, v in creds.items() if k != "region")
+        refresh_token = (answer.get("session") or {}).get("refresh_token")
+        if refresh_token:
+            self.secrets.append(refresh_token)
+
     # -- helpers ----------------------------------------------------------------------------------
     def show_claims(self, claims: dict[str, Any], names: Iterable[str], indent: int = 5) -> None:
         names = [n for n in names if n in claims]
         width = max((len(n) for n in names), default=0)
         for name in names:
             value = claims[name]
-            text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+            text = json.dumps(value) if value is None or isinstance(value, (dict, list)) else str(value)
             self.say(f"{name:<{width}}  {text}", indent)
 
     def show_trace(self, role: str, claims: dict[str, Any], indent: int = 5) -> bool:
@@ -534,7 +722,7 @@ class Demo:
             endpoint_url=self.sandbox.sts.url,
             config=Config(retries={"max_attempts": 1}, connect_timeout=5, read_timeout=10),
         )
-        return client.get_caller_identity()
+        return dict(client.get_caller_identity())
 
     # -- --serve ----------------------------------------------------------------------------------
     def serve(self, stdin: TextIO) -> None:
@@ -653,7 +841,8 @@ def _payload(token: str) -> dict[str, Any]:
     import base64
 
     part = token.split(".")[1]
-    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    payload: dict[str, Any] = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    return payload
 
 
 def _json(response: Any) -> dict[str, Any]:

@@ -42,6 +42,14 @@ class AccessDenied(BrokerError):
         super().__init__(self.MESSAGE, reason=reason)
 
 
+class Blocked(AccessDenied):
+    """A runtime block (`ci-broker block`) matched: the caller sees the same 403 as any other."""
+
+    def __init__(self, block_id: str, block_reason: str) -> None:
+        super().__init__(reason=f"block {block_id}: {block_reason}")
+        self.block_id = block_id
+
+
 class PayloadTooLarge(BrokerError):
     status = 413
     code = "payload_too_large"

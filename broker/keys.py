@@ -16,6 +16,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 ALGORITHMS = ("ES256", "RS256")
@@ -81,7 +82,7 @@ def generate_private_key(alg: str) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivat
     raise ValueError(f"unsupported algorithm {alg!r}; use one of {', '.join(ALGORITHMS)}")
 
 
-def private_key_pem(private_key: Any) -> bytes:
+def private_key_pem(private_key: PrivateKeyTypes) -> bytes:
     return private_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from broker.claims import Untrusted
 from broker.config import Config
-from broker.policy import Rule
+from broker.policy import Condition, Rule
 from broker.policylint import policy_findings
 from broker.schema import Finding
 
@@ -42,16 +43,12 @@ def rule_warnings(config: Config, rule: Rule) -> list[str]:
     pinned_ids = [
         c for c in rule.conditions if c.claim in schema.immutable_ids and c.kind in ("exact", "any_of")
     ]
-    if not pinned_ids:
+    # A schema with no immutable id (Jenkins' defaults) has nothing to bind: no warning to act on.
+    if schema.immutable_ids and not pinned_ids:
         ids = " / ".join(sorted(schema.immutable_ids))
         out.append(
-            f"binds no immutable id ({ids}) with an exact value: a renamed, deleted or "
-            "recreated repository or namespace with the same name would match"
-        )
-    if all(c.claim in schema.user_controlled for c in rule.conditions):
-        out.append(
-            "every condition is on a claim the job's author controls "
-            f"({', '.join(sorted(by_claim))}): anyone who can push could match it"
+            f"binds no immutable id ({ids}) with an exact value: a renamed, deleted or recreated "
+            "repository, project or pipeline with the same name would match"
         )
     sub = by_claim.get("sub")
     if sub is not None and sub.kind in ("glob", "regex"):
@@ -59,23 +56,26 @@ def rule_warnings(config: Config, rule: Rule) -> list[str]:
             "a pattern on sub: sub packs several claims into one string, so a pattern can "
             "match more than intended; match the individual claims instead"
         )
-    event = by_claim.get(schema.event_claim)
-    untrusted = sorted(schema.untrusted_events)
-    if event is None:
-        out.append(
-            f"no condition on {schema.event_claim}: reachable from {', '.join(untrusted)} "
-            f"pipelines; pin {schema.event_claim} to the events that may deploy"
-        )
-    else:
-        reachable = [e for e in untrusted if event.matches_text(e)]
-        if reachable:
-            out.append(
-                f"{schema.event_claim} admits {', '.join(reachable)}: code from a pull or "
-                "merge request could obtain these credentials"
-            )
+    if schema.untrusted is not None:
+        out.extend(_untrusted_warnings(schema.untrusted, by_claim.get(schema.untrusted.claim)))
     for claim in sorted(by_claim):
-        if claim not in schema.known:
+        if not schema.knows(claim):
             out.append(
                 f"claim {claim!r} is not one {schema.type} tokens carry: the rule can never match (typo?)"
             )
     return out
+
+
+def _untrusted_warnings(untrusted: Untrusted, condition: Condition | None) -> list[str]:
+    samples = sorted(untrusted.samples)
+    if condition is None:
+        return [
+            f"no condition on {untrusted.claim}: reachable from {', '.join(samples)} ({untrusted.why}); "
+            f"pin {untrusted.claim} to the values that may deploy"
+        ]
+    reachable = [v for v in samples if condition.matches_text(v)]
+    if reachable:
+        return [
+            f"{untrusted.claim} admits {', '.join(reachable)}: {untrusted.why} could obtain these credentials"
+        ]
+    return []

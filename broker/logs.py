@@ -14,9 +14,10 @@ from typing import IO, Any
 
 from pythonjsonlogger.json import JsonFormatter
 
-from broker import requestid
+from broker import audit, requestid
 from broker.audit import AUDIT_LOGGER
-from broker.auditsink import AuditFile, AuditSink, AuditStream
+from broker.auditconfig import AuditSettings
+from broker.auditsink import AuditFile, AuditStream, AuditSyslog, LineHandler
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -79,20 +80,35 @@ def configure(level: str = "INFO", stream: IO[str] | None = None) -> None:
     root.setLevel(level)
 
 
-def configure_audit(path: str | None = None, stream: IO[str] | None = None) -> AuditSink:
-    """Route audit events to `path` (appended; reopened if logrotate moves it) or to stdout.
+def configure_audit(
+    path: str | None = None, stream: IO[str] | None = None, settings: AuditSettings | None = None
+) -> LineHandler:
+    """Route audit events as `settings` (`server.audit`) say: JSON or CEF lines, to stdout, a file
+    (appended; reopened if logrotate moves it) or syslog. `path` (`serve --audit-log`) overrides
+    the sink with that file; `stream` (tests) with that stream.
 
     Replaces a handler this function installed before, leaves any other (an operator's or a
-    test's) alone.
+    test's) alone. Call it in the process that writes (each worker, after the fork): a syslog
+    sink sends from a thread of that process.
     """
+    settings = settings or AuditSettings()
     logger = logging.getLogger(AUDIT_LOGGER)
     for old in list(logger.handlers):
         if getattr(old, "_ci_broker", False):
             logger.removeHandler(old)
             old.close()
-    handler: AuditSink = AuditFile(path) if path else AuditStream(stream or sys.stdout)
+    audit.set_format(settings.format)
+    handler = _audit_handler(path, stream, settings)
     handler._ci_broker = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
     return handler
+
+
+def _audit_handler(path: str | None, stream: IO[str] | None, settings: AuditSettings) -> LineHandler:
+    if path or (stream is None and settings.file):
+        return AuditFile(path or settings.file or "")
+    if stream is None and settings.syslog is not None:
+        return AuditSyslog(settings.syslog, settings.facility)
+    return AuditStream(stream or sys.stdout)

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 UNKNOWN_ROLE = "(unknown)"  # cannot collide with a configured role: role names start with [A-Za-z0-9]
-RATE_LIMIT_KINDS = ("per_identity", "per_client")
+RATE_LIMIT_KINDS = ("per_identity", "per_client", "per_session")
 _CODE = re.compile(r"[a-z][a-z_]{0,39}")
 # Exchanges cost milliseconds plus the cloud's round trip; the top buckets catch retries and hangs.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -57,6 +57,16 @@ class Metrics:
             "ci_broker_exchanges",
             "Exchanges by outcome (granted|refused), error code, provider, cloud and role.",
             ["outcome", "error", "provider", "cloud", "role"],
+        )
+        self.refreshes = Counter(
+            "ci_broker_refreshes",
+            "Session refreshes by outcome (granted|refused), error code, provider, cloud and role.",
+            ["outcome", "error", "provider", "cloud", "role"],
+        )
+        self.sessions_ended = Counter(
+            "ci_broker_sessions_ended",
+            "Broker sessions ended before their expiry, by reason (revoked|refresh_reuse|operator).",
+            ["reason"],
         )
         self.request_latency = Histogram(
             "ci_broker_request_duration_seconds",
@@ -93,6 +103,29 @@ class Metrics:
             ["kid", "alg", "active"],
             multiprocess_mode="livemax",
         )
+        # Incident response (contract section 9): alerts, runtime blocks, background queues.
+        self.alerts = Counter("ci_broker_alerts", "Alerts raised, by kind.", ["alert"])
+        self.blocks_active = Gauge(
+            "ci_broker_blocks_active",
+            "Runtime blocks in force, as the live worker that sees the most counts them.",
+            multiprocess_mode="livemax",
+        )
+        self.blocks_synced = Gauge(
+            "ci_broker_blocks_synced_timestamp_seconds",
+            "Unix time of the last successful read of the block store; the stalest live worker's.",
+            multiprocess_mode="livemin",
+        )
+        self.webhook_deliveries = Counter(
+            "ci_broker_alert_webhook_deliveries",
+            "Alert webhook POST attempts by result (ok|error).",
+            ["result"],
+        )
+        self.background_dropped = Counter(
+            "ci_broker_background_dropped",
+            "Items a background sender dropped, by queue (webhook, alert_counting, audit_syslog) "
+            "and reason (queue_full, gave_up, rejected).",
+            ["queue", "reason"],
+        )
 
 
 _pid = os.getpid()
@@ -124,6 +157,8 @@ def get() -> Metrics:
 
 ENDPOINT_PATHS = {
     "/v1/exchange": "exchange",
+    "/v1/refresh": "refresh",
+    "/v1/revoke": "revoke",
     f"/{DISCOVERY_PATH}": "discovery",
     f"/{JWKS_PATH}": "jwks",
     "/healthz": "healthz",
@@ -163,19 +198,62 @@ def signing_keys(keys: Sequence[Any]) -> None:
         get().signing_key.labels(key.kid, key.alg, "true" if i == 0 else "false").set(1)
 
 
+def alert_raised(kind: str) -> None:
+    """Called for each alert; `kind` is one of `broker.alerts.KINDS`."""
+    _child("alerts", kind).inc()
+
+
+def alert_kinds(kinds: Iterable[str]) -> None:
+    """Called once at start-up: every kind's counter exists at 0, so a rule sees its first rise."""
+    for kind in kinds:
+        _child("alerts", kind)
+
+
+def blocks_synced(active: int) -> None:
+    """Called by the block list after each successful poll of the block store."""
+    m = get()
+    m.blocks_active.set(active)
+    m.blocks_synced.set(time.time())
+
+
+def webhook_attempt(ok: bool) -> None:
+    _child("webhook_deliveries", "ok" if ok else "error").inc()
+
+
+def background_dropped(queue: str, reason: str) -> None:
+    """Called by a background sender for each item it gives up on (bounded labels: see callers)."""
+    _child("background_dropped", queue, reason).inc()
+
+
 def exchange_finished(event: AuditEvent, roles: Container[str]) -> None:
     """Count one exchange by its audit event's outcome, error code, provider, cloud and role.
 
     The role is the caller's text until its token verifies: it is counted only then (and as
     `(unknown)` if the config lacks it), so a garbage token cannot probe which roles exist.
     """
+    _count_request("exchanges", event, roles)
+
+
+def refresh_finished(event: AuditEvent, roles: Container[str]) -> None:
+    """Count one refresh like an exchange; its identity is the session's, once the token is known."""
+    _count_request("refreshes", event, roles)
+
+
+def session_ended(reason: str) -> None:
+    """Called each time a live session is ended before its expiry."""
+    from broker.sessions import END_REASONS
+
+    _child("sessions_ended", reason if reason in END_REASONS else "other").inc()
+
+
+def _count_request(metric: str, event: AuditEvent, roles: Container[str]) -> None:
     role = event.role
     if role is None or not event.verified:
         role_label = ""
     else:
         role_label = role if role in roles else UNKNOWN_ROLE
     _child(
-        "exchanges",
+        metric,
         event.outcome,
         _code(event.error),
         event.provider or "",  # a configured provider name, set only once verified
@@ -187,9 +265,10 @@ def exchange_finished(event: AuditEvent, roles: Container[str]) -> None:
 # -- the Flask side -------------------------------------------------------------------------------
 
 
-def instrument(app: Flask) -> None:
-    """Serve `/metrics` and time every request by endpoint."""
-    app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
+def instrument(app: Flask, *, route: bool = True) -> None:
+    """Time every request by endpoint, and serve `/metrics` unless `route` is false."""
+    if route:
+        app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
     app.wsgi_app = _TimedWSGI(app.wsgi_app)  # type: ignore[method-assign]
 
 
@@ -255,7 +334,7 @@ def render() -> bytes:
     else:
         families = list(REGISTRY.collect())
     families.append(_cache_age(families))
-    return generate_latest(_Families(families))  # type: ignore[arg-type]
+    return generate_latest(_Families(families))
 
 
 def _cache_age(families: Iterable[Any]) -> Any:

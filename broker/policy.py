@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.claims import ClaimSchema, claim_text
+from broker.claims import ABSENT, CLAIM_PATH, ClaimSchema, claim_text, resolve
 
 
 def glob_to_regex(pattern: str) -> str:
@@ -56,15 +56,30 @@ class Condition:
 
     def holds(self, claims: Mapping[str, Any], schema: ClaimSchema) -> bool:
         """`check` without its reason: what a granted exchange needs."""
-        if self.claim not in claims:
-            return False
-        text = claim_text(claims[self.claim])
+        value = claims.get(self.claim, ABSENT)
+        if value is ABSENT and "." in self.claim:  # a nested claim's path
+            value = resolve(claims, self.claim)
+        if isinstance(value, list) and self.claim in schema.list_claims:
+            return any(self._holds_for(item, schema) for item in value)
+        return self._holds_for(value, schema)
+
+    def _holds_for(self, value: Any, schema: ClaimSchema) -> bool:
+        # ABSENT, null, objects and lists have no text: they never match.
+        text = claim_text(value)
         return text is not None and self.matches_text(schema.normalize(self.claim, text))
 
     def check(self, claims: Mapping[str, Any], schema: ClaimSchema) -> tuple[bool, str]:
-        if self.claim not in claims:
+        value = resolve(claims, self.claim)
+        if value is ABSENT:
             return False, f"{self.claim}: absent from the token (wanted {self.describe()})"
-        text = claim_text(claims[self.claim])
+        if value is None:
+            return False, f"{self.claim}: is null, which matches no condition (wanted {self.describe()})"
+        if isinstance(value, list) and self.claim in schema.list_claims:
+            ok = any(self._holds_for(item, schema) for item in value)
+            shown = [claim_text(item) for item in value[:10]]
+            verb = "has an element that" if ok else "has no element that"
+            return ok, f"{self.claim}: {shown!r} {verb} matches {self.describe()}"
+        text = claim_text(value)
         if text is None:
             return False, f"{self.claim}: is not a string, number or boolean"
         text = schema.normalize(self.claim, text)
@@ -75,6 +90,11 @@ class Condition:
 
 def compile_condition(claim: str, raw: Any, schema: ClaimSchema) -> Condition:
     """Build a condition from its config form; raises ValueError with the reason."""
+    if not CLAIM_PATH.fullmatch(claim):
+        raise ValueError(
+            f"{claim!r} is not a claim name: dot-separated parts, none empty, no spaces "
+            "(a nested claim is its path, e.g. kubernetes.io.namespace)"
+        )
     if isinstance(raw, str):
         return Condition(claim, "exact", (schema.normalize(claim, raw),))
     if isinstance(raw, list):

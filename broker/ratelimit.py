@@ -1,6 +1,8 @@
-"""Rate limits on exchanges (`server.rate_limits`): per client address and per CI identity.
+"""Rate limits on exchanges and refreshes (`server.rate_limits`): per client address, per CI
+identity and per broker session.
 
-Two limits, counted at two points of the request:
+Two limits, counted at two points of the request (a refresh counts against both, its identity
+being the one its session recorded, and against a third, per session, at the same point):
 
 - per client address, before anything is parsed or verified, so a flood of garbage costs one
   counter increment per request and never reaches the JWKS fetch or the signature check;
@@ -31,7 +33,6 @@ from limits.storage import MemoryStorage, RedisStorage, Storage
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from broker import metrics
-from broker.claims import claim_text
 from broker.config import Config, ProviderConfig, RateLimits
 from broker.errors import RateLimited, Unavailable
 from broker.replay import describe_store, is_redis_url, redis_options
@@ -45,7 +46,7 @@ REDIS_TIMEOUT = 0.5
 
 @dataclass(frozen=True)
 class _Limit:
-    scope: str  # "client" | "identity"
+    scope: str  # "client" | "identity" | "session"
     item: RateLimitItem
     text: str
 
@@ -56,12 +57,15 @@ class RateLimiter:
         self.where = describe_store(redis_url) if redis_url else "memory"
         self._client: _Limit | None = None
         self._identity: _Limit | None = None
+        self._session: _Limit | None = None
         if limits is None:
             return
         if limits.per_client:
             self._client = _Limit("client", parse(limits.per_client), limits.per_client)
         if limits.per_identity:
             self._identity = _Limit("identity", parse(limits.per_identity), limits.per_identity)
+        if limits.per_session:
+            self._session = _Limit("session", parse(limits.per_session), limits.per_session)
         storage: Storage
         if redis_url:
             storage = RedisStorage(redis_url, wrap_exceptions=True, **redis_options(redis_url, REDIS_TIMEOUT))
@@ -86,7 +90,12 @@ class RateLimiter:
         Shaped as the verifier's `admit` hook: called after verification, before single use.
         """
         if self._identity is not None:
-            self._hit(self._identity, identity(provider, claims))
+            self._hit(self._identity, provider.identity(claims))
+
+    def admit_session(self, session_id: str) -> None:
+        """Count one refresh of a broker session; raises RateLimited over the per-session limit."""
+        if self._session is not None:
+            self._hit(self._session, session_id)
 
     def _hit(self, limit: _Limit, key: str) -> None:
         try:
@@ -127,9 +136,3 @@ def _is_outage(cause: BaseException) -> bool:
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     return isinstance(cause, (OSError, RedisConnectionError, RedisTimeoutError))
-
-
-def identity(provider: ProviderConfig, claims: Mapping[str, Any]) -> str:
-    """provider + repository/project id: what one repository's jobs share, whatever its name."""
-    text = claim_text(claims.get(provider.schema.neutral["repository_id"]))
-    return f"{provider.name}:{text if text is not None else '?'}"

@@ -108,12 +108,7 @@ class SqliteReplayStore:
         self._lock = threading.Lock()
         self._writes = 0
         try:
-            # isolation_level=None: each statement commits on its own; no transaction left open.
-            self._conn = sqlite3.connect(
-                self.path, timeout=SQLITE_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-            )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn = sqlite_connection(self.path)
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS used_tokens "
                 "(key TEXT PRIMARY KEY, expires_at REAL NOT NULL) WITHOUT ROWID"
@@ -165,8 +160,6 @@ class RedisReplayStore:
         self, url: str, *, timeout: float = REDIS_TIMEOUT, clock: Callable[[], float] = time.time
     ) -> None:
         import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
 
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         self._retryable: tuple[type[BaseException], ...] = (
@@ -178,7 +171,7 @@ class RedisReplayStore:
         self._clock = clock
         # redis-py's own retries are off: a blind retry of SET NX whose first reply was lost would
         # report our own write as a replay; `first_use` retries knowing what it wrote.
-        self._client = redis.Redis.from_url(url, **redis_options(url, timeout), retry=Retry(NoBackoff(), 0))
+        self._client = redis_client(url, timeout)
 
     def first_use(self, key: str, expires_at: float) -> bool:
         name = REDIS_PREFIX + key
@@ -194,7 +187,7 @@ class RedisReplayStore:
                 if attempt == 0:
                     return False
                 # An earlier attempt may have written before its reply was lost: that is still us.
-                return self._client.get(name) == nonce.encode()
+                return bool(self._client.get(name) == nonce.encode())
             except self._retryable as exc:
                 last = exc
             except self._errors as exc:
@@ -207,6 +200,31 @@ class RedisReplayStore:
 
     def close(self) -> None:
         self._client.close()
+
+
+def redis_client(url: str, timeout: float = REDIS_TIMEOUT) -> Any:
+    """A redis client with the store's timeouts and without redis-py's own blind retries.
+
+    Shared by the replay and session stores: each retries an operation itself, knowing what an
+    earlier attempt whose reply was lost may already have written.
+    """
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(url, **redis_options(url, timeout), retry=Retry(NoBackoff(), 0))
+
+
+def sqlite_connection(path: str) -> sqlite3.Connection:
+    """A connection to the store's sqlite file, shared by every process on the host (WAL).
+
+    isolation_level=None: each statement commits on its own and no transaction is left open; a
+    store that needs several statements to be atomic opens one explicitly. Raises sqlite3.Error.
+    """
+    conn = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
 
 
 def redis_options(url: str, timeout: float = REDIS_TIMEOUT) -> dict[str, Any]:

@@ -1,22 +1,25 @@
 """`ci-broker serve`: the Flask app under gunicorn, with limits set explicitly.
 
-gunicorn's own header limits would otherwise answer a long bearer token with its HTML 431 before
-our JSON 413 could (and gunicorn 27 reads a limit of 0 as 8190 bytes, not unlimited); so the header
-field limit sits well above the broker's own token cap, and only headers over 64 KiB meet
-gunicorn's refusal instead of ours.
+Slow clients: the worker (`broker.worker`, gthread underneath) reads each request whole, with
+deadlines, before a thread sees it, so stalled or trickling connections cost a socket each and
+never a thread; `worker_connections` bounds them per worker (docs/operations.md, "Slow clients").
 
-Tuning (figures in bench/RESULTS.md): an exchange is CPU work (token verify, assertion sign, the
-SDK's request building and XML parsing, about 1.7 ms) around one network round trip to the cloud.
-Python runs one thread at a time per process, so throughput scales with processes (one per core)
-and threads only overlap the cloud's round trip: against an instant STS 2-4 threads already keep
-the core busy, against one that takes 50 ms it takes 16-32. 16 threads cost up to 10% more CPU
-per exchange than 4 when the cloud is instant and the core saturated, and give nearly four times
-the throughput when the cloud takes 50 ms.
+Header limits: gunicorn's own would otherwise answer a long bearer token with its HTML 431 before
+our JSON 413 could (and gunicorn 27 reads a limit of 0 as 8190 bytes, not unlimited). The worker
+refuses a header block over `broker.framing.HEAD_LIMIT` (32 KiB) with a JSON 413 before gunicorn
+parses it, and gunicorn's field limit is set to that same size, so a long token meets a JSON 413
+(the app's up to 32 KiB, the worker's beyond) and never gunicorn's 431.
+
+Tuning: an exchange is CPU work around one network round trip to the cloud. Python runs one
+thread at a time per process, so throughput scales with processes (one per core) and threads only
+overlap the cloud's round trip; `DEFAULT_THREADS` is chosen to overlap a slow cloud's round trip
+(the measurements are in bench/RESULTS.md).
 
 Metrics: each worker writes its samples to files in a private directory (prometheus_client's
 multiprocess mode) that `/metrics` adds up; the directory is made before any worker starts,
 dead workers' live gauges are dropped by the `child_exit` hook, and the directory is removed
-when the server exits.
+when the server exits. With `--metrics-bind`, the master serves `/metrics` on that address
+(`broker.metricslistener`) and the main port answers 404 there.
 """
 
 from __future__ import annotations
@@ -31,18 +34,32 @@ from gunicorn.app.base import BaseApplication
 
 from broker import logs
 from broker.config import Config
+from broker.framing import HEAD_LIMIT
+from broker.metrics import MULTIPROC_ENV
+from broker.metricslistener import MetricsListener
+from broker.worker import BufferingThreadWorker
 
-HEADER_FIELD_LIMIT = 64 * 1024
 DEFAULT_THREADS = 16  # `serve --threads` default; see the module docstring and bench/RESULTS.md
+# Connections per worker, most of them slow or idle: each costs a socket and a request buffer of
+# at most HEAD_LIMIT + BODY_LIMIT (48 KiB), never a thread. With the cloud SDKs' pools and log
+# files, 512 stays inside the common soft limit of 1024 open files per process.
+WORKER_CONNECTIONS = 512
 GRACEFUL_TIMEOUT = 30  # in-flight exchanges finish after SIGTERM; the cloud calls time out in 10 s
-METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-class BrokerServer(BaseApplication):  # type: ignore[misc]
-    def __init__(self, config: Config, options: dict[str, Any], audit_log: str | None = None) -> None:
+class BrokerServer(BaseApplication):
+    def __init__(
+        self,
+        config: Config,
+        options: dict[str, Any],
+        audit_log: str | None = None,
+        *,
+        metrics_elsewhere: bool = False,
+    ) -> None:
         self.broker_config = config
         self.options = options
         self.audit_log = audit_log
+        self.metrics_elsewhere = metrics_elsewhere
         super().__init__()
 
     def load_config(self) -> None:
@@ -53,8 +70,8 @@ class BrokerServer(BaseApplication):  # type: ignore[misc]
         # SDK clients and connections (none of those survive a fork).
         from broker.app import create_app
 
-        logs.configure_audit(self.audit_log)
-        return create_app(self.broker_config)
+        logs.configure_audit(self.audit_log, settings=self.broker_config.server.audit)
+        return create_app(self.broker_config, metrics_route=not self.metrics_elsewhere)
 
 
 def gunicorn_options(
@@ -65,14 +82,19 @@ def gunicorn_options(
         "bind": bind,
         "workers": workers,
         "threads": threads,
-        "worker_class": "gthread",
+        "worker_class": BufferingThreadWorker,
+        "worker_connections": WORKER_CONNECTIONS,
         "preload_app": False,
         "graceful_timeout": GRACEFUL_TIMEOUT,
         "timeout": 60,
         "keepalive": 5,
         "limit_request_line": 8190,
         "limit_request_fields": 100,
-        "limit_request_field_size": HEADER_FIELD_LIMIT,
+        "limit_request_field_size": HEAD_LIMIT,
+        # What the worker reads itself must be what gunicorn then parses: HTTP/1.1, no TLS,
+        # no PROXY protocol header (BufferingThreadWorker.check_config refuses anything else).
+        "http_protocols": "h1",
+        "proxy_protocol": "off",
         # The heartbeat file is touched every second; on tmpfs that never waits on a disk.
         "worker_tmp_dir": "/dev/shm" if os.access("/dev/shm", os.W_OK) else None,
         "accesslog": None,
@@ -89,14 +111,12 @@ def gunicorn_options(
 
 def apply_options(cfg: Any, options: dict[str, Any]) -> None:
     for key, value in options.items():
-        if key == "control_socket_disable" and key not in cfg.settings:
-            continue  # gunicorn before 25.1 has no control socket to disable
         cfg.set(key, value)
 
 
 def _child_exit(server: Any, worker: Any) -> None:
     # Runs in the master: the dead worker's live gauges (key-cache timestamps) stop counting.
-    if os.environ.get(METRICS_ENV):
+    if os.environ.get(MULTIPROC_ENV):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
@@ -108,10 +128,10 @@ def prepare_metrics_dir() -> tuple[str, bool]:
     An operator's own PROMETHEUS_MULTIPROC_DIR (a tmpfs under a read-only root, say) is used as
     given, emptied of a previous run's files; otherwise a private directory is made.
     """
-    if "prometheus_client" in sys.modules and not os.environ.get(METRICS_ENV):
+    if "prometheus_client" in sys.modules and not os.environ.get(MULTIPROC_ENV):
         # Its value class is chosen at import: imported earlier, it would count per process.
         raise RuntimeError("prometheus_client was imported before the metrics directory was set")
-    existing = os.environ.get(METRICS_ENV)
+    existing = os.environ.get(MULTIPROC_ENV)
     if existing:
         os.makedirs(existing, exist_ok=True)
         for name in os.listdir(existing):
@@ -119,7 +139,7 @@ def prepare_metrics_dir() -> tuple[str, bool]:
                 os.unlink(os.path.join(existing, name))
         return existing, False
     path = tempfile.mkdtemp(prefix="ci-broker-metrics-")
-    os.environ[METRICS_ENV] = path
+    os.environ[MULTIPROC_ENV] = path
     return path, True
 
 
@@ -131,12 +151,19 @@ def serve(
     *,
     audit_log: str | None = None,
     log_level: str = "INFO",
+    metrics_listener: MetricsListener | None = None,
 ) -> None:
     threads = DEFAULT_THREADS if threads is None else threads
     metrics_dir, made = prepare_metrics_dir()
     master = os.getpid()
+    options = gunicorn_options(bind, workers, threads, log_level)
+    if metrics_listener is not None:
+        # gunicorn calls when_ready in the master once it listens, before the first fork.
+        options["when_ready"] = lambda arbiter: metrics_listener.start()
+        options["post_fork"] = lambda arbiter, worker: metrics_listener.close_inherited()
+    server = BrokerServer(config, options, audit_log, metrics_elsewhere=metrics_listener is not None)
     try:
-        BrokerServer(config, gunicorn_options(bind, workers, threads, log_level), audit_log).run()
+        server.run()
     finally:
         # gunicorn exits through SystemExit on SIGTERM/SIGINT, so this runs on a graceful stop.
         # Its workers are forks that leave through this same frame: only the master cleans up.

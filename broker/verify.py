@@ -7,7 +7,10 @@ verifies, and no key ever comes from the token itself.
 
 Verifying changes no state: the single-use record is written by the exchange flow
 (`broker.exchange`) once every other check has passed, so a token refused for its request's shape
-or for load is not spent. `VerifiedToken` carries what that record needs.
+or for load is not spent. `VerifiedToken` carries what that record needs: the token's `jti`, or,
+for providers whose tokens may lack one (Buildkite's older agents, CircleCI, Kubernetes), the
+SHA-256 of what the issuer signed. Not of the whole token: an ECDSA signature has a second valid
+encoding, (r, n - s), so the same signed claims can arrive as two different token strings.
 """
 
 from __future__ import annotations
@@ -21,14 +24,18 @@ from typing import Any
 import jwt
 
 from broker import jose
-from broker.config import Config, ProviderConfig
+from broker.claims import ABSENT, REGISTERED, resolve
+from broker.config import Config
 from broker.errors import InvalidToken, PayloadTooLarge
 from broker.jwks import KeyCache
+from broker.providers import ProviderConfig
 from broker.replay import replay_key
 
 # GitHub and GitLab tokens are 1-3 KB; AWS accepts web identity tokens up to 20,000 characters.
 MAX_TOKEN_CHARS = 16 * 1024
 TIME_CLAIMS = ("exp", "iat", "nbf")
+IDENTIFIER_CLAIMS = ("sub", "jti")
+SHAPED_CLAIMS = TIME_CLAIMS + IDENTIFIER_CLAIMS
 # 9999-12-31T23:59:59Z: no CI token's time lies beyond it, and past it dates stop being portable.
 MAX_TIME = 253402300799
 # The longest lifetime (exp - iat) a token may declare. A token is accepted only while its iat is
@@ -36,7 +43,10 @@ MAX_TIME = 253402300799
 # of a broken or hostile issuer. GitLab sets an ID token's exp to the job's timeout, which a project
 # can raise to a month; GitHub's tokens live minutes.
 MAX_DECLARED_LIFETIME = 31 * 86400
-REQUIRED = ("iss", "aud", "sub", "exp", "iat", "jti")
+# What every token needs, whatever its type; the rest of what a token must carry (sub, jti, the
+# provider's own claims) is its schema's `required` (broker.claims). A required claim that is null
+# is refused like a missing one (or, for these and sub and jti, as malformed).
+CORE_REQUIRED = ("iss", "aud", "exp", "iat")
 
 
 @dataclass(frozen=True)
@@ -61,14 +71,20 @@ class TokenVerifier:
         caches: dict[str, KeyCache],
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.audience = config.server.audience
         self.max_age = config.server.token_max_age
         self.leeway = config.server.leeway
         self.config = config
         self.caches = caches  # by provider name
         self.clock = clock
         self._required = {
-            p.name: REQUIRED + tuple(sorted(p.schema.required)) for p in config.providers.values()
+            p.name: CORE_REQUIRED + tuple(sorted(p.schema.required)) for p in config.providers.values()
+        }
+        # Where the CI fixes the audience (Azure DevOps' api://AzureADTokenExchange, CircleCI's
+        # organization id) the provider names its own; every other provider's is the server's.
+        self._audience = {p.name: p.audience or config.server.audience for p in config.providers.values()}
+        self._pyjwt_options = {
+            name: {**_PYJWT_CLAIMS.options, "require": [c for c in required if c in REGISTERED]}
+            for name, required in self._required.items()
         }
 
     def verify(self, token: str) -> VerifiedToken:
@@ -97,18 +113,27 @@ class TokenVerifier:
         claims = parsed.claims
         self._check_claims(claims, provider)
         self._check_with_pyjwt(claims, provider)
+        jti = claims.get("jti")
+        once = (
+            jti
+            if jti is not None
+            else f"\x00signed-sha256:{hashlib.sha256(parsed.signing_input).hexdigest()}"
+        )
         return VerifiedToken(
             provider=provider,
             claims=claims,
             sha256=token_sha256(token),
-            replay_key=replay_key(provider.issuer, claims["jti"]),
+            replay_key=replay_key(provider.issuer, once),
             record_until=min(claims["exp"], claims["iat"] + self.max_age) + self.leeway,
         )
 
     def _check_claims(self, claims: dict[str, Any], provider: ProviderConfig) -> None:
         for name in self._required[provider.name]:
-            if name not in claims:
+            value = resolve(claims, name)
+            if value is ABSENT:
                 raise InvalidToken("token lacks a required claim", reason=f"missing claim {name!r}")
+            if value is None and name not in SHAPED_CLAIMS:  # those are "malformed": said below
+                raise InvalidToken("token lacks a required claim", reason=f"claim {name!r} is null")
         for name in TIME_CLAIMS:
             # bool is an int in Python; JSON true must not pass as a timestamp.
             if name in claims and (isinstance(claims[name], bool) or not isinstance(claims[name], int)):
@@ -123,8 +148,13 @@ class TokenVerifier:
                 "token has a time claim out of range",
                 reason=f"exp is {lifetime}s after iat, outside 1..{MAX_DECLARED_LIFETIME}",
             )
-        for name in ("sub", "jti"):
-            if not isinstance(claims[name], str) or not claims[name]:
+        for name in IDENTIFIER_CLAIMS:
+            # A schema may make either optional; absent is then fine, but present (null included,
+            # as PyJWT also holds) it must be usable as an identifier.
+            if name not in claims and name not in self._required[provider.name]:
+                continue
+            value = claims.get(name)
+            if not isinstance(value, str) or not value:
                 raise InvalidToken("token has a malformed claim", reason=f"{name} is not a non-empty string")
 
         aud = claims["aud"]
@@ -133,10 +163,9 @@ class TokenVerifier:
             raise InvalidToken(
                 "token has a malformed audience", reason="aud is not a string or list of strings"
             )
-        if self.audience not in audiences:
-            raise InvalidToken(
-                "token audience is wrong", reason=f"aud {audiences[:5]!r} lacks {self.audience!r}"
-            )
+        audience = self._audience[provider.name]
+        if audience not in audiences:
+            raise InvalidToken("token audience is wrong", reason=f"aud {audiences[:5]!r} lacks {audience!r}")
 
         now = self.clock()
         if claims["exp"] <= now - self.leeway:
@@ -160,7 +189,13 @@ class TokenVerifier:
         character at a time in Python), for bytes our strict parser has already checked.
         """
         try:
-            _PYJWT_CLAIMS.validate(claims, audience=self.audience, issuer=provider.issuer, leeway=self.leeway)
+            _PYJWT_CLAIMS.validate(
+                claims,
+                self._pyjwt_options[provider.name],
+                audience=self._audience[provider.name],
+                issuer=provider.issuer,
+                leeway=self.leeway,
+            )
         except jwt.PyJWTError as exc:
             raise InvalidToken("token failed verification", reason=f"pyjwt: {type(exc).__name__}") from None
 
@@ -169,7 +204,7 @@ class _PyJWTClaims(jwt.PyJWT):
     """PyJWT's claim validation (exp, nbf, iat, aud, iss, required) on an already parsed claims set."""
 
     OPTIONS = {
-        "require": list(REQUIRED),
+        "require": list(CORE_REQUIRED),
         "verify_signature": True,
         "verify_aud": True,
         "verify_iss": True,
@@ -179,10 +214,12 @@ class _PyJWTClaims(jwt.PyJWT):
         "strict_aud": False,
     }
 
-    def validate(self, claims: dict[str, Any], *, audience: str, issuer: str, leeway: int) -> None:
-        # The claim step `PyJWT.decode_complete` runs after its signature check, with the options
-        # merged once, at construction.
-        self._validate_claims(claims, self.options, audience=audience, issuer=issuer, leeway=leeway)
+    def validate(
+        self, claims: dict[str, Any], options: Any, *, audience: str, issuer: str, leeway: int
+    ) -> None:
+        # The claim step `PyJWT.decode_complete` runs after its signature check, with options
+        # merged once per provider, at start-up (each provider requires its own registered claims).
+        self._validate_claims(claims, options, audience=audience, issuer=issuer, leeway=leeway)
 
 
 _PYJWT_CLAIMS = _PyJWTClaims(options=_PyJWTClaims.OPTIONS)  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ python=${PYTHON:-python3}
 if [ ! -x "$venv/bin/checkov" ]; then
   echo "check.sh: installing checkov into $venv" >&2
   "$python" -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check 'checkov>=3.2,<4'
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --require-hashes -r "$root/requirements/checkov.txt"
 fi
 
 # --skip-download: no policy or guideline download from the vendor's platform (there is

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,95 @@ from typing import Any
 import pytest
 
 from broker.sandbox.stack import Sandbox
+
+# -- test tiers ------------------------------------------------------------------------------------
+# `make test` runs everything; `make check` (the edit-test loop) runs `-m "not slow"`. A test is
+# slow when it drives a real runner or server process. It gets `slow` plus a marker naming what it
+# drives, from the fixture it uses or the file it lives in, so a new test that uses one of these
+# fixtures (or is added to one of these files) is placed without a decorator. A test that starts
+# one inline takes the marker by hand (`@pytest.mark.gunicorn`), which implies `slow` too; so does
+# `@pytest.mark.slow` alone. The markers are registered in pyproject.toml.
+ROOT = Path(__file__).resolve().parent.parent
+SLOW_FIXTURES = {
+    # `ci-broker serve` (gunicorn) subprocesses
+    "served": "gunicorn",
+    "served_broker": "gunicorn",
+    "replicas": "gunicorn",
+    "two_workers": "gunicorn",
+    "terraform": "terraform",
+}
+SLOW_FILES = {
+    "tests/test_serve.py": "gunicorn",
+    "tests/fuzz/test_http_fuzz.py": "gunicorn",
+    "tests/integrations/test_github_action.py": "act",
+    "tests/integrations/test_gitlab_template.py": "gitlab_ci_local",
+    "tests/bench/test_bench_quick.py": "bench",  # wrk against gunicorn
+    "tests/bench/test_steps_quick.py": "bench",
+}
+# Markers that make a test slow when set by hand or by its own file (test_tf_checkov.py: checkov).
+SLOW_MARKERS = {"gunicorn", "act", "gitlab_ci_local", "terraform", "bench", "checkov"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        drives = {SLOW_FIXTURES[name] for name in getattr(item, "fixturenames", ()) if name in SLOW_FIXTURES}
+        if item.path.is_relative_to(ROOT) and (
+            in_file := SLOW_FILES.get(item.path.relative_to(ROOT).as_posix())
+        ):
+            drives.add(in_file)
+        for name in sorted(drives):
+            item.add_marker(name)
+        if SLOW_MARKERS.intersection(m.name for m in item.iter_markers()):
+            item.add_marker("slow")
+
+
+# -- tests skipped for a missing tool --------------------------------------------------------------
+# The helpers that look for a tool skip with a reason naming it and how to install it ("... is not
+# installed ...", importorskip's "could not import ..."). Those skips are counted in a summary at
+# the end of every run, and CI_BROKER_REQUIRE_ALL_TOOLS=1 (set by .ci/run) turns each into a
+# failure: a run that silently tested less than it says is not a pass.
+MISSING_TOOL = re.compile(r"\bis not installed\b|\bis missing\b|\bcould not import\b|\bpip install\b")
+REQUIRE_ALL_TOOLS = os.environ.get("CI_BROKER_REQUIRE_ALL_TOOLS") == "1"
+_MISSING: list[tuple[str, str]] = []  # (test id, reason), gathered where the reports arrive
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+    report: pytest.TestReport = yield
+    if report.skipped and MISSING_TOOL.search(reason := _skip_reason(report)):
+        # user_properties travel with the report (also from pytest-xdist's workers).
+        report.user_properties.append(("missing_tool", reason))
+        if REQUIRE_ALL_TOOLS:
+            report.outcome = "failed"
+            report.longrepr = f"{reason}\n(CI_BROKER_REQUIRE_ALL_TOOLS=1: a missing tool fails the run)"
+    return report
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _MISSING.extend((report.nodeid, value) for key, value in report.user_properties if key == "missing_tool")
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if not _MISSING:
+        return
+    by_reason: dict[str, int] = {}
+    for _, reason in _MISSING:
+        by_reason[reason] = by_reason.get(reason, 0) + 1
+    terminalreporter.section("tests that need a missing tool", sep="=", red=True, bold=True)
+    for reason, count in sorted(by_reason.items()):
+        terminalreporter.line(f"{count:5d}  {reason}", red=True)
+    terminalreporter.line(
+        f"{len(_MISSING)} tests did not run because a tool is missing: see the README, "
+        "'What make test needs', or run tests/integrations/install-tools.sh",
+        red=True,
+        bold=True,
+    )
 
 
 @pytest.fixture(scope="session")

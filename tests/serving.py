@@ -14,7 +14,14 @@ import requests
 
 class ServedBroker:
     def __init__(
-        self, config: Path, bind: str, log: Path, *, workers: int = 1, extra_env: dict[str, str] | None = None
+        self,
+        config: Path,
+        bind: str,
+        log: Path,
+        *,
+        workers: int = 1,
+        extra_env: dict[str, str] | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.url = f"http://{bind}"
         self.log = log
@@ -31,6 +38,7 @@ class ServedBroker:
                 bind,
                 "--workers",
                 str(workers),
+                *extra_args,
             ],
             stdout=self._log_file,
             stderr=subprocess.STDOUT,

@@ -84,8 +84,9 @@ def test_config_objects_are_frozen(key_file):
         ),
         (lambda d: d["providers"]["github"].update(issuer="http://10.0.0.1"), "providers.github.issuer"),
         (
-            lambda d: d["providers"]["github"].update(type="jenkins"),
-            "providers.github.type: 'jenkins' is not one of github, gitlab",
+            lambda d: d["providers"]["github"].update(type="teamcity"),
+            "providers.github.type: 'teamcity' is not one of github, gitlab, buildkite, circleci, "
+            "bitbucket, azure-devops, jenkins, kubernetes, terraform-cloud, oidc",
         ),
         (
             lambda d: d["providers"]["github"].update(algorithms=["HS256"]),

@@ -42,15 +42,30 @@ def test_demo_walkthrough_holds_every_expectation(tmp_path: Path) -> None:
     assert {"1", "2", "3", "4", "5", "6", "7"} <= steps
     if hasattr(demo.sandbox, "gcp") and hasattr(demo.sandbox, "azure"):
         assert "8" in steps  # GCP and Azure, once the sandbox has their endpoints
+    assert "9" in steps  # a session refreshed twice, a spent refresh token replayed, the session dead
     for text in (
         "ALLOW by rule 0",
         "[FAIL] repository_id:",
         "[FAIL] ref:",
         "already been used",
+        "POST /v1/refresh #2: 200",
+        "401 invalid_token: the refresh token was already used; the session has been ended",
+        "audit: alert refresh_reuse, severity critical",
         "sub                          role:deploy-prod",
         "assumed-role/deploy-prod/",
     ):
         assert text in output
+
+
+def test_demo_shows_a_buildkite_job_through_the_same_policy(tmp_path: Path) -> None:
+    demo, ok, output = run_in_process(tmp_path)
+    assert ok, output
+    expectations = {c.expectation: c.ok for c in demo.checks}
+    assert expectations["a Buildkite token gets AWS credentials through the same role and policy"]
+    assert expectations["another Buildkite organization is refused (403)"]
+    assert expectations["a rule that does not pin the organization's id is refused at load"]
+    assert "step_key           null" in output
+    assert demo.scrubbed == 0
 
 
 def test_demo_prints_no_token_or_credential(tmp_path: Path) -> None:
@@ -60,6 +75,7 @@ def test_demo_prints_no_token_or_credential(tmp_path: Path) -> None:
     assert sum(bool(JWT.fullmatch(s)) for s in demo.secrets) >= 5
     assert any(AWS_SECRET_KEY.fullmatch(s) for s in demo.secrets)
     assert any(AWS_ACCESS_KEY_ID.fullmatch(s) for s in demo.secrets)
+    assert sum(s.startswith("cibrt_") for s in demo.secrets) >= 3  # the session's refresh tokens
     for secret in demo.secrets:
         assert secret not in output
     # The printer's safety net must never have had to act: the demo itself prints no secret.

@@ -92,6 +92,31 @@ def test_the_disruption_budget_and_the_services_select_the_right_pods():
     assert selects(policy["ingress"][0]["from"][0]["podSelector"]["matchLabels"], broker_labels)
 
 
+def test_metrics_are_served_and_scraped_on_their_own_port_which_the_service_leaves_out():
+    pod = find("Deployment", "ci-broker")["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    args = container["args"]
+    bind = args[args.index("--metrics-bind") + 1]
+    assert bind == f"0.0.0.0:{ports['metrics']}"
+    assert args[args.index("--bind") + 1].endswith(f":{ports['http']}")
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(ports["metrics"])
+    service_ports = find("Service", "ci-broker")["spec"]["ports"]
+    assert [p["targetPort"] for p in service_ports] == ["http"]
+
+
+def test_the_network_policy_admits_scrapes_only_to_the_metrics_port_and_only_from_prometheus():
+    broker_labels = find("Deployment", "ci-broker")["spec"]["template"]["metadata"]["labels"]
+    policy = find("NetworkPolicy", "ci-broker")["spec"]
+    assert all(broker_labels.get(k) == v for k, v in policy["podSelector"]["matchLabels"].items())
+    assert policy["policyTypes"] == ["Ingress"]
+    rules = {port["port"]: rule for rule in policy["ingress"] for port in rule["ports"]}
+    assert set(rules) == {"http", "metrics"}
+    assert [p["port"] for p in rules["http"]["ports"]] == ["http"]  # the open rule opens nothing else
+    sources = rules["metrics"]["from"]
+    assert sources and all(s["podSelector"]["matchLabels"] and s["namespaceSelector"] for s in sources)
+
+
 def test_the_shipped_config_is_a_valid_broker_config_on_the_shared_redis(tmp_path):
     text = find("ConfigMap", "ci-broker-config")["data"]["broker.yaml"]
     (tmp_path / "keys").mkdir()

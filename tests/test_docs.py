@@ -36,7 +36,11 @@ CONFIGURATION = ROOT / "docs" / "configuration.md"
 POLICIES = ROOT / "docs" / "policies.md"
 README = ROOT / "README.md"
 EXAMPLE = ROOT / "examples" / "broker.yaml"
-LOADER_SOURCES = [ROOT / "broker" / "config.py", *sorted((ROOT / "broker" / "clouds").glob("*.py"))]
+LOADER_SOURCES = [
+    ROOT / "broker" / "config.py",
+    ROOT / "broker" / "providers.py",
+    *sorted((ROOT / "broker" / "clouds").glob("*.py")),
+]
 TYPED_READERS = ("string", "integer", "choice", "boolean", "string_list", "url", "section")
 ALL_CLOUDS = ("aws", "gcp", "azure")
 # Keys that are two spellings of one setting: the loader refuses both at once.
@@ -74,7 +78,7 @@ def skeleton() -> dict[str, Any]:
     """Every section present and empty, so the loader reads (and reports) every key it knows."""
     return {
         "server": {"rate_limits": {}},
-        "providers": {"p": {}},
+        "providers": {"p": {"schema": {"untrusted": {}, "context": {}}}},
         "deny": [{"provider": "p", "claims": {"ref": "x"}}],
         "roles": {
             f"r-{cloud}": {"cloud": cloud, "allow": [{"provider": "p", "claims": {"ref": "x"}}]}
@@ -303,7 +307,9 @@ def set_at(config: dict[str, Any], key: str, value: Any) -> str:
     for part in parts[:-1]:
         if part == "<name>":
             cloud = row_cloud(key)
-            name = next(n for n, v in node.items() if cloud is None or v.get("cloud") == cloud)
+            names = [n for n, v in node.items() if cloud is None or v.get("cloud") == cloud]
+            # A provider key goes to a provider that already has it (a schema only fits an oidc one).
+            name = next((n for n in names if parts[2] in node[n]), names[0])
             node, part = node[name], name
         elif part.endswith("[]"):
             part = part[:-2]
@@ -378,7 +384,10 @@ def policy_blocks() -> list[tuple[str, dict[str, Any]]]:
 
 
 def policy_config(snippet: dict[str, Any]) -> dict[str, Any]:
+    """The snippet's roles (and the providers it declares, for CIs other than GitHub and GitLab)
+    inside the base config."""
     config = base_config()
+    config["providers"].update(snippet.get("providers") or {})
     config["roles"] = snippet["roles"]
     return config
 
@@ -395,7 +404,9 @@ def test_policies_md_has_recipes_and_mistakes() -> None:
 @pytest.mark.parametrize("index", range(len(yaml_blocks(POLICIES))))
 def test_each_policy_example_behaves_as_the_cookbook_says(index: int, in_tmp: Path) -> None:
     marker, snippet = policy_blocks()[index]
-    assert set(snippet) == {"roles"}, "cookbook blocks are `roles:` snippets"
+    assert "roles" in snippet and set(snippet) <= {"providers", "roles"}, (
+        "cookbook blocks are `roles:` snippets, with `providers:` for a CI the base config lacks"
+    )
     config_dict = materialise(policy_config(snippet), in_tmp)
     if marker == "refused":
         with pytest.raises(ConfigError):

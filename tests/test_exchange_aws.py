@@ -271,8 +271,8 @@ def test_a_tag_whose_claim_is_missing_refuses_the_exchange(sandbox, serve_config
     assert "needs claim 'environment_url'" in last_refusal(audit_events)["reason"]
 
 
-@pytest.mark.parametrize("repository", [None, ["octo-org/a", "octo-org/b"], {"name": "x"}])
-def test_a_tag_claim_that_is_null_or_structured_gets_the_same_403_as_a_policy_denial(
+@pytest.mark.parametrize("repository", [["octo-org/a", "octo-org/b"], {"name": "x"}])
+def test_a_tag_claim_that_is_structured_gets_the_same_403_as_a_policy_denial(
     sandbox, broker, audit_events, repository
 ):
     # The demo role tags sessions with {repository}; its rules match on repository_id. A caller
@@ -283,6 +283,17 @@ def test_a_tag_claim_that_is_null_or_structured_gets_the_same_403_as_a_policy_de
     strip = lambda r: {k: v for k, v in r.json().items() if k != "request_id"}  # noqa: E731
     assert strip(refused) == strip(policy)
     assert "needs claim 'repository'" in audit_events[-2]["reason"]
+
+
+def test_a_tag_claim_that_is_null_is_a_required_claim_missing_whatever_the_role(
+    sandbox, broker, audit_events
+):
+    # `repository` is one of the claims every GitHub token carries: null, the token is refused as
+    # it is verified, before any role is looked at, so the answer says nothing about the role.
+    token = sandbox.github_token(repository=None)
+    assert_refused(sandbox.exchange(token), 401, "invalid_token")
+    assert "claim 'repository' is null" in last_refusal(audit_events)["reason"]
+    assert_refused(sandbox.exchange(token, "no-such-role"), 401, "invalid_token")
 
 
 def test_an_sts_error_that_echoes_the_assertion_is_withheld(sandbox, broker, audit_events):

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from broker.config import build_config
+from broker.config import ConfigError, build_config
 from broker.lint import lint
 
 
@@ -49,11 +49,6 @@ def test_a_safe_gitlab_rule_has_no_warnings(key_file):
         ("gitlab", {"project_path": "g/p", "pipeline_source": "push"}, "binds no immutable id"),
         (
             "github",
-            {"ref": "refs/heads/main", "environment": "prod", "actor": "me"},
-            "every condition is on a claim the job's author controls",
-        ),
-        (
-            "github",
             {"repository_id": "1", "sub": {"glob": "repo:o/*"}, "event_name": "push"},
             "a pattern on sub",
         ),
@@ -93,6 +88,14 @@ def test_a_safe_gitlab_rule_has_no_warnings(key_file):
 def test_risky_rules_are_warned_about(key_file, provider, claims, expected):
     found = warnings(key_file, provider, claims)
     assert any(expected in w for w in found), found
+
+
+def test_a_rule_only_on_claims_the_author_controls_is_refused_not_warned(key_file):
+    with pytest.raises(ConfigError) as caught:
+        config_with(key_file, "github", {"ref": "refs/heads/main", "environment": "prod", "actor": "me"})
+    (finding,) = caught.value.findings
+    assert finding.path == "roles.r.allow[0]"
+    assert "every condition is on a claim the job's author controls" in finding.message
 
 
 def test_an_issuer_with_a_port_is_warned_about(key_file):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import requests
 import yaml
 
@@ -72,6 +73,7 @@ def test_reconfiguring_the_audit_log_replaces_our_handler_and_keeps_others(tmp_p
             handler.close()
 
 
+@pytest.mark.gunicorn
 def test_under_serve_every_line_is_json_and_no_secret_reaches_any_output(tmp_path):
     with Sandbox(tmp_path) as box:
         config = box.config_dict()

@@ -290,3 +290,19 @@ print(os.getpid(), child, total)
     parent, child, total = out.stdout.split()
     assert float(total) == 3.0
     assert {p.name for p in tmp_path.glob("counter_*.db")} == {f"counter_{parent}.db", f"counter_{child}.db"}
+
+
+def test_an_app_whose_metrics_are_served_elsewhere_has_no_metrics_route_by_any_spelling(sandbox):
+    from broker.app import create_app
+    from broker.config import build_config
+
+    config = build_config(sandbox.config_dict(), base_dir=sandbox.workdir)
+    app = create_app(config, metrics_route=False)
+    try:
+        client = app.test_client()
+        for path in ("/metrics", "//metrics", "/%6detrics", "/metrics/"):
+            for method in ("GET", "OPTIONS", "HEAD"):
+                assert client.open(path, method=method).status_code == 404, (method, path)
+        assert client.get("/healthz").status_code == 200
+    finally:
+        app.extensions["broker"].close()

@@ -138,16 +138,20 @@ def test_the_production_image_installs_neither_the_demo_nor_the_test_extra() -> 
     ],
 )
 def test_the_image_check_catches_a_demo_or_test_install(install: str) -> None:
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "pip install --no-compile ." in dockerfile
-    mutated = dockerfile.replace("pip install --no-compile .", install, 1)
-    assert image_install_problems(mutated) != []
+    assert image_install_problems(with_project_install(install)) != []
 
 
 def test_the_image_check_catches_an_image_without_the_project() -> None:
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    mutated = dockerfile.replace("pip install --no-compile .", "pip install --no-compile flask", 1)
+    mutated = with_project_install("pip install --no-compile flask")
     assert "the image does not pip install the project" in image_install_problems(mutated)
+
+
+def with_project_install(install: str) -> str:
+    """The Dockerfile with its `pip install [options] .` of the project replaced by `install`."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    mutated, count = re.subn(r"pip install (?:--[\w-]+ )*\.(?=\s)", lambda _: install, dockerfile, count=1)
+    assert count == 1, "the Dockerfile's install of the project was not found"
+    return mutated
 
 
 # -- the built wheel, installed as a user would ---------------------------------------------------

@@ -1,10 +1,14 @@
 # >>> ci-broker client: exchanges this job's OIDC token for short-lived cloud credentials
 #
-# One client for both pipelines (docs/pipelines.md says why it is POSIX sh + awk):
-# - the GitHub Action runs this file with sh (CI_BROKER_TARGET=github): secrets are masked with
-#   ::add-mask:: and exported through GITHUB_ENV / GITHUB_OUTPUT;
-# - the GitLab template carries this same text inline in before_script (kept identical by
-#   gitlab-templates/embed-client.py and its test), so the exports land in the job's own shell.
+# The client for GitLab and any CI with a POSIX shell (docs/pipelines.md says why sh + awk):
+# - the GitLab template carries this same text in before_script (kept identical by
+#   gitlab-templates/embed-client.py and its test), writes it beside the project directory and
+#   sources it, so the exports land in the job's own shell;
+# - with CI_BROKER_REFRESH the clouds' tools run that file again as their refresh hook
+#   (`sh client.sh ci-broker-session ...`, the sessions section below);
+# - CI_BROKER_TARGET=github runs it in a GitHub Actions `run:` step (the Action itself is the
+#   JavaScript in this directory): secrets are masked with ::add-mask:: and exported through
+#   GITHUB_ENV / GITHUB_OUTPUT.
 # Rules it keeps: server-provided text is never evaluated as code (a strict JSON reader in awk
 # extracts values, which are then checked against a narrow character set); nothing secret is
 # printed, passed on a command line (curl and python3 read it from stdin and the environment),
@@ -24,6 +28,9 @@ _cib_clean() {
 }
 
 _cib_die() {
+    if [ "${_cib_hook:-}" = gcp ]; then
+        _cib_gcp_failure "$1"
+    fi
     if [ "${_cib_target:-}" = github ]; then
         printf '::error title=ci-broker::%s\n' "$(printf '%s' "$1" | sed 's/%/%25/g')"
     fi
@@ -427,6 +434,33 @@ _cib_check_token() {
     fi
 }
 
+# Generic mode (CI_BROKER_TARGET=generic): any CI that hands the job its OIDC token in a file or a
+# variable (Buildkite, CircleCI, Bitbucket, Azure DevOps, Jenkins, Kubernetes, HCP Terraform; the
+# recipes are in docs/pipelines.md). CI_BROKER_TOKEN_FILE names a file holding the token;
+# otherwise CI_BROKER_TOKEN_VARIABLE names the environment variable that holds it (its name, never
+# the token; awk reads it from the environment). Exports land in the calling shell, as with GitLab.
+_cib_generic_token() {
+    if [ -n "${CI_BROKER_TOKEN_FILE:-}" ]; then
+        if [ ! -f "$CI_BROKER_TOKEN_FILE" ] || [ ! -r "$CI_BROKER_TOKEN_FILE" ]; then
+            _cib_die "CI_BROKER_TOKEN_FILE ($(_cib_clean "$CI_BROKER_TOKEN_FILE")) is not a readable file"
+        fi
+        _cib_token=$(head -c 65536 "$CI_BROKER_TOKEN_FILE" | LC_ALL=C tr -d '\r\n')
+        _cib_check_token CI_BROKER_TOKEN_FILE
+        return 0
+    fi
+    case ${CI_BROKER_TOKEN_VARIABLE:-} in
+    '') _cib_die "CI_BROKER_TARGET=generic needs CI_BROKER_TOKEN_FILE (a file holding this job's OIDC token)" \
+        "or CI_BROKER_TOKEN_VARIABLE (the name of the variable holding it, e.g. CIRCLE_OIDC_TOKEN_V2)" ;;
+    [!A-Za-z_]* | *[!A-Za-z0-9_]*) _cib_die "CI_BROKER_TOKEN_VARIABLE must be a variable's name, not its value" ;;
+    esac
+    _cib_token=$(LC_ALL=C awk -v name="$CI_BROKER_TOKEN_VARIABLE" 'BEGIN { printf "%s", ENVIRON[name] }')
+    if [ -z "$_cib_token" ]; then
+        _cib_die "$CI_BROKER_TOKEN_VARIABLE is empty or not exported: this job has no OIDC token in it" \
+            "(docs/pipelines.md says how each CI provides one)"
+    fi
+    _cib_check_token "$CI_BROKER_TOKEN_VARIABLE"
+}
+
 _cib_inputs() {
     if [ "$_cib_target" = github ]; then
         _cib_n_url=broker-url _cib_n_role=role _cib_n_dur=duration _cib_n_aud=audience
@@ -564,11 +598,20 @@ _cib_refused() {
     esac
 }
 
+# No cloud issues a credential value near this size (AWS session tokens and Azure access tokens
+# run to a few KB). A larger one, exported, would make the job's next command fail with
+# "Argument list too long", far from its cause; so it is refused here, by its size only.
+_cib_value_limit=16384
+
 # _cib_cred KEY required|optional secret|plain: reads credentials.KEY into _cib_v.
 _cib_cred() {
     _cib_get "$_cib_body" "credentials.$1"
     if [ "$_cib_rc" = 3 ] && [ "$2" = optional ]; then
         return 0
+    fi
+    if [ "$_cib_rc" = 0 ] && [ "${#_cib_v}" -gt "$_cib_value_limit" ]; then
+        _cib_die "the broker's answer has a credentials.$1 of ${#_cib_v} bytes, over this client's" \
+            "limit of $_cib_value_limit bytes per value; refusing it (nothing was exported)."
     fi
     if [ "$_cib_rc" != 0 ] || ! _cib_only "$_cib_v" '!-~'; then
         _cib_die "the broker's answer has no usable credentials.$1"
@@ -739,6 +782,372 @@ _cib_outputs() {
     _cib_out authority-host "$_cib_c_authority_host"
 }
 
+# -- sessions: refresh where the clouds' tools ask (contract section 8) ---------------------------
+# With CI_BROKER_REFRESH=true the job gets, instead of static secrets, hooks its tools call when
+# they need fresh credentials: an AWS credential_process profile, a GCP external_account file
+# with an executable source, or an Azure federated token file that a background refresher
+# rewrites before the assertion in it expires. Each hook is this client again, run as
+#   sh DIR/client.sh ci-broker-session aws|gcp|azure|end DIR
+# where DIR (mode 0700, beside the project directory, never in it) holds the broker's last
+# answer (mode 0600: the refresh token is in it). One lock serialises refreshes: the broker ends
+# a session whose refresh token is presented twice. The template's after_script runs `end`,
+# which stops the refresher, revokes the session and removes DIR.
+
+_cib_session_inputs() {
+    _cib_refresh=$(printf '%s' "${CI_BROKER_REFRESH:-false}" | LC_ALL=C tr '[:upper:]' '[:lower:]')
+    case $_cib_refresh in
+    true | false) ;;
+    *) _cib_die "CI_BROKER_REFRESH takes true or false" ;;
+    esac
+    if [ "$_cib_refresh" = true ] && [ "$_cib_export" != true ]; then
+        _cib_die "CI_BROKER_REFRESH works through the exported environment: keep CI_BROKER_EXPORT_ENV true"
+    fi
+}
+
+# After the exchange: set the hooks up, or end a session nobody will refresh.
+_cib_session_start() {
+    _cib_get "$_cib_body" session.refresh_token
+    _cib_s_token=$_cib_v
+    if [ -n "$_cib_s_token" ] && ! _cib_only "$_cib_s_token" 'A-Za-z0-9._~+/=-'; then
+        _cib_die "the broker's answer has no usable session"
+    fi
+    _cib_mask "$_cib_s_token"
+    if [ "$_cib_refresh" != true ]; then
+        if [ -n "$_cib_s_token" ]; then
+            _cib_request POST "$_cib_url/v1/revoke" "Bearer $_cib_s_token" '{}' || :
+        fi
+        _cib_export_all
+        return 0
+    fi
+    if [ -z "$_cib_s_token" ]; then
+        _cib_die "role '$_cib_role' gives no session, so its credentials cannot be refreshed." \
+            "Ask the broker's operator to set session_lifetime on the role, or unset CI_BROKER_REFRESH."
+    fi
+    _cib_get "$_cib_body" session.expires_at
+    _cib_s_expires=$_cib_v
+    _cib_session_dir
+    (umask 077 && printf '%s' "$_cib_body" >"$_cib_s_dir/answer" && printf '%s' "$_cib_url" >"$_cib_s_dir/url" &&
+        printf '%s' "$_cib_dur" >"$_cib_s_dir/duration") ||
+        _cib_die "cannot write the session's files under $_cib_s_dir"
+    _cib_names=
+    case $_cib_cloud in
+    aws) _cib_session_aws ;;
+    gcp) _cib_session_gcp ;;
+    azure) _cib_session_azure ;;
+    esac
+    _cib_set CI_BROKER_CLOUD "$_cib_cloud"
+    _cib_set CI_BROKER_EXPIRES_AT "$_cib_expires"
+    _cib_set CI_BROKER_SESSION_EXPIRES_AT "$_cib_s_expires"
+    _cib_set CI_BROKER_SESSION_DIR "$_cib_s_dir"
+}
+
+# The session's directory, and this client as a file in it for the hooks to run.
+_cib_session_dir() {
+    if [ -n "${_cib_self:-}" ]; then
+        _cib_s_dir=${_cib_self%/*}
+        _cib_s_client=$_cib_self
+    else
+        if [ -z "${CI_BROKER_CLIENT:-}" ] || [ ! -f "$CI_BROKER_CLIENT" ]; then
+            _cib_die "CI_BROKER_REFRESH needs this client as a file: set CI_BROKER_CLIENT to the path of ci-broker.sh"
+        fi
+        _cib_s_dir=$(umask 077 && mktemp -d "${TMPDIR:-/tmp}/ci-broker-session.XXXXXX") ||
+            _cib_die "cannot create the session directory"
+        _cib_s_client="$_cib_s_dir/client.sh"
+        cp "$CI_BROKER_CLIENT" "$_cib_s_client" || _cib_die "cannot copy the client into $_cib_s_dir"
+    fi
+    chmod 700 "$_cib_s_dir" || _cib_die "cannot protect $_cib_s_dir"
+    _cib_s_sh=$(command -v sh) || _cib_s_sh='sh'
+    # The hook's command line is read by sh, cmd.exe, botocore and shlex alike: no quoting at all.
+    for _cib_p in "$_cib_s_sh" "$_cib_s_client" "$_cib_s_dir"; do
+        _cib_only "$_cib_p" 'A-Za-z0-9_.:/@+-' ||
+            _cib_die "refresh needs paths without spaces or quotes; this one has some: $(_cib_clean "$_cib_p")"
+    done
+}
+
+_cib_hook_command() {
+    printf '%s %s ci-broker-session %s %s' "$_cib_s_sh" "$_cib_s_client" "$1" "$_cib_s_dir"
+}
+
+# A value for a JSON string: its quotes and backslashes escaped (values are printable ASCII).
+_cib_json_str() {
+    printf '%s' "$1" | sed 's/[\\"]/\\&/g'
+}
+
+_cib_session_aws() {
+    (umask 077 && {
+        printf '[profile ci-broker]\ncredential_process = %s\n' "$(_cib_hook_command aws)"
+        if _cib_only "$_cib_c_region" 'a-z0-9-'; then
+            printf 'region = %s\n' "$_cib_c_region"
+        fi
+    } >"$_cib_s_dir/aws-config") || _cib_die "cannot write the AWS config file under $_cib_s_dir"
+    _cib_set AWS_CONFIG_FILE "$_cib_s_dir/aws-config"
+    _cib_set AWS_PROFILE ci-broker
+    _cib_set AWS_REGION "$_cib_c_region"
+    _cib_set AWS_DEFAULT_REGION "$_cib_c_region"
+}
+
+_cib_session_gcp() {
+    _cib_cred federated_token optional secret
+    _cib_s_assertion=$_cib_v
+    _cib_cred audience optional plain
+    _cib_s_audience=$_cib_v
+    _cib_cred token_url optional plain
+    _cib_s_token_url=$_cib_v
+    _cib_cred service_account_impersonation_url optional plain
+    _cib_s_impersonation=$_cib_v
+    if [ -z "$_cib_s_assertion" ] || [ -z "$_cib_s_audience" ] || [ -z "$_cib_s_token_url" ]; then
+        _cib_die "refresh on GCP needs the role to set 'federated_token: true' in the broker's config"
+    fi
+    (umask 077 && {
+        printf '{\n  "type": "external_account",\n  "audience": "%s",\n' "$(_cib_json_str "$_cib_s_audience")"
+        printf '  "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",\n'
+        printf '  "token_url": "%s",\n' "$(_cib_json_str "$_cib_s_token_url")"
+        if [ -n "$_cib_s_impersonation" ]; then
+            printf '  "service_account_impersonation_url": "%s",\n' "$(_cib_json_str "$_cib_s_impersonation")"
+        fi
+        printf '  "credential_source": {"executable": {"command": "%s", "timeout_millis": 60000}}\n}\n' \
+            "$(_cib_hook_command gcp)"
+    } >"$_cib_s_dir/gcp-credentials.json") || _cib_die "cannot write the GCP credential file under $_cib_s_dir"
+    _cib_set GOOGLE_APPLICATION_CREDENTIALS "$_cib_s_dir/gcp-credentials.json"
+    _cib_set CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE "$_cib_s_dir/gcp-credentials.json"
+    _cib_set GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES 1
+}
+
+_cib_session_azure() {
+    if [ -z "$_cib_c_assertion" ]; then
+        _cib_die "refresh on Azure needs the role to set 'federated_token: true' in the broker's config"
+    fi
+    _cib_s_file="$_cib_s_dir/azure-federated-token"
+    (umask 077 && printf '%s' "$_cib_c_assertion" >"$_cib_s_file") ||
+        _cib_die "cannot write the federated token file under $_cib_s_dir"
+    # The refresher outlives this shell's step; its output goes nowhere (a job log waits for it).
+    "$_cib_s_sh" "$_cib_s_client" ci-broker-session azure "$_cib_s_dir" </dev/null >/dev/null 2>&1 &
+    (umask 077 && printf '%s' "$!" >"$_cib_s_dir/azure-refresher.pid") || :
+    for _cib_p in ARM AZURE; do
+        _cib_set "${_cib_p}_TENANT_ID" "$_cib_c_tenant_id"
+        _cib_set "${_cib_p}_CLIENT_ID" "$_cib_c_client_id"
+        _cib_set "${_cib_p}_SUBSCRIPTION_ID" "$_cib_c_subscription_id"
+    done
+    _cib_set AZURE_AUTHORITY_HOST "$_cib_c_authority_host"
+    _cib_set AZURE_FEDERATED_TOKEN_FILE "$_cib_s_file"
+    _cib_set ARM_OIDC_TOKEN_FILE_PATH "$_cib_s_file"
+    _cib_set ARM_USE_OIDC true
+}
+
+# -- the hooks, as the tools run them (a process of their own) ------------------------------------
+
+_cib_hook_main() {
+    _cib_nl='
+'
+    _cib_target=gitlab
+    _cib_hook=$1
+    _cib_s_dir=$2
+    if [ -z "$_cib_s_dir" ] || [ ! -f "$_cib_s_dir/url" ]; then
+        _cib_die "no ci-broker session at '$(_cib_clean "$_cib_s_dir")'"
+    fi
+    _cib_url=$(cat "$_cib_s_dir/url")
+    _cib_dur=$(cat "$_cib_s_dir/duration")
+    _cib_pick_http
+    trap '_cib_unlock' EXIT
+    case $_cib_hook in
+    aws)
+        _cib_session_current
+        printf '{"Version":1,"AccessKeyId":"%s","SecretAccessKey":"%s","SessionToken":"%s","Expiration":"%s"}\n' \
+            "$(_cib_json_str "$_cib_c_access_key_id")" "$(_cib_json_str "$_cib_c_secret_access_key")" \
+            "$(_cib_json_str "$_cib_c_session_token")" "$_cib_expires"
+        ;;
+    gcp)
+        _cib_session_current
+        _cib_cred federated_token required secret
+        printf '{"version":1,"success":true,"token_type":"urn:ietf:params:oauth:token-type:jwt","id_token":"%s"}\n' \
+            "$(_cib_json_str "$_cib_v")"
+        ;;
+    azure) _cib_azure_refresher ;;
+    azure-once) _cib_azure_once ;;
+    end) _cib_session_end ;;
+    *) _cib_die "unknown hook '$(_cib_clean "$_cib_hook")'" ;;
+    esac
+}
+
+# Google's libraries show `message` when `success` is false: the broker's refusal, not a trace.
+_cib_gcp_failure() {
+    printf '{"version":1,"success":false,"code":"ci_broker_refresh_failed","message":"ci-broker: %s"}\n' \
+        "$(_cib_json_str "$(_cib_clean "$1")")"
+    exit 0
+}
+
+_cib_lock() {
+    _cib_s_wait=0
+    while ! mkdir "$_cib_s_dir/lock" 2>/dev/null; do
+        _cib_s_holder=$(cat "$_cib_s_dir/lock/pid" 2>/dev/null) || _cib_s_holder=
+        if [ -n "$_cib_s_holder" ] && ! kill -0 "$_cib_s_holder" 2>/dev/null; then
+            rm -rf "$_cib_s_dir/lock" # its holder died
+            continue
+        fi
+        _cib_s_wait=$((_cib_s_wait + 1))
+        [ "$_cib_s_wait" -le 90 ] || _cib_die "another refresh of this session did not finish"
+        sleep 1
+    done
+    _cib_locked=1
+    printf '%s' "$$" >"$_cib_s_dir/lock/pid"
+}
+
+_cib_unlock() {
+    if [ "${_cib_locked:-}" = 1 ]; then
+        rm -rf "$_cib_s_dir/lock"
+        _cib_locked=
+    fi
+}
+
+# RFC 3339 UTC time (the broker's) to Unix seconds, in awk: `date` parses dates differently
+# on every system.
+_cib_epoch() {
+    printf '%s' "$1" | LC_ALL=C awk '{
+        if ($0 !~ /^[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9]/) { print 0; exit }
+        y = substr($0, 1, 4) + 0; m = substr($0, 6, 2) + 0; d = substr($0, 9, 2) + 0
+        if (m <= 2) { y -= 1; m += 12 }
+        days = 365 * y + int(y / 4) - int(y / 100) + int(y / 400) + int((153 * (m - 3) + 2) / 5) + d - 719469
+        printf "%d", days * 86400 + substr($0, 12, 2) * 3600 + substr($0, 15, 2) * 60 + substr($0, 18, 2)
+    }'
+}
+
+# The `exp` of the broker's assertion (only to schedule the next refresh); 0 when unreadable.
+_cib_jwt_exp() {
+    _cib_p=${1#*.}
+    _cib_p=$(printf '%s' "${_cib_p%%.*}" | tr '_-' '/+' |
+        awk '{ n = length($0) % 4; printf "%s%s", $0, (n == 2 ? "==" : n == 3 ? "=" : "") }' |
+        base64 -d 2>/dev/null | sed -n 's/.*"exp":\([0-9][0-9]*\).*/\1/p')
+    printf '%s' "${_cib_p:-0}"
+}
+
+# The session's current answer into _cib_body and _cib_c_*: refreshed at the broker first when it
+# is no longer fresh (AWS: 15 minutes left, botocore's refresh window; an assertion: 90 seconds).
+_cib_session_current() {
+    _cib_lock
+    if [ -f "$_cib_s_dir/error" ]; then
+        _cib_die "$(cat "$_cib_s_dir/error")"
+    fi
+    _cib_body=$(cat "$_cib_s_dir/answer")
+    _cib_read_answer
+    _cib_s_now=$(date +%s)
+    case $_cib_cloud in
+    aws) _cib_s_left=$(($(_cib_epoch "$_cib_expires") - _cib_s_now - 900)) ;;
+    gcp)
+        _cib_cred federated_token required secret
+        _cib_s_left=$(($(_cib_jwt_exp "$_cib_v") - _cib_s_now - 90))
+        ;;
+    *) _cib_s_left=$(($(_cib_jwt_exp "$_cib_c_assertion") - _cib_s_now - 90)) ;;
+    esac
+    if [ "$_cib_s_left" -le 0 ]; then
+        _cib_session_refresh
+    fi
+    _cib_unlock
+}
+
+_cib_session_refresh() {
+    _cib_get "$_cib_body" session.refresh_token
+    _cib_s_token=$_cib_v
+    _cib_only "$_cib_s_token" 'A-Za-z0-9._~+/=-' || _cib_die "the session's answer has no usable refresh token"
+    _cib_s_req='{}'
+    if [ -n "$_cib_dur" ]; then
+        _cib_s_req="{\"duration\":$_cib_dur}"
+    fi
+    _cib_try=1
+    while :; do
+        if _cib_request POST "$_cib_url/v1/refresh" "Bearer $_cib_s_token" "$_cib_s_req"; then
+            case $_cib_status in
+            200)
+                _cib_read_answer
+                _cib_get "$_cib_body" session.refresh_token
+                [ "$_cib_rc" = 0 ] || _cib_die "the broker's answer to a refresh has no session"
+                (umask 077 && printf '%s' "$_cib_body" >"$_cib_s_dir/answer.new" &&
+                    mv -f "$_cib_s_dir/answer.new" "$_cib_s_dir/answer") ||
+                    _cib_die "cannot save the refreshed session under $_cib_s_dir"
+                return 0
+                ;;
+            401 | 403)
+                # Refused for good (ended, expired, policy changed): later hooks fail fast with it.
+                _cib_explain_error
+                _cib_why="the broker refused to refresh this job's session: $_cib_detail"
+                (umask 077 && printf '%s' "$_cib_why" >"$_cib_s_dir/error") || :
+                _cib_die "$_cib_why"
+                ;;
+            429 | 502 | 503)
+                _cib_explain_error
+                _cib_why="the broker answered $_cib_detail"
+                ;;
+            *)
+                _cib_explain_error
+                _cib_die "unexpected answer from $_cib_url/v1/refresh: $_cib_detail"
+                ;;
+            esac
+        elif [ "$_cib_http" = curl ] && [ "$_cib_rc" = 7 ]; then
+            # curl could not connect: the token never left, so trying it again is safe. After any
+            # other failure the broker may have spent it; a retry would end the session.
+            _cib_why="the broker at $_cib_url did not answer"
+        else
+            _cib_die "the broker at $_cib_url did not answer the refresh"
+        fi
+        if [ "$_cib_try" -ge 4 ]; then
+            _cib_die "$_cib_why; gave up after $_cib_try attempts"
+        fi
+        sleep "$_cib_try"
+        _cib_try=$((_cib_try + 1))
+    done
+}
+
+# Keeps the Azure federated token file fresh until the session ends or is refused for good. Each
+# round is a process of its own (`azure-once`), so a refusal ends the round, not the refresher.
+_cib_azure_refresher() {
+    _cib_s_sh=$(command -v sh) || _cib_s_sh='sh'
+    while [ -f "$_cib_s_dir/answer" ] && [ ! -f "$_cib_s_dir/error" ]; do
+        _cib_s_left=$("$_cib_s_sh" "$0" ci-broker-session azure-once "$_cib_s_dir" 2>/dev/null) || _cib_s_left=10
+        if [ "$_cib_s_left" -lt 5 ]; then
+            _cib_s_left=5
+        fi
+        sleep "$_cib_s_left"
+    done
+}
+
+# One round: the current assertion into the file (written aside, then renamed into place, so
+# a reader never sees half of it); prints the seconds until the next round.
+_cib_azure_once() {
+    _cib_session_current
+    (umask 077 && printf '%s' "$_cib_c_assertion" >"$_cib_s_dir/azure-federated-token.new" &&
+        mv -f "$_cib_s_dir/azure-federated-token.new" "$_cib_s_dir/azure-federated-token") ||
+        _cib_die "cannot write the federated token file"
+    _cib_s_exp=$(_cib_jwt_exp "$_cib_c_assertion")
+    if [ "$_cib_s_exp" -gt 0 ]; then
+        printf '%s' $((_cib_s_exp - $(date +%s) - 89))
+    else
+        printf 60
+    fi
+}
+
+# The job's end: stop the refresher, revoke the session, remove every file.
+_cib_session_end() {
+    _cib_s_pid=$(cat "$_cib_s_dir/azure-refresher.pid" 2>/dev/null) || _cib_s_pid=
+    if [ -n "$_cib_s_pid" ]; then
+        kill "$_cib_s_pid" 2>/dev/null || :
+    fi
+    if [ -f "$_cib_s_dir/answer" ]; then
+        _cib_lock
+        if [ -f "$_cib_s_dir/error" ]; then
+            _cib_say "the session had ended before the job did: $(cat "$_cib_s_dir/error")"
+        fi
+        _cib_get "$(cat "$_cib_s_dir/answer")" session.refresh_token
+        if _cib_only "$_cib_v" 'A-Za-z0-9._~+/=-' &&
+            _cib_request POST "$_cib_url/v1/revoke" "Bearer $_cib_v" '{}' && [ "$_cib_status" = 200 ]; then
+            _cib_say "session revoked"
+        else
+            _cib_say "could not revoke the session (HTTP $_cib_status); it ends at its expiry"
+        fi
+        _cib_unlock
+    fi
+    rm -rf "$_cib_s_dir"
+    _cib_say "removed the session files"
+}
+
 _cib_main() {
     _cib_nl='
 '
@@ -753,10 +1162,11 @@ _cib_main() {
             _cib_die "cannot read random bytes for the GITHUB_ENV delimiter"
         fi
         ;;
-    gitlab) ;;
-    *) _cib_die "CI_BROKER_TARGET must be github or gitlab" ;;
+    gitlab | generic) ;;
+    *) _cib_die "CI_BROKER_TARGET must be github, gitlab or generic" ;;
     esac
     _cib_inputs
+    _cib_session_inputs
     _cib_pick_http
     if [ "$_cib_http" = busybox-wget ]; then
         _cib_check_busybox_tls
@@ -769,10 +1179,13 @@ _cib_main() {
         fi
         _cib_check_token CI_BROKER_ID_TOKEN
     fi
+    if [ "$_cib_target" = generic ]; then
+        _cib_generic_token
+    fi
     _cib_say "exchanging this job's OIDC token at $_cib_url for role '$_cib_role' (HTTP via $_cib_http)"
     _cib_exchange
     _cib_read_answer
-    _cib_export_all
+    _cib_session_start
     _cib_outputs
     _cib_say "credentials for role '$_cib_role' ($_cib_cloud) expire at $_cib_expires${_cib_names:+; exported:$_cib_names}"
 }
@@ -782,6 +1195,10 @@ case $- in
 *x*) _cib_xtrace=1 && set +x ;;
 *) _cib_xtrace= ;;
 esac
+if [ "${1:-}" = ci-broker-session ]; then
+    _cib_hook_main "${2:-}" "${3:-}"
+    exit
+fi
 _cib_main
 unset _cib_c_access_key_id _cib_c_secret_access_key _cib_c_session_token _cib_c_region \
     _cib_c_access_token _cib_c_token_type _cib_c_service_account _cib_c_tenant_id \
@@ -791,12 +1208,17 @@ unset _cib_attempts _cib_aud _cib_awk_json _cib_body _cib_cloud _cib_delim _cib_
     _cib_limit _cib_line _cib_msg _cib_n_aud _cib_n_dur _cib_n_role _cib_n_url _cib_names _cib_nl \
     _cib_oidc_url _cib_raw _cib_outcreds _cib_p _cib_port _cib_py_http _cib_rc _cib_req _cib_rest _cib_rid \
     _cib_role _cib_status _cib_target _cib_tf _cib_tf_dir _cib_token _cib_tool _cib_try _cib_url \
-    _cib_v _cib_wait _cib_why
+    _cib_v _cib_value_limit _cib_wait _cib_why _cib_refresh _cib_self _cib_s_token _cib_s_expires _cib_s_dir _cib_s_client \
+    _cib_s_sh _cib_s_assertion _cib_s_audience _cib_s_token_url _cib_s_impersonation _cib_s_file _cib_hook \
+    _cib_s_wait _cib_s_holder _cib_locked _cib_s_now _cib_s_left _cib_s_req _cib_s_exp _cib_s_pid
 unset -f _cib_say _cib_clean _cib_die _cib_only _cib_get _cib_pick_http _cib_request \
     _cib_request_wget _cib_check_busybox_tls _cib_urlencode _cib_mask _cib_explain_error \
     _cib_get_github_token _cib_check_token _cib_inputs _cib_exchange _cib_refused _cib_cred \
     _cib_read_answer _cib_gh_put _cib_set _cib_token_file _cib_export_all _cib_out _cib_outputs \
-    _cib_main
+    _cib_session_inputs _cib_session_start _cib_session_dir _cib_hook_command _cib_json_str \
+    _cib_session_aws _cib_session_gcp _cib_session_azure _cib_hook_main _cib_gcp_failure _cib_lock \
+    _cib_unlock _cib_epoch _cib_jwt_exp _cib_session_current _cib_session_refresh _cib_azure_refresher \
+    _cib_azure_once _cib_session_end _cib_main _cib_generic_token
 if [ -n "$_cib_xtrace" ]; then
     unset _cib_xtrace
     set -x

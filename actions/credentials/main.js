@@ -1,50 +1,236 @@
 'use strict';
-// The action's logic is ci-broker.sh, the same POSIX client the GitLab template inlines. Node is
-// here only because a composite action cannot have a post step, and the azure federated token
-// file must be deleted when the job ends. No dependencies: the runner's own node runs this file.
-const { spawnSync } = require('child_process');
-const fs = require('fs');
+// The Action's main step: exchange this job's GitHub OIDC token at the broker, mask every secret,
+// export what the cloud's tools read (or, with `refresh: true`, hooks they call when they need
+// fresh credentials) and set the outputs. No dependencies: Node's own fetch and the runner's
+// workflow commands and environment files, so it runs unchanged on Linux, macOS and Windows.
+
 const path = require('path');
 
-function input(name) {
-  // The runner passes input `broker-url` as INPUT_BROKER-URL (case kept, spaces to _).
-  const key = `INPUT_${name.replace(/ /g, '_').toUpperCase()}`;
-  return (process.env[key] || process.env[key.replace(/-/g, '_')] || '').trim();
+const broker = require('./lib/broker');
+const runner = require('./lib/runner');
+const session = require('./lib/session');
+
+const { ActionError, say } = runner;
+const ROLE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+function flag(name, fallback) {
+  const value = (runner.input(name) || fallback).toLowerCase();
+  if (value !== 'true' && value !== 'false') throw new ActionError(`${name} takes true or false`);
+  return value === 'true';
 }
 
-function posixShell() {
-  if (process.platform !== 'win32') {
-    return fs.existsSync('/bin/sh') ? '/bin/sh' : 'sh';
+// The broker's base URL: https, or plain http to this machine only (as the broker's own config
+// rule), and never with user information (`http://localhost:80@host` names `host`).
+function brokerUrl(raw) {
+  if (!raw) throw new ActionError('broker-url is not set: give the broker\'s base URL, e.g. https://broker.example.com');
+  if (!/^[\x21-\x7e]+$/.test(raw) || /["\\]/.test(raw)) {
+    throw new ActionError('broker-url must be a single word of printable ASCII, without quotes or backslashes');
   }
-  // Git for Windows' bash, the one `shell: bash` steps use; never WSL's System32\bash.exe.
-  const candidates = [];
-  for (const base of [process.env.ProgramFiles, process.env['ProgramW6432'], 'C:\\Program Files']) {
-    if (base) candidates.push(path.join(base, 'Git', 'bin', 'bash.exe'));
-  }
-  for (const dir of (process.env.PATH || '').split(path.delimiter)) {
-    if (dir && !/\\(system32|windowsapps)\b/i.test(dir)) candidates.push(path.join(dir, 'bash.exe'));
-  }
-  return candidates.find((file) => fs.existsSync(file));
+  const url = raw.replace(/\/$/, '');
+  const hostport = url.replace(/^[a-z]+:\/\//, '').split(/[/?#]/)[0];
+  if (hostport.includes('@')) throw new ActionError('broker-url must not contain user information (an @ before the host)');
+  if (url.startsWith('https://')) return url;
+  if (!url.startsWith('http://')) throw new ActionError('broker-url must start with https://');
+  const loopback = /^(?:localhost|\[::1\]|127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3})(?::[0-9]{1,5})?$/;
+  if (!loopback.test(hostport)) throw new ActionError('broker-url must use https:// (http:// is only for loopback addresses)');
+  return url;
 }
 
-const shell = posixShell();
-if (!shell) {
-  console.log('::error title=ci-broker::no POSIX shell found (on Windows, install Git for Windows)');
-  process.exit(1);
+function settings() {
+  const url = brokerUrl(runner.input('broker-url'));
+  const role = runner.input('role');
+  if (!ROLE.test(role)) throw new ActionError("role must be a role name: 1-64 letters, digits, '.', '_' or '-'");
+  const audience = runner.input('audience') || runner.input('broker-url');
+  if (!/^[\x21-\x7e]+$/.test(audience)) throw new ActionError('audience must be a single word of printable ASCII');
+  const durationText = runner.input('duration');
+  if (durationText && !/^[1-9][0-9]{0,5}$/.test(durationText)) throw new ActionError('duration must be a whole number of seconds');
+  const attempts = Number(process.env.CI_BROKER_MAX_ATTEMPTS || '5');
+  if (!Number.isInteger(attempts) || attempts < 1 || attempts > 19) throw new ActionError('CI_BROKER_MAX_ATTEMPTS must be 1 to 19');
+  const result = {
+    url,
+    role,
+    audience,
+    duration: durationText ? Number(durationText) : null,
+    exportEnv: flag('export-env', 'true'),
+    outputCredentials: flag('output-credentials', 'false'),
+    refresh: flag('refresh', 'false'),
+    attempts,
+  };
+  if (result.refresh && !result.exportEnv) throw new ActionError('refresh works through the exported environment: keep export-env true');
+  return result;
 }
-const env = { ...process.env };
-Object.assign(env, {
-  CI_BROKER_TARGET: 'github',
-  CI_BROKER_URL: input('broker-url'),
-  CI_BROKER_ROLE: input('role'),
-  CI_BROKER_AUDIENCE: input('audience') || input('broker-url'),
-  CI_BROKER_DURATION: input('duration'),
-  CI_BROKER_EXPORT_ENV: input('export-env') || 'true',
-  CI_BROKER_OUTPUT_CREDENTIALS: input('output-credentials') || 'false',
-});
-const result = spawnSync(shell, [path.join(__dirname, 'ci-broker.sh')], { env, stdio: 'inherit' });
-if (result.error) {
-  console.log(`::error title=ci-broker::cannot run ${shell}: ${result.error.message}`);
-  process.exit(1);
+
+async function jobToken(audience) {
+  const requestUrl = process.env.ACTIONS_ID_TOKEN_REQUEST_URL;
+  const requestToken = process.env.ACTIONS_ID_TOKEN_REQUEST_TOKEN;
+  if (!requestUrl || !requestToken) {
+    throw new ActionError(
+      'this job cannot request an OIDC token: it lacks the id-token permission.',
+      "Fix: add 'permissions: { id-token: write, contents: read }' to the workflow or to this job.",
+      '(Pull requests from forks never get one.)',
+    );
+  }
+  const url = `${requestUrl}${requestUrl.includes('?') ? '&' : '?'}audience=${encodeURIComponent(audience)}`;
+  const response = await broker.request('GET', url, `bearer ${requestToken}`);
+  if (response.status !== 200) throw new ActionError(`GitHub refused the OIDC token request with HTTP ${response.status}.`);
+  let token = '';
+  try {
+    token = JSON.parse(response.text).value;
+  } catch {
+    token = '';
+  }
+  if (typeof token !== 'string' || !/^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/.test(token)) {
+    throw new ActionError("GitHub's OIDC token answer has no token in it.");
+  }
+  runner.mask(token);
+  return token;
 }
-process.exit(result.status === null ? 1 : result.status);
+
+function refused(response, s) {
+  const detail = broker.detail(response);
+  switch (Math.floor(response.status / 100) === 4 ? response.status : response.status === 502 ? 502 : 0) {
+    case 401:
+      return new ActionError(
+        `the broker refused this job's token: ${detail}`,
+        "Check that audience matches the broker's server.audience and that the broker trusts this CI's issuer.",
+      );
+    case 403:
+      return new ActionError(
+        `the broker denied role '${s.role}': ${detail}`,
+        'No rule of the role grants this job (or the role does not exist). To see which condition failed,',
+        `the broker's operator can run: ci-broker explain --config CONFIG --role ${s.role} --claims CLAIMS.json`,
+        "with this job's claims, which the broker's audit log holds under the request id above.",
+      );
+    case 502:
+      return new ActionError(`the cloud refused or failed the exchange: ${detail}`);
+    case 0:
+      return new ActionError(`unexpected answer from ${s.url}/v1/exchange: ${detail}`, "Is broker-url the broker's base URL?");
+    default:
+      return new ActionError(`the broker rejected the request: ${detail}`);
+  }
+}
+
+// One exchange with bounded retries (1, 2, 4, 8 s ...) while the broker is unreachable, unavailable
+// or rate-limiting. Each attempt gets a fresh OIDC token: a request that timed out may still have
+// spent the previous one, and the broker refuses a token it has seen.
+async function exchange(s) {
+  const body = s.duration ? { role: s.role, duration: s.duration } : { role: s.role };
+  for (let attempt = 1, wait = 1; ; attempt += 1, wait *= 2) {
+    let why;
+    let token = null;
+    try {
+      token = await jobToken(s.audience);
+    } catch (error) {
+      if (!(error instanceof broker.NoAnswer)) throw error;
+      why = "GitHub's OIDC token endpoint did not answer";
+    }
+    if (token !== null) {
+      try {
+        const response = await broker.request('POST', `${s.url}/v1/exchange`, `Bearer ${token}`, body);
+        if (response.status === 200) return response;
+        if (response.status !== 429 && response.status !== 503) throw refused(response, s);
+        why = `the broker answered ${broker.detail(response)}`;
+      } catch (error) {
+        if (!(error instanceof broker.NoAnswer)) throw error;
+        why = `the broker at ${s.url} did not answer`;
+      }
+    }
+    if (attempt >= s.attempts) throw new ActionError(`${why}; gave up after ${attempt} attempts.`);
+    say(`${why}; trying again in ${wait}s (attempt ${attempt} of ${s.attempts})`);
+    await new Promise((resolve) => setTimeout(resolve, wait * 1000));
+  }
+}
+
+// What the following steps get: the cloud's usual variables, or with refresh the hooks instead of
+// the static secrets (a static token would outlive its use and win over the hook).
+function environment(answer, hooks) {
+  const c = answer.credentials;
+  const env = [];
+  if (answer.cloud === 'aws') {
+    if (!hooks) env.push(['AWS_ACCESS_KEY_ID', c.access_key_id], ['AWS_SECRET_ACCESS_KEY', c.secret_access_key], ['AWS_SESSION_TOKEN', c.session_token]);
+    env.push(['AWS_REGION', c.region], ['AWS_DEFAULT_REGION', c.region]);
+  } else if (answer.cloud === 'gcp') {
+    if (!hooks) env.push(['CLOUDSDK_AUTH_ACCESS_TOKEN', c.access_token], ['GOOGLE_OAUTH_ACCESS_TOKEN', c.access_token]);
+  } else {
+    for (const prefix of ['ARM', 'AZURE']) {
+      env.push([`${prefix}_TENANT_ID`, c.tenant_id], [`${prefix}_CLIENT_ID`, c.client_id], [`${prefix}_SUBSCRIPTION_ID`, c.subscription_id]);
+    }
+    if (!hooks) env.push(['AZURE_ACCESS_TOKEN', c.access_token]);
+    env.push(['AZURE_AUTHORITY_HOST', c.authority_host]);
+    if (!hooks && c.federated_token) {
+      const file = path.join(runnerTemp(), 'ci-broker-azure-federated-token');
+      session.writeTokenFile(file, c.federated_token);
+      runner.saveState('federated_token_file', file);
+      env.push(['AZURE_FEDERATED_TOKEN_FILE', file], ['ARM_OIDC_TOKEN_FILE_PATH', file], ['ARM_USE_OIDC', 'true']);
+    }
+  }
+  env.push(...(hooks || []));
+  env.push(['CI_BROKER_CLOUD', answer.cloud], ['CI_BROKER_EXPIRES_AT', answer.expiresAt]);
+  if (hooks) env.push(['CI_BROKER_SESSION_EXPIRES_AT', answer.session.expiresAt]);
+  return env.filter(([, value]) => value);
+}
+
+function runnerTemp() {
+  const temp = process.env.RUNNER_TEMP;
+  if (!temp) throw new ActionError('RUNNER_TEMP is not set');
+  return temp;
+}
+
+const OUTPUTS = [
+  ['access-key-id', 'access_key_id'],
+  ['secret-access-key', 'secret_access_key'],
+  ['session-token', 'session_token'],
+  ['region', 'region'],
+  ['access-token', 'access_token'],
+  ['token-type', 'token_type'],
+  ['service-account', 'service_account'],
+  ['tenant-id', 'tenant_id'],
+  ['client-id', 'client_id'],
+  ['subscription-id', 'subscription_id'],
+  ['federated-token', 'federated_token'],
+  ['authority-host', 'authority_host'],
+];
+
+async function run() {
+  const s = settings();
+  say(`exchanging this job's OIDC token at ${s.url} for role '${s.role}'`);
+  const response = await exchange(s);
+  const answer = broker.readAnswer(response.text);
+  for (const secret of answer.secrets) runner.mask(secret);
+
+  let hooks = null;
+  if (s.refresh) {
+    if (!answer.session) {
+      throw new ActionError(
+        `role '${s.role}' gives no session, so its credentials cannot be refreshed.`,
+        "Ask the broker's operator to set session_lifetime on the role, or drop 'refresh: true'.",
+      );
+    }
+    const script = path.join(__dirname, 'session.js');
+    const made = session.setUp({ base: runnerTemp(), url: s.url, duration: s.duration, answerText: response.text, answer, script });
+    runner.saveState('session_dir', made.dir);
+    hooks = made.env;
+  } else if (answer.session) {
+    // Nobody will refresh it: end it now rather than leave a live session behind.
+    await session.revokeToken(s.url, answer.session.refreshToken).catch(() => {});
+  }
+
+  const names = [];
+  if (s.exportEnv) {
+    for (const [name, value] of environment(answer, hooks)) {
+      runner.exportVariable(name, value);
+      names.push(name);
+    }
+  }
+  runner.setOutput('cloud', answer.cloud);
+  runner.setOutput('expires-at', answer.expiresAt);
+  if (s.outputCredentials) {
+    for (const [output, field] of OUTPUTS) {
+      if (answer.credentials[field]) runner.setOutput(output, answer.credentials[field]);
+    }
+  }
+  const refreshed = hooks ? `; refreshed on demand until ${answer.session.expiresAt}` : '';
+  say(`credentials for role '${s.role}' (${answer.cloud}) expire at ${answer.expiresAt}${refreshed}${names.length ? `; exported: ${names.join(' ')}` : ''}`);
+}
+
+run().catch(runner.fail);

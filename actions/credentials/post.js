@@ -1,14 +1,27 @@
 'use strict';
-// Post step: removes the azure federated token file that ci-broker.sh wrote under RUNNER_TEMP
-// (it names the file through GITHUB_STATE). Runs even when the job failed.
+// The post step (runs even when the job failed): ends the job's broker session and removes every
+// file the main step wrote under RUNNER_TEMP, so nothing taken from the job can be used afterwards.
+
 const fs = require('fs');
 
-const file = process.env.STATE_federated_token_file;
-if (file) {
-  try {
-    fs.rmSync(file, { force: true });
-    console.log('ci-broker: removed the federated token file');
-  } catch (error) {
-    console.log(`::warning title=ci-broker::could not remove ${file}: ${error.message}`);
+const runner = require('./lib/runner');
+const session = require('./lib/session');
+
+async function run() {
+  const dir = runner.state('session_dir');
+  if (dir) {
+    for (const line of await session.end(dir)) runner.say(line);
+    runner.say('removed the session files');
+  }
+  const file = runner.state('federated_token_file');
+  if (file) {
+    try {
+      fs.rmSync(file, { force: true });
+      runner.say('removed the federated token file');
+    } catch (error) {
+      runner.annotate('warning', `could not remove ${file}: ${runner.clean(error.message)}`);
+    }
   }
 }
+
+run().catch((error) => runner.annotate('warning', `cleanup failed: ${runner.clean(error.message)}`));

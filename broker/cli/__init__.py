@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from broker.cli import common, demo, keys, policy, review, serve
+from broker.cli import common, demo, incident, keys, policy, review, serve
 
-COMMAND_GROUPS = (serve, policy, review, keys, demo)
+COMMAND_GROUPS = (serve, policy, review, keys, incident, demo)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

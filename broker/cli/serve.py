@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from broker.cli.common import EXIT_ERROR, EXIT_OK, Subparsers, add_config_option, load
+
+if TYPE_CHECKING:
+    from broker.metricslistener import MetricsListener
 
 
 def register(sub: Subparsers) -> None:
@@ -26,6 +31,12 @@ def register(sub: Subparsers) -> None:
         # The default has one home, broker.server.DEFAULT_THREADS; importing it here would load
         # gunicorn for every command.
         help="threads per worker (default: broker.server.DEFAULT_THREADS; see docs/operations.md)",
+    )
+    p.add_argument(
+        "--metrics-bind",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve /metrics on this address only, not on --bind (see docs/operations.md)",
     )
     p.add_argument(
         "--audit-log",
@@ -64,8 +75,39 @@ def run(args: argparse.Namespace) -> int:
     if workers < 1 or (args.threads is not None and args.threads < 1):
         print("error: --workers and --threads must be at least 1", file=sys.stderr)
         return EXIT_ERROR
-    serve(config, args.bind, workers, args.threads, audit_log=args.audit_log, log_level=args.log_level)
+    listener = None
+    if args.metrics_bind is not None:
+        listener, problem = _metrics_listener(args.metrics_bind, args.bind)
+        if problem:
+            print(f"error: --metrics-bind {args.metrics_bind}: {problem}", file=sys.stderr)
+            return EXIT_ERROR
+    serve(
+        config,
+        args.bind,
+        workers,
+        args.threads,
+        audit_log=args.audit_log,
+        log_level=args.log_level,
+        metrics_listener=listener,
+    )
     return EXIT_OK
+
+
+def _metrics_listener(bind: str, main_bind: str) -> tuple[MetricsListener | None, str | None]:
+    """Bind the metrics address now, so a bad or busy one fails before gunicorn starts."""
+    from broker.metricslistener import MetricsListener, parse_bind
+
+    try:
+        address = parse_bind(bind)
+    except ValueError as exc:
+        return None, str(exc)
+    with contextlib.suppress(ValueError):  # --bind may be unix:PATH, which gunicorn checks
+        if address[1] == parse_bind(main_bind)[1]:
+            return None, "the port must differ from --bind's"
+    try:
+        return MetricsListener(bind), None
+    except OSError as exc:
+        return None, f"cannot listen there: {exc.strerror or exc}"
 
 
 def _replay_store_problem(url: str) -> str | None:

@@ -76,4 +76,5 @@ NAMES = tuple(_MODULES)
 
 def kind(name: str) -> CloudKind:
     module = importlib.import_module(_MODULES[name])
-    return module.KIND
+    cloud_kind: CloudKind = module.KIND
+    return cloud_kind

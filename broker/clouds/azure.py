@@ -171,8 +171,9 @@ def install_log_redaction() -> None:
 def _retry_policy_class(max_retry_after: float) -> type:
     """azure-core's RetryPolicy, but a Retry-After longer than `max_retry_after` is cut short."""
     from azure.core.pipeline.policies import RetryPolicy
+    from azure.core.rest import HttpRequest, HttpResponse
 
-    class CappedRetryPolicy(RetryPolicy):
+    class CappedRetryPolicy(RetryPolicy[HttpRequest, HttpResponse]):
         def get_retry_after(self, response: Any) -> float | None:
             value = super().get_retry_after(response)
             return None if value is None else min(value, max_retry_after)

@@ -7,6 +7,11 @@ role's scopes and lifetime; without one, the federated token itself is returned 
 access, where IAM bindings name `principal://.../subject/role:<name>`). The broker holds no
 Google key: the pool's provider trusts the broker's issuer.
 
+With `federated_token: true` the answer also carries a fresh broker assertion for the role and
+the STS and impersonation URLs, for clients whose Google libraries exchange it themselves (an
+`external_account` credential configuration, contract section 8). Like Azure's, it is a
+credential in its own right (valid for at most five minutes), which is why it is off by default.
+
 google-auth does the protocol; two of its conveniences are avoided on purpose:
 - `google.auth.load_credentials_from_dict(info, scopes=...)` looks up a project id while loading,
   which refreshes the credentials (a whole token exchange) and then calls Cloud Resource Manager
@@ -62,6 +67,7 @@ class GcpSettings:
     token_url: str
     iam_credentials_url: str
     ca_bundle: str | None
+    federated_token: bool = False
 
     @property
     def impersonation_url(self) -> str | None:
@@ -95,6 +101,7 @@ class GcpKind:
         token_url = s.url("token_url", DEFAULT_TOKEN_URL)
         iam_url = s.url("iam_credentials_url", DEFAULT_IAM_CREDENTIALS_URL)
         ca_bundle = s.string("ca_bundle")
+        federated_token = s.boolean("federated_token", False)
         s.finish()
 
         if iam_url and urlsplit(iam_url).path not in ("", "/"):
@@ -148,6 +155,7 @@ class GcpKind:
             token_url=token_url,
             iam_credentials_url=iam_url.rstrip("/"),
             ca_bundle=ca_bundle,
+            federated_token=federated_token,
         )
 
     def max_duration(self, settings: GcpSettings) -> int:
@@ -260,6 +268,8 @@ class GcpBackend:
         credentials_out = {"access_token": token, "token_type": "Bearer"}
         if s.service_account:
             credentials_out["service_account"] = s.service_account
+        if s.federated_token:
+            credentials_out.update(self._external_account(grant))
         # google-auth keeps expiry as a naive UTC datetime.
         return Issued(expires_at=expiry.replace(tzinfo=UTC), credentials=credentials_out)
 
@@ -277,6 +287,20 @@ class GcpBackend:
             service_account_impersonation_options=options,
             scopes=list(s.scopes),
         )
+
+    def _external_account(self, grant: Grant) -> dict[str, str]:
+        """With `federated_token: true`: a fresh broker assertion for the role, and what a client
+        needs to write an `external_account` credential configuration around it, so Google's own
+        libraries do the STS exchange (and impersonation) themselves."""
+        s = self.settings
+        out = {
+            "federated_token": grant.mint_assertion(s.audience, {}),
+            "audience": s.audience,
+            "token_url": s.token_url,
+        }
+        if s.impersonation_url:
+            out["service_account_impersonation_url"] = s.impersonation_url
+        return out
 
     def _step(self, transport: _Transport) -> str:
         if transport.last_url is None or transport.last_url == self.settings.token_url:

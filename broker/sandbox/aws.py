@@ -56,7 +56,7 @@ class LocalSTS:
         """`roles` maps a role ARN to the broker role name its trust policy names in `sub`.
         `served_at` maps an issuer URL registered in IAM to the local base URL that serves its
         discovery document and JWKS, for issuers (https, no port) no test can serve at their name."""
-        from moto.server import DomainDispatcherApplication, create_backend_app
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
         self.moto = DomainDispatcherApplication(create_backend_app)
         self.roles = dict(roles or {})
@@ -243,9 +243,8 @@ def trust_policy_allows(
     `context` its condition keys (`host:aud`, `host:sub`). A statement using an element this does
     not implement (NotPrincipal, NotAction, another condition operator) never allows, and denies if
     it is a Deny: it fails closed."""
-    if isinstance(document, str):
-        document = json.loads(document)
-    statements = document.get("Statement", [])
+    policy: Mapping[str, Any] = json.loads(document) if isinstance(document, str) else document
+    statements = policy.get("Statement", [])
     keys = {key.lower(): value for key, value in context.items()}
     allowed = False
     for statement in statements if isinstance(statements, list) else [statements]:

@@ -346,7 +346,7 @@ class LocalEntra:
         match = next(
             (c for c in app.credentials if c.issuer == iss and c.subject == sub and aud in c.audiences), None
         )
-        if match is None:
+        if match is None or not isinstance(aud, str):
             return self._error(
                 400,
                 "invalid_client",

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from broker.config import build_config
+from broker.config import ConfigError, build_config
 from broker.lint import rule_warnings
 from broker.policy import evaluate
 from tests.adversarial.forge import gh_claims, gl_claims
@@ -236,10 +236,14 @@ def test_a_gitlab_environment_on_an_unprotected_ref_is_denied(sandbox, broker, a
     attack(token, 403, "access_denied", role="gitlab-deploy", reason="ref_protected: 'false' does not match")
 
 
-def test_an_environment_only_rule_is_warned_about(sandbox):
-    assert "every condition is on a claim the job's author controls" in warnings_for(
-        sandbox, "github", {"environment": "production"}
-    )
+def test_an_environment_only_rule_is_refused_by_the_loader(sandbox):
+    config = sandbox.config_dict()
+    config["roles"]["deploy-prod"]["allow"] = [
+        {"provider": "github", "claims": {"environment": "production"}}
+    ]
+    with pytest.raises(ConfigError) as caught:
+        build_config(config, base_dir=sandbox.workdir)
+    assert "every condition is on a claim the job's author controls" in str(caught.value)
 
 
 # -- claim-name and value confusion ----------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""bench/steps.py --quick: the in-process breakdown runs end to end and prints every row.
+"""python -m bench.steps --quick: the in-process breakdown runs end to end and prints every row.
 
 Like the benchmark's own smoke test, it asserts that the figures are there, never their values.
 """
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.timeout(120)
 def test_the_quick_breakdown_runs_and_prints_every_row():
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "steps.py"), "--quick"],
+        [sys.executable, "-m", "bench.steps", "--quick"],
         capture_output=True,
         text=True,
         timeout=110,

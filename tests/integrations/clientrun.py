@@ -39,6 +39,12 @@ BUSYBOX_APPLETS = [
     "wget",
     "printf",
     "head",
+    # what the refresh hooks use besides (contract section 8)
+    "chmod",
+    "mv",
+    "cp",
+    "date",
+    "base64",
 ]
 
 

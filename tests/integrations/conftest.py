@@ -39,3 +39,26 @@ def served_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxB
             yield SandboxBroker(box, served)
         finally:
             served.stop()
+
+
+@pytest.fixture(scope="module")
+def served_session_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxBroker]:
+    """`ci-broker serve` whose roles give sessions (contract section 8): AWS credentials for 15
+    minutes (inside botocore's refresh window, so every call past the first asks again), GCP and
+    Azure roles with `federated_token: true`, on a sqlite store as a real deployment would use."""
+    workdir = tmp_path_factory.mktemp("served-session-broker")
+    with Sandbox(workdir, broker_port=free_port()) as box:
+        config = box.config_dict()
+        config["server"]["replay_store"] = f"sqlite:///{workdir / 'state.db'}"
+        for role in config["roles"].values():
+            role["session_lifetime"] = 3 * 3600
+        config["roles"]["deploy-prod"]["aws"]["duration"] = 900
+        config["roles"]["gcp-deploy"]["gcp"]["federated_token"] = True
+        config["roles"]["azure-deploy"]["azure"]["federated_token"] = True
+        path = box.write_config(config, name="sessions.yaml")
+        served = ServedBroker(path, f"127.0.0.1:{box.broker_port}", workdir / "serve.log")
+        try:
+            served.wait_ready()
+            yield SandboxBroker(box, served)
+        finally:
+            served.stop()

@@ -97,3 +97,14 @@ def git_repo(path: Path) -> None:
     }
     for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "test"]):
         subprocess.run(["git", *args], cwd=path, check=True, env=env, capture_output=True)
+
+
+def assert_refresh_refused(broker_url: str, refresh_token: str) -> None:
+    """After a job, its session's refresh token must be refused: 401 `invalid_token`."""
+    import requests
+
+    response = requests.post(
+        f"{broker_url}/v1/refresh", json={}, headers={"Authorization": f"Bearer {refresh_token}"}, timeout=30
+    )
+    assert response.status_code == 401, response.text
+    assert response.json()["error"] == "invalid_token"

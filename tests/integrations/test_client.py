@@ -8,14 +8,16 @@ allows, and a few it does not, can be given on demand; the end-to-end tests agai
 from __future__ import annotations
 
 import json
+import os
 import stat
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from clientrun import FLAVORS, Flavor, Result, busybox_bin, run_github, run_gitlab, stub_tool
 from endpoints import OIDCRequestEndpoint, Reply, ScriptedBroker
-from support import AWS, AZURE, GCP, JWT, assert_no_secret
+from support import AWS, AZURE, CLIENT, GCP, JWT, assert_no_secret
 
 SECRET_FIELDS = ("access_key_id", "secret_access_key", "session_token", "access_token", "federated_token")
 
@@ -583,3 +585,79 @@ def test_gitlab_azure_token_file_is_outside_the_project(tmp_path: Path) -> None:
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     assert result.env["ARM_OIDC_TOKEN_FILE_PATH"] == str(token_file)
     assert_no_secret(result.log, secrets_of(AZURE), "the job log")
+
+
+# -- sessions (CI_BROKER_REFRESH); the hooks with the clouds' SDKs: test_refresh_hooks.py ----------
+
+SESSION = {"id": "0" * 32, "refresh_token": "cibrt_" + "R" * 43, "expires_at": "2030-01-01T06:00:00Z"}
+
+
+def granted_with_session(cloud: str, credentials: dict[str, str]) -> Reply:
+    body = json.loads(ScriptedBroker.granted(cloud, credentials).body)
+    body["session"] = SESSION
+    return Reply(200, json.dumps(body).encode())
+
+
+def test_gitlab_a_session_the_job_does_not_refresh_is_revoked_at_once(tmp_path: Path) -> None:
+    with ScriptedBroker(granted_with_session("aws", AWS), Reply(200, b"{}")) as broker:
+        result = run_gitlab(tmp_path, DASH_CURL, gitlab_env(broker.url))
+    assert result.returncode == 0, result.log
+    assert [s.authorization for s in broker.seen] == [f"Bearer {JWT}", f"Bearer {SESSION['refresh_token']}"]
+    assert broker.seen[1].body == b"{}"
+    assert result.env["AWS_ACCESS_KEY_ID"] == AWS["access_key_id"] and "AWS_CONFIG_FILE" not in result.env
+    assert_no_secret(result.log, [SESSION["refresh_token"]], "the job log")
+
+
+def test_gitlab_refresh_without_a_session_says_what_the_role_needs(tmp_path: Path) -> None:
+    with ScriptedBroker(ScriptedBroker.granted("aws", AWS)) as broker:
+        result = run_gitlab(tmp_path, DASH_CURL, gitlab_env(broker.url, CI_BROKER_REFRESH="true"))
+    assert result.returncode == 1
+    assert "role 'deploy' gives no session, so its credentials cannot be refreshed." in result.stderr
+    assert "set session_lifetime on the role" in result.stderr
+
+
+def test_gitlab_refresh_needs_the_client_as_a_file(tmp_path: Path) -> None:
+    # Sourced as plain text (not through the template), the hooks would have nothing to run.
+    with ScriptedBroker(granted_with_session("aws", AWS)) as broker:
+        result = run_gitlab(tmp_path, DASH_CURL, gitlab_env(broker.url, CI_BROKER_REFRESH="true"))
+    assert result.returncode == 1
+    assert "set CI_BROKER_CLIENT to the path of ci-broker.sh" in result.stderr
+
+
+def test_other_cis_refresh_with_the_client_file_in_a_private_directory(tmp_path: Path) -> None:
+    env = gitlab_env("", CI_BROKER_REFRESH="true", CI_BROKER_CLIENT=str(CLIENT), TMPDIR=str(tmp_path))
+    del env["CI_BROKER_URL"]
+    with ScriptedBroker(granted_with_session("aws", AWS)) as broker:
+        env["CI_BROKER_URL"] = broker.url
+        result = run_gitlab(tmp_path, DASH_CURL, env)
+    assert result.returncode == 0, result.log
+    session_dir = Path(result.env["CI_BROKER_SESSION_DIR"])
+    assert session_dir.parent == tmp_path and stat.S_IMODE(session_dir.stat().st_mode) == 0o700
+    assert (session_dir / "client.sh").read_bytes() == CLIENT.read_bytes()
+    assert stat.S_IMODE((session_dir / "answer").stat().st_mode) == 0o600
+    assert "AWS_ACCESS_KEY_ID" not in result.env and result.env["AWS_PROFILE"] == "ci-broker"
+    assert_no_secret(result.log, [*secrets_of(AWS), SESSION["refresh_token"]], "the job log")
+
+
+def test_a_refused_gcp_hook_answers_google_in_its_own_error_shape(tmp_path: Path) -> None:
+    session_dir = tmp_path / "session"
+    session_dir.mkdir()
+    (session_dir / "url").write_text("https://broker.example.com")
+    (session_dir / "duration").write_text("")
+    (session_dir / "answer").write_text("{}")
+    (session_dir / "error").write_text('the broker refused to refresh this job\'s session: HTTP 401 "ended"')
+    proc = subprocess.run(
+        ["dash", str(CLIENT), "ci-broker-session", "gcp", str(session_dir)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": os.environ["PATH"]},
+    )
+    assert proc.returncode == 0 and proc.stderr == ""
+    answer = json.loads(proc.stdout)
+    assert answer == {
+        "version": 1,
+        "success": False,
+        "code": "ci_broker_refresh_failed",
+        "message": 'ci-broker: the broker refused to refresh this job\'s session: HTTP 401 "ended"',
+    }

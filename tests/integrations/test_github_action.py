@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from endpoints import OIDCRequestEndpoint, ScriptedBroker
-from support import ACTION_DIR, AZURE, act_path, assert_no_secret, git_repo
+from support import ACTION_DIR, AZURE, act_path, assert_no_secret, assert_refresh_refused, git_repo
 
 from broker.sandbox.issuer import github_claims
 from broker.sandbox.stack import free_port
@@ -151,6 +151,17 @@ def github_oidc(served_broker):
 
     with OIDCRequestEndpoint(mint) as endpoint:
         endpoint.claims = overrides
+        yield endpoint
+
+
+@pytest.fixture
+def github_oidc_sessions(served_session_broker):
+    """GitHub's token endpoint for the broker with sessions."""
+
+    def mint(audience: str) -> str:
+        return served_session_broker.box.github.mint(github_claims(aud=audience))
+
+    with OIDCRequestEndpoint(mint) as endpoint:
         yield endpoint
 
 
@@ -344,3 +355,53 @@ def test_gcp_and_azure_roles_export_their_tools_environment(tmp_path, served_bro
     assert "gcloud token seen by the step: ***" in run.output
     assert "azure token seen by the step: ***" in run.output
     assert len(github_oidc.issued) == 2, "each step asks for its own job token"
+
+
+# A later step of a long job: boto3 through the action's credential_process profile, asking three
+# times past the 15-minute refresh window. It hands the session's last refresh token to the test
+# through a file outside the workspace (only so the test can try it after the job).
+LONG_JOB_STEP = """
+import glob, json, os, pathlib, boto3
+session = boto3.session.Session()
+sts = session.client("sts")
+keys = set()
+for _ in range(3):
+    print("caller:", sts.get_caller_identity()["Arn"])
+    keys.add(session.get_credentials().get_frozen_credentials().access_key)
+print("distinct keys:", len(keys))
+print("no static keys:", not any(k in os.environ for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")))
+state = pathlib.Path(os.environ["AWS_CONFIG_FILE"]).parent / "state.json"
+answer = json.loads(json.loads(state.read_text())["answer"])
+pathlib.Path(os.environ["HANDOFF"]).write_text(json.dumps({"dir": str(state.parent), "refresh_token": answer["session"]["refresh_token"]}))
+"""
+
+
+def test_a_long_job_refreshes_in_a_later_step_and_the_session_ends_with_the_job(
+    tmp_path, served_session_broker, github_oidc_sessions
+):
+    broker = served_session_broker
+    handoff = tmp_path / "handoff.json"
+    script = tmp_path / "long_job.py"
+    script.write_text(LONG_JOB_STEP)
+    steps = [
+        action_step(broker.url, refresh="true"),
+        {
+            "name": "a later step",
+            "run": f"{sys.executable} {script}",
+            "env": {"AWS_ENDPOINT_URL_STS": broker.box.sts.url, "HANDOFF": str(handoff)},
+        },
+    ]
+    run = run_act(tmp_path, steps, oidc_env(github_oidc_sessions))
+    assert run.returncode == 0, run.output
+    lines = run.step_lines()
+    assert "distinct keys: 3" in lines and "no static keys: True" in lines, run.output
+    assert (
+        sum(line.startswith("caller: arn:aws:sts::123456789012:assumed-role/deploy-prod/") for line in lines)
+        == 3
+    )
+    assert "ci-broker: session revoked" in lines and "ci-broker: removed the session files" in lines
+    seen = json.loads(handoff.read_text())
+    assert not Path(seen["dir"]).exists(), "the post step removed every file"
+    assert_refresh_refused(broker.url, seen["refresh_token"])  # after the job
+    assert_no_secret(run.output, [seen["refresh_token"], *github_oidc_sessions.issued], "act's output")
+    assert_no_secret(broker.log_text(), [seen["refresh_token"]], "the broker's log")

@@ -22,7 +22,15 @@ from typing import Any
 
 import pytest
 import yaml
-from support import COMPONENT, TEMPLATE, assert_no_secret, files_containing, git_repo, gitlab_ci_local_path
+from support import (
+    COMPONENT,
+    TEMPLATE,
+    assert_no_secret,
+    assert_refresh_refused,
+    files_containing,
+    git_repo,
+    gitlab_ci_local_path,
+)
 
 from broker.sandbox.issuer import gitlab_claims
 
@@ -234,3 +242,58 @@ def test_azure_role_exports_the_ids_and_token(tmp_path, served_broker):
         f"azure ids: {stack.AZURE_TENANT_ID} {stack.AZURE_CLIENT_ID} {stack.AZURE_SUBSCRIPTION_ID}"
     ) in run.job_log
     assert_clean(run, [(tmp_path / "token").read_text()])
+
+
+# A later command of a long job: boto3 through the template's credential_process profile, asking
+# three times past the 15-minute refresh window. It hands the session's last refresh token to the
+# test through a file outside the project (only so the test can try it after the job).
+LONG_JOB = """
+import json, os, pathlib, boto3
+session = boto3.session.Session()
+sts = session.client("sts")
+keys = set()
+for _ in range(3):
+    print("caller:", sts.get_caller_identity()["Arn"])
+    keys.add(session.get_credentials().get_frozen_credentials().access_key)
+print("distinct keys:", len(keys))
+print("no static keys:", not any(k in os.environ for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")))
+session_dir = os.environ["CI_BROKER_SESSION_DIR"]
+answer = json.loads(pathlib.Path(session_dir, "answer").read_text())
+pathlib.Path(os.environ["HANDOFF"]).write_text(
+    json.dumps({"dir": session_dir, "refresh_token": answer["session"]["refresh_token"]})
+)
+"""
+
+
+def test_a_long_job_refreshes_in_its_script_and_the_session_ends_with_the_job(
+    tmp_path, served_session_broker
+):
+    broker = served_session_broker
+    script = tmp_path / "long_job.py"
+    script.write_text(LONG_JOB)
+    handoff = tmp_path / "handoff.json"
+    job = {
+        "extends": ".ci-broker",
+        "variables": {
+            "CI_BROKER_URL": broker.url,
+            "CI_BROKER_ROLE": ROLE,
+            "CI_BROKER_REFRESH": "true",
+            "AWS_ENDPOINT_URL_STS": broker.box.sts.url,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "HANDOFF": str(handoff),
+        },
+        "script": [f"{sys.executable} {script}"],
+    }
+    token = gitlab_token(broker)
+    run = run_pipeline(tmp_path, pipeline(TEMPLATE_INCLUDE, deploy=job), token, "deploy")
+    assert run.returncode == 0, run.output
+    assert "distinct keys: 3" in run.job_log and "no static keys: True" in run.job_log, run.job_log
+    assert run.job_log.count(f"caller: arn:aws:sts::123456789012:assumed-role/{ROLE}/") == 3
+    assert (
+        "ci-broker: session revoked" in run.job_log and "ci-broker: removed the session files" in run.job_log
+    )
+    seen = json.loads(handoff.read_text())
+    assert not Path(seen["dir"]).exists(), "after_script removed every file"
+    assert_refresh_refused(broker.url, seen["refresh_token"])  # after the job
+    assert_clean(run, [seen["refresh_token"], token])
+    assert_no_secret(broker.log_text(), [seen["refresh_token"]], "the broker's log")

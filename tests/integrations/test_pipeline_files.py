@@ -24,9 +24,18 @@ def test_templates_embed_the_client_byte_for_byte() -> None:
     )
     assert check.returncode == 0, check.stderr
     template = yaml.safe_load(TEMPLATE.read_text())
-    assert template[".ci-broker"]["before_script"] == [CLIENT_TEXT]
     spec, component = yaml.safe_load_all(COMPONENT.read_text())
-    assert component["$[[ inputs.job ]]"]["before_script"] == [CLIENT_TEXT]
+    for job in (template[".ci-broker"], component["$[[ inputs.job ]]"]):
+        (script,) = job["before_script"]
+        # Written verbatim (a quoted here-document expands nothing) beside the project, then sourced.
+        head, _, rest = script.partition("<<'CI_BROKER_CLIENT'\n")
+        client, _, tail = rest.partition("\nCI_BROKER_CLIENT\n")
+        assert client + "\n" == CLIENT_TEXT
+        assert head.endswith('cat >"$_cib_self" ')
+        assert '_cib_self="${CI_PROJECT_DIR}.tmp/ci-broker/client.sh"' in head
+        assert tail == '. "$_cib_self"\n'
+        assert "CI_BROKER_CLIENT" not in CLIENT_TEXT.splitlines()
+        assert "ci-broker-session end" in job["after_script"][0]
 
 
 def test_template_matches_contract_section_6() -> None:
@@ -50,7 +59,16 @@ def test_component_takes_url_role_audience_inputs() -> None:
 def test_action_matches_contract_section_5() -> None:
     action = yaml.safe_load((ACTION_DIR / "action.yml").read_text())
     inputs = action["inputs"]
-    assert set(inputs) == {"broker-url", "role", "audience", "duration", "export-env", "output-credentials"}
+    assert set(inputs) == {
+        "broker-url",
+        "role",
+        "audience",
+        "duration",
+        "export-env",
+        "output-credentials",
+        "refresh",
+    }
+    assert inputs["refresh"]["default"] == "false"
     assert inputs["broker-url"]["required"] is True and inputs["role"]["required"] is True
     assert inputs["export-env"]["default"] == "true"
     assert inputs["output-credentials"]["default"] == "false"
@@ -72,11 +90,25 @@ def test_action_matches_contract_section_5() -> None:
         assert node.returncode == 0, node.stderr
 
 
-def test_action_runs_the_shared_client_file() -> None:
-    main = (ACTION_DIR / "main.js").read_text()
-    assert "path.join(__dirname, 'ci-broker.sh')" in main
-    attributes = (ACTION_DIR / ".gitattributes").read_text()
-    assert "*.sh text eol=lf" in attributes
+def test_the_action_is_javascript_with_no_shell_and_no_dependencies() -> None:
+    """The Action runs on the runner's own node on Linux, macOS and Windows: nothing to install."""
+    scripts = sorted(ACTION_DIR.rglob("*.js"))
+    assert {p.name for p in scripts} >= {"main.js", "post.js", "session.js"}
+    for script in scripts:
+        text = script.read_text()
+        assert not re.search(r"ci-broker\.sh|/bin/sh|bash|childProcess\.exec|shell: *true", text), script
+        required = set(re.findall(r"require\('([^']+)'\)", text))
+        assert required <= {"child_process", "crypto", "fs", "os", "path"} | {
+            r for r in required if r.startswith("./")
+        }, script
+        assert b"\r" not in script.read_bytes()
+        node = subprocess.run([require_tool("node"), "--check", str(script)], capture_output=True, text=True)
+        assert node.returncode == 0, node.stderr
+    # The only process it starts is node itself (the Azure token file's refresher).
+    spawns = re.findall(r"spawn\(([^,]+),", (ACTION_DIR / "lib" / "session.js").read_text())
+    assert spawns == ["node"]
+    assert "const node = process.execPath;" in (ACTION_DIR / "lib" / "session.js").read_text()
+    assert "*.js text eol=lf" in (ACTION_DIR / ".gitattributes").read_text()
     assert b"\r" not in CLIENT.read_bytes()
 
 

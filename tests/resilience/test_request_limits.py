@@ -194,3 +194,24 @@ def test_no_request_limit_reaches_a_500(served):
     box, server = served
     assert "Traceback" not in server.output()
     assert "internal_error" not in server.output()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'5\r\n{"rol\r\nzz\r\n',  # a chunk size that is not hex
+        b'5\r\n{"role\r\n0\r\n\r\n',  # a chunk longer than its size says
+        b"ffffffffffffffffff\r\n",  # a size no body could have
+    ],
+)
+def test_a_refused_request_with_a_malformed_body_gets_one_answer_and_the_connection_closes(served, body):
+    # The connection must not carry a second, unrequested answer for bytes nobody asked about:
+    # a client reading a keep-alive connection would take it for the answer to its next request.
+    box, _ = served
+    head = (
+        b"POST /v1/exchange HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    status, response = raw_request(box.broker_url, head + body)  # reads until the server closes
+    assert 400 <= status < 500, response[:300]
+    assert response.count(b"HTTP/1.1 ") == 1, response[:600]
