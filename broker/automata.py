@@ -634,9 +634,9 @@ def refine(classes: Iterable[Charclass]) -> dict[Charclass, list[Charclass]]:
         if owners:
             groups.setdefault(tuple(owners), []).append((chr(bounds[slot]), chr(bounds[slot + 1] - 1)))
     parts: dict[Charclass, list[Charclass]] = {cls: [] for cls in unique}
-    for owners, ranges in groups.items():
-        part = _canon(Charclass(tuple(ranges)))
-        for k in owners:
+    for owner_set, spans in groups.items():
+        part = _canon(Charclass(tuple(spans)))
+        for k in owner_set:
             parts[unique[k]].append(part)
     return parts
 
@@ -750,8 +750,11 @@ def _covered(chars: Charclass) -> list[tuple[int, int]]:
     return negate(list(chars.ord_ranges)) if chars.negated else list(chars.ord_ranges)
 
 
+@functools.lru_cache(maxsize=4096)
 def _nice_char(cls: Charclass, preferred: str = _PREFERRED) -> str | None:
-    """The most readable character of a class: a preferred one, else the first printable one."""
+    """The most readable character of a class: a preferred one, else the first printable one.
+
+    Cached: every example search asks it of each class of each state, and alphabets repeat."""
     for char in preferred:
         if cls.accepts(char):
             return char

@@ -34,7 +34,7 @@ from broker.automata import (
     pattern_language,
     strings_language,
 )
-from broker.claims import ClaimSchema, claim_text
+from broker.claims import ClaimSchema, claim_text, resolve
 from broker.config import Config, ProviderConfig
 from broker.policy import Condition, Rule
 
@@ -328,12 +328,33 @@ def role_boxes(universe: Universe, side: str, config: Config, name: str) -> list
         for rule in role.rules
         if (box := rule_box(universe, side, config, rule, f"roles.{name}.allow[{rule.index}]")) is not None
     ]
+    for rule in role.denies:
+        _refuse_list_claims(config, rule, f"deny[{rule.index}]")
     deny = [
         box
         for rule in role.denies
         if (box := rule_box(universe, side, config, rule, f"deny[{rule.index}]")) is not None
     ]
     return subtract(universe, allow, deny)
+
+
+def _refuse_list_claims(config: Config, rule: Rule, where: str) -> None:
+    """A deny rule on a list claim (CircleCI's context_ids) is beyond the box model.
+
+    A token whose list holds several values matches a condition when one value does, so an allow
+    rule can hold by one value while a deny rule holds by another: what such a token is granted is
+    not decided by single values. Without deny rules on the list it is (a role's rules are a union,
+    so a token is granted exactly when one of its values alone would be), and the diff is exact
+    over single values.
+    """
+    schema = config.providers[rule.provider].schema
+    for condition in rule.conditions:
+        if condition.claim in schema.list_claims:
+            raise DiffError(
+                f"{config.file}: {where}.claims.{condition.claim}: a deny rule on a list claim; "
+                "a token listing several values can match an allow rule by one and this rule by "
+                "another, which diff does not model: diff cannot decide this rule"
+            )
 
 
 @dataclass(frozen=True)
@@ -392,7 +413,7 @@ def _box_admits(universe: Universe, box: Box, issuer: str, claims: Mapping[str, 
     if box.issuer != issuer:
         return False
     for claim, allowed in box.claims.items():
-        text = claim_text(claims[claim]) if claim in claims else None
+        text = claim_text(resolve(claims, claim))
         spelled = None if text is None else universe.space(issuer, claim).key(text)
         if not allowed.admits(text is not None, spelled):
             return False

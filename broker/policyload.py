@@ -13,9 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from broker.config import Config, ConfigError, build_config, parse_yaml
+from broker import strictyaml
+from broker.config import Config, ConfigError, build_config
 from broker.keys import write_private_key
 from broker.schema import Finding
 
@@ -31,9 +30,9 @@ def load_policy(path: str | Path, *, name: str | None = None) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(file, [Finding("error", "<file>", f"cannot read: {exc}")]) from None
     try:
-        data = parse_yaml(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(file, [Finding("error", "<file>", f"invalid YAML: {exc}")]) from None
+        data = strictyaml.loads(text)
+    except strictyaml.YamlProblem as exc:
+        raise ConfigError(file, [Finding("error", exc.path or "<file>", exc.message)]) from None
     with tempfile.TemporaryDirectory(prefix="ci-broker-review-") as tmp:
         _throwaway_keys(data, Path(tmp))
         return build_config(data, base_dir=Path(path).resolve().parent, file=file)

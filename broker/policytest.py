@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from broker.config import Config, parse_yaml
+from broker import strictyaml
+from broker.config import Config
 from broker.explain import NOT_CHECKED, resolve_provider, trace_lines
 from broker.schema import Findings, Section, join, type_name
 
@@ -58,11 +57,11 @@ class Outcome:
 def load_cases(path: str | Path, config: Config) -> list[Case]:
     file = str(path)
     try:
-        data = parse_yaml(Path(path).read_text(encoding="utf-8"))
+        data = strictyaml.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise TestFileError(file, [f"error: {file}: cannot read: {exc}"]) from None
-    except yaml.YAMLError as exc:
-        raise TestFileError(file, [f"error: {file}: invalid YAML: {exc}"]) from None
+    except strictyaml.YamlProblem as exc:
+        raise TestFileError(file, [f"error: {file}: {exc}"]) from None
     findings = Findings()
     top = Section(data, "", findings)
     raw_cases = top.raw("cases", required=True)
@@ -183,4 +182,5 @@ def junit(outcomes: list[Outcome], suite: str) -> bytes:
             )
             failure.text = "\n".join([*outcome.failures, *outcome.trace])
     ET.indent(root)
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    xml: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return xml

@@ -204,6 +204,43 @@ def test_a_lookahead_makes_diff_refuse_and_name_the_rule(key_file):
         run_diff(key_file, old, new)
 
 
+CIRCLECI = "https://oidc.circleci.com/org/0f5c8a6e-1111-4b7e-9c55-000000000001"
+PROJECT = "oidc.circleci.com/project-id"
+CONTEXTS = "oidc.circleci.com/context-ids"
+
+
+def circleci_policy(contexts: Any, deny: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return policy(
+        {"deploy": [rule("circleci", **{PROJECT: "p1", CONTEXTS: contexts})]},
+        providers={"circleci": {"issuer": CIRCLECI, "type": "circleci"}},
+        deny=deny,
+    )
+
+
+def test_a_list_claim_is_diffed_by_its_single_values(key_file):
+    result = run_diff(key_file, circleci_policy(["c1"]), circleci_policy(["c1", "c2"]))
+    assert sets(result, "deploy", "gained") == [{PROJECT: "p1", CONTEXTS: "c2"}]
+    # A token listing several contexts is granted when one of them is: NEW grants [c3, c2], OLD not.
+    claims = {"iss": CIRCLECI, PROJECT: "p1", CONTEXTS: ["c3", "c2"]}
+    assert allowed(result.universe.new, "deploy", CIRCLECI, claims)
+    assert not allowed(result.universe.old, "deploy", CIRCLECI, claims)
+
+
+def test_a_deny_rule_on_a_list_claim_makes_diff_refuse(key_file):
+    deny = [{**rule("circleci", **{CONTEXTS: "c2"}), "reason": "break-glass context"}]
+    old = circleci_policy(["c1", "c2"], deny=deny)
+    new = circleci_policy(["c1"])
+    # What single values cannot show: OLD refuses [c1, c2] by the deny rule (c2), NEW grants it by
+    # c1, while every single context is decided alike (c1 granted by both, c2 by neither).
+    before, after = build(old, key_file, "old.yaml"), build(new, key_file, "new.yaml")
+    both = {"iss": CIRCLECI, PROJECT: "p1", CONTEXTS: ["c1", "c2"]}
+    assert allowed(after, "deploy", CIRCLECI, both) and not allowed(before, "deploy", CIRCLECI, both)
+    with pytest.raises(
+        DiffError, match=r"old\.yaml: deny\[0\]\.claims\.oidc\.circleci\.com/context-ids: .*list"
+    ):
+        diff_configs(before, after)
+
+
 # -- the command ------------------------------------------------------------------------------------
 
 
