@@ -194,6 +194,7 @@ class Demo:
             self.step_other_clouds,
             self.step_sessions,
             self.step_buildkite,
+            self.step_policy_diff,
         ]
         for step in steps:
             try:
@@ -601,6 +602,11 @@ class Demo:
             self.say("the same rule on slugs instead of ids is not a policy the broker will load:", 3)
             self.say(problem or "(it loaded)", 5)
             self.expect(bool(problem), "a rule that does not pin the organization's id is refused at load")
+
+    def step_policy_diff(self) -> None:
+        from broker.policydemo import step_policy_diff
+
+        step_policy_diff(self, str(int(self._step) + 1) if self._step.isdigit() else "11", ROLE)
 
     def step_sessions(self) -> None:
         """Contract section 8: a session refreshed twice, a spent refresh token replayed, the end."""
