@@ -32,7 +32,7 @@ from typing import Any
 
 from greenery import Charclass, Fsm
 from greenery.charclass import negate
-from greenery.fsm import EPSILON, NULL, from_charclass
+from greenery.fsm import NULL, from_charclass
 
 # Bounded repeats are unrolled; beyond this the automaton is too large to be worth building.
 MAX_REPEAT_UNROLL = 200
@@ -219,10 +219,6 @@ def _item_chars(source: str, flags: int) -> Charclass:
     return _canon((without_case & ~cased) | matched)
 
 
-def char_language(op: Any, av: Any, flags: int) -> Fsm:
-    return from_charclass(_item_chars(_item_source(op, av), flags & _CHAR_FLAGS))
-
-
 # -- a whole pattern -------------------------------------------------------------------------------
 
 
@@ -233,56 +229,124 @@ def pattern_language(pattern: str, flags: int = 0) -> Fsm:
         parsed = sre_parse.parse(pattern, flags)
     except re.error as exc:
         raise NotRegular(f"invalid regex: {exc}") from None
-    return minimal(_sequence(list(parsed), parsed.state.flags, at_start=True, at_end=True))
+    nfa = _Nfa()
+    start, end = nfa.sequence(list(parsed), parsed.state.flags, at_start=True, at_end=True)
+    return nfa.determinised(start, end)
 
 
-def _sequence(items: Sequence[tuple[Any, Any]], flags: int, *, at_start: bool, at_end: bool) -> Fsm:
-    first, last = 0, len(items)
-    # With fullmatch a leading ^ / \A holds at position 0 and a trailing $ / \Z at the end, with or
-    # without MULTILINE: both are no-ops there. Anywhere else they are refused.
-    while at_start and first < last and items[first][0] is sre.AT and items[first][1] in _LEADING:
-        first += 1
-    while at_end and last > first and items[last - 1][0] is sre.AT and items[last - 1][1] in _TRAILING:
-        last -= 1
-    parts = [
-        _item(op, av, flags, at_start=at_start and i == first, at_end=at_end and i == last - 1)
-        for i, (op, av) in enumerate(items[first:last], start=first)
-    ]
-    return Fsm.concatenate(*parts) if parts else EPSILON
+class _Nfa:
+    """A Thompson automaton of the pattern (character-class edges and empty moves), made
+    deterministic and minimal in one pass: greenery's concatenation determinises at every step
+    and its `reduce` is quadratic, seconds for one workflow-ref glob."""
 
+    def __init__(self) -> None:
+        self.empty: list[list[int]] = []  # empty moves of each state
+        self.edges: list[list[tuple[Charclass, int]]] = []
 
-def _item(op: Any, av: Any, flags: int, *, at_start: bool, at_end: bool) -> Fsm:
-    if op in (sre.LITERAL, sre.NOT_LITERAL, sre.ANY, sre.IN):
-        return char_language(op, av, flags)
-    if op is sre.BRANCH:
-        return Fsm.union(*(_sequence(list(b), flags, at_start=at_start, at_end=at_end) for b in av[1]))
-    if op is sre.SUBPATTERN:
-        _group, add, remove, inner = av
-        return _sequence(list(inner), (flags | add) & ~remove, at_start=at_start, at_end=at_end)
-    if op in _REPEATS:
-        low, high, inner = av
-        body = _sequence(list(inner), flags, at_start=False, at_end=False)
-        return _repeat(body, low, None if high is sre.MAXREPEAT else high)
-    if op in _NOT_REGULAR:
-        raise NotRegular(f"uses {_NOT_REGULAR[op]}, which is not a regular language")
-    if op is sre.AT:
-        raise NotRegular(
-            "uses an anchor or word boundary inside the pattern; only a leading ^ or \\A and a "
-            "trailing $ or \\Z can be decided exactly"
-        )
-    raise NotRegular(f"uses {op}, which cannot be decided exactly")
+    def state(self) -> int:
+        self.empty.append([])
+        self.edges.append([])
+        return len(self.empty) - 1
 
+    def sequence(
+        self, items: Sequence[tuple[Any, Any]], flags: int, *, at_start: bool, at_end: bool
+    ) -> tuple[int, int]:
+        first, last = 0, len(items)
+        # With fullmatch a leading ^ / \A holds at position 0 and a trailing $ / \Z at the end,
+        # with or without MULTILINE: both are no-ops there. Anywhere else they are refused.
+        while at_start and first < last and items[first][0] is sre.AT and items[first][1] in _LEADING:
+            first += 1
+        while at_end and last > first and items[last - 1][0] is sre.AT and items[last - 1][1] in _TRAILING:
+            last -= 1
+        start = end = self.state()
+        for i, (op, av) in enumerate(items[first:last], start=first):
+            head, tail = self.item(
+                op, av, flags, at_start=at_start and i == first, at_end=at_end and i == last - 1
+            )
+            self.empty[end].append(head)
+            end = tail
+        return start, end
 
-def _repeat(body: Fsm, low: int, high: int | None) -> Fsm:
-    if max(low, high or 0) > MAX_REPEAT_UNROLL:
-        raise NotRegular(f"has a repeat bound over {MAX_REPEAT_UNROLL}, too large to decide exactly")
-    required = body.times(low) if low else EPSILON
-    if high is None:
-        return Fsm.concatenate(required, body.star())
-    optional = EPSILON
-    for _ in range(high - low):
-        optional = minimal(EPSILON | Fsm.concatenate(body, optional))
-    return Fsm.concatenate(required, optional)
+    def item(self, op: Any, av: Any, flags: int, *, at_start: bool, at_end: bool) -> tuple[int, int]:
+        if op in (sre.LITERAL, sre.NOT_LITERAL, sre.ANY, sre.IN):
+            start, end = self.state(), self.state()
+            self.edges[start].append((_item_chars(_item_source(op, av), flags & _CHAR_FLAGS), end))
+            return start, end
+        if op is sre.BRANCH:
+            start, end = self.state(), self.state()
+            for branch in av[1]:
+                head, tail = self.sequence(list(branch), flags, at_start=at_start, at_end=at_end)
+                self.empty[start].append(head)
+                self.empty[tail].append(end)
+            return start, end
+        if op is sre.SUBPATTERN:
+            _group, add, remove, inner = av
+            return self.sequence(list(inner), (flags | add) & ~remove, at_start=at_start, at_end=at_end)
+        if op in _REPEATS:
+            low, high, inner = av
+            high = None if high is sre.MAXREPEAT else high
+            if max(low, high or 0) > MAX_REPEAT_UNROLL:
+                raise NotRegular(f"has a repeat bound over {MAX_REPEAT_UNROLL}, too large to decide exactly")
+            return self.repeat(list(inner), flags, low, high)
+        if op in _NOT_REGULAR:
+            raise NotRegular(f"uses {_NOT_REGULAR[op]}, which is not a regular language")
+        if op is sre.AT:
+            raise NotRegular(
+                "uses an anchor or word boundary inside the pattern; only a leading ^ or \\A and a "
+                "trailing $ or \\Z can be decided exactly"
+            )
+        raise NotRegular(f"uses {op}, which cannot be decided exactly")
+
+    def repeat(self, body: list[tuple[Any, Any]], flags: int, low: int, high: int | None) -> tuple[int, int]:
+        start = end = self.state()
+        for _ in range(low):
+            head, tail = self.sequence(body, flags, at_start=False, at_end=False)
+            self.empty[end].append(head)
+            end = tail
+        if high is None:  # then any number more: a loop through a hub
+            hub = self.state()
+            head, tail = self.sequence(body, flags, at_start=False, at_end=False)
+            self.empty[end].append(hub)
+            self.empty[hub].append(head)
+            self.empty[tail].append(hub)
+            return start, hub
+        optional_end = self.state()
+        for _ in range(high - low):  # each further copy may be skipped to the end
+            self.empty[end].append(optional_end)
+            head, tail = self.sequence(body, flags, at_start=False, at_end=False)
+            self.empty[end].append(head)
+            end = tail
+        self.empty[end].append(optional_end)
+        return start, optional_end
+
+    def closure(self, states: Iterable[int]) -> frozenset[int]:
+        seen = set(states)
+        stack = list(seen)
+        while stack:
+            for target in self.empty[stack.pop()]:
+                if target not in seen:
+                    seen.add(target)
+                    stack.append(target)
+        return frozenset(seen)
+
+    def determinised(self, start: int, end: int) -> Fsm:
+        everything = _canon(~Charclass())
+        parts = refine([everything, *(cls for edges in self.edges for cls, _ in edges)])
+        symbols = parts[everything]
+        position = {part: i for i, part in enumerate(symbols)}
+        # For each state, the states each symbol leads to.
+        moves: list[dict[int, list[int]]] = []
+        for edges in self.edges:
+            by_symbol: dict[int, list[int]] = {}
+            for cls, target in edges:
+                for part in parts[cls]:
+                    by_symbol.setdefault(position[part], []).append(target)
+            moves.append(by_symbol)
+
+        def follow(current: frozenset[int], i: int) -> frozenset[int]:
+            return self.closure(t for q in current for t in moves[q].get(i, ()))
+
+        return _build(symbols, self.closure((start,)), lambda current: end in current, follow)
 
 
 def strings_language(values: Iterable[str]) -> Fsm:
@@ -655,8 +719,9 @@ def _table(fsm: Fsm) -> Table:
     return alphabet, rows, index[fsm.initial], {index[q] for q in fsm.finals}
 
 
-def _combine(fsms: Sequence[Fsm], accept: Callable[[Sequence[bool]], bool]) -> Fsm:
-    """The product automaton of `fsms` on a common refinement of their alphabets, minimal."""
+def _aligned(fsms: Sequence[Fsm]) -> tuple[list[Table], list[Charclass], list[list[int]]]:
+    """The automata as tables on a common refinement of their alphabets: the refined symbols and,
+    per automaton, which of its own classes holds each symbol."""
     tables = [_table(fsm) for fsm in fsms]
     parts = refine(cls for alphabet, _, _, _ in tables for cls in alphabet)
     symbols = list(dict.fromkeys(part for group in parts.values() for part in group))
@@ -668,6 +733,12 @@ def _combine(fsms: Sequence[Fsm], accept: Callable[[Sequence[bool]], bool]) -> F
             for part in parts[cls]:
                 owner[position[part]] = k
         owners.append(owner)
+    return tables, symbols, owners
+
+
+def _combine(fsms: Sequence[Fsm], accept: Callable[[Sequence[bool]], bool]) -> Fsm:
+    """The product automaton of `fsms` on a common refinement of their alphabets, minimal."""
+    tables, symbols, owners = _aligned(fsms)
     start = tuple(initial for _, _, initial, _ in tables)
     index = {start: 0}
     order = [start]
@@ -692,6 +763,36 @@ def _combine(fsms: Sequence[Fsm], accept: Callable[[Sequence[bool]], bool]) -> F
     return _minimal_table((symbols, rows, 0, finals))
 
 
+def _reaches(fsms: Sequence[Fsm], accept: Callable[[Sequence[bool]], bool]) -> bool:
+    """Whether the product of `fsms` accepts anything: a search that stops at the first accepting
+    state, for the questions that need no automaton back (do two sets meet, is one in another)."""
+    tables, symbols, owners = _aligned(fsms)
+    start = tuple(initial for _, _, initial, _ in tables)
+    seen = {start}
+    queue = [start]
+    for states in queue:
+        if accept([q in table[3] for q, table in zip(states, tables, strict=True)]):
+            return True
+        for s in range(len(symbols)):
+            target = tuple(
+                table[1][q][owner[s]] for q, table, owner in zip(states, tables, owners, strict=True)
+            )
+            if target not in seen:
+                seen.add(target)
+                queue.append(target)
+    return False
+
+
+def meets(a: Fsm, b: Fsm) -> bool:
+    """Whether some text is in both."""
+    return _reaches((a, b), all)
+
+
+def within(a: Fsm, b: Fsm) -> bool:
+    """Whether every text of a is in b."""
+    return not _reaches((a, b), lambda finals: finals[0] and not finals[1])
+
+
 def both(a: Fsm, b: Fsm) -> Fsm:
     return _combine((a, b), all)
 
@@ -708,7 +809,13 @@ def minimal(fsm: Fsm) -> Fsm:
 
 
 def _minimal_table(table: Table) -> Fsm:
-    """Moore's partition refinement on the reachable states, then one Fsm."""
+    """Moore's partition refinement on the reachable states, then one Fsm whose classes are
+    merged wherever every state moves alike on them.
+
+    Merging matters as much as minimising: products refine their operands' alphabets, so without
+    it each product's alphabet is the refinement of all before it, and every later step (Moore's
+    rounds are states x classes) pays for classes that no state tells apart.
+    """
     alphabet, rows, initial, finals = table
     reachable = [initial]
     seen = {initial}
@@ -717,28 +824,56 @@ def _minimal_table(table: Table) -> Fsm:
             if target not in seen:
                 seen.add(target)
                 reachable.append(target)
+    alphabet, moves = _merged_columns(alphabet, {q: rows[q] for q in reachable})
     block = {q: int(q in finals) for q in reachable}
     count = len(set(block.values()))
     while True:
         numbering: dict[tuple[int, ...], int] = {}
         refined = {
-            q: numbering.setdefault((block[q], *(block[t] for t in rows[q])), len(numbering))
+            q: numbering.setdefault((block[q], *(block[t] for t in moves[q])), len(numbering))
             for q in reachable
         }
         block = refined
         if len(numbering) == count:
             break
         count = len(numbering)
-    transitions = {
-        block[q]: {cls: block[t] for cls, t in zip(alphabet, rows[q], strict=True)} for q in reachable
-    }
+    representatives = {block[q]: q for q in reachable}
+    alphabet, merged = _merged_columns(
+        alphabet, {b: [block[t] for t in moves[q]] for b, q in representatives.items()}
+    )
     return Fsm(
         alphabet=alphabet,
-        states=set(transitions),
+        states=set(merged),
         initial=block[initial],
         finals={block[q] for q in reachable if q in finals},
-        map=transitions,
+        map={b: dict(zip(alphabet, row, strict=True)) for b, row in merged.items()},
     )
+
+
+def _merged_columns(
+    alphabet: list[Charclass], rows: dict[int, list[int]]
+) -> tuple[list[Charclass], dict[int, list[int]]]:
+    """One class for the classes every state moves alike on (their union), rows to match."""
+    states = list(rows)
+    columns: dict[tuple[int, ...], list[int]] = {}
+    for k in range(len(alphabet)):
+        columns.setdefault(tuple(rows[q][k] for q in states), []).append(k)
+    if len(columns) == len(alphabet):
+        return alphabet, rows
+    merged = [_union(alphabet[k] for k in group) for group in columns.values()]
+    kept = [group[0] for group in columns.values()]
+    return merged, {q: [rows[q][k] for k in kept] for q in states}
+
+
+def _union(classes: Iterable[Charclass]) -> Charclass:
+    ranges = sorted(r for cls in classes for r in _covered(cls))
+    spans: list[tuple[int, int]] = []
+    for low, high in ranges:
+        if spans and low <= spans[-1][1] + 1:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], high))
+        else:
+            spans.append((low, high))
+    return _canon(Charclass(tuple((chr(a), chr(b)) for a, b in spans)))
 
 
 # -- examples ------------------------------------------------------------------------------------

@@ -31,8 +31,10 @@ from broker.automata import (
     both,
     but,
     example,
+    meets,
     pattern_language,
     strings_language,
+    within,
 )
 from broker.claims import ClaimSchema, claim_text, resolve
 from broker.config import Config, ProviderConfig
@@ -83,7 +85,10 @@ class ClaimSet:
         return not self.absent and self.lang.empty()
 
     def within(self, other: ClaimSet) -> bool:
-        return (not self.absent or other.absent) and but(self.lang, other.lang).empty()
+        return (not self.absent or other.absent) and within(self.lang, other.lang)
+
+    def meets(self, other: ClaimSet) -> bool:
+        return (self.absent and other.absent) or meets(self.lang, other.lang)
 
     def admits(self, present: bool, spelled: str | None) -> bool:
         if not present:
@@ -279,9 +284,7 @@ def rule_box(universe: Universe, side: str, config: Config, rule: Rule, where: s
 
 
 def _disjoint(universe: Universe, s: Box, t: Box) -> bool:
-    return s.issuer != t.issuer or any(
-        _and(s.claims[c], t.claims[c]).is_empty() for c in t.claims if c in s.claims
-    )
+    return s.issuer != t.issuer or any(not s.claims[c].meets(t.claims[c]) for c in t.claims if c in s.claims)
 
 
 def _within(universe: Universe, s: Box, t: Box) -> bool:
