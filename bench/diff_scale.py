@@ -16,6 +16,7 @@ diff's own share can be read off. Medians are printed with the machine's load av
     python -m bench.diff_scale                  # 10, 100, 1,000 roles, 3 rounds
     python -m bench.diff_scale --sizes 1000 --rounds 5
     python -m bench.diff_scale --quick          # proves the script works (CI)
+    python -m bench.diff_scale --json FILE      # the figures in FILE as well
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 from bench.harness import ROOT, broker_config, load_average, machine, write_yaml
 
 SIZES = (10, 100, 1000)
-QUICK_SIZES = (10, 30)
+QUICK_SIZES = (10, 20)
 ISSUER = "https://token.actions.githubusercontent.com"
 
 
@@ -166,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES}, one round")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
     args = parser.parse_args(argv)
     sizes, rounds = (QUICK_SIZES, 1) if args.quick else (tuple(args.sizes), args.rounds)
     load_before = load_average()
@@ -173,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         figures = measure(sizes, rounds, Path(tmp))
     figures.update(machine=machine(), load_average=[round(load_before, 1), round(load_average(), 1)])
     print(json.dumps(figures, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
     print()
     print(
         "| roles | file KB | gained sets | diff CPU s (wall) | diff peak RSS MB | load alone CPU s | load RSS MB |"
