@@ -37,9 +37,12 @@ $(STAMP): pyproject.toml $(LOCK_TEST)
 demo: venv
 	$(VENV)/bin/ci-broker demo
 
-# The whole suite: what CI runs.
+# The whole suite: what CI runs, on every core (pytest-xdist; TEST_WORKERS=0 for one process).
+# Most of its time is spent waiting on subprocesses (act, gitlab-ci-local, gunicorn, terraform),
+# so two workers on CI's two cores take about half the serial time.
+TEST_WORKERS ?= auto
 test: venv
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # The fast tier for the edit-test loop: everything but the tests tests/conftest.py marks slow
 # (act, gitlab-ci-local, `ci-broker serve` subprocesses, terraform, checkov, benchmark runs), on
