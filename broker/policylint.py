@@ -63,7 +63,7 @@ def _rule_findings(config: Config, path: str, rule: Rule) -> list[Finding]:
     kind = "deny rule" if path.startswith("deny") else "rule"
     findings: list[Finding] = []
     languages: dict[str, tuple[Normaliser, Fsm]] = {}
-    related = _related_claims(schema.type)
+    related = _related_claims(schema.type, {c.claim for c in rule.conditions})
     for condition in rule.conditions:
         if condition.kind != "regex" and condition.claim not in related:
             # An exact value, a list or a glob is compiled from its normalised text, and that text
@@ -104,10 +104,12 @@ def _rule_findings(config: Config, path: str, rule: Rule) -> list[Finding]:
     return findings
 
 
-def _related_claims(provider_type: str) -> frozenset[str]:
-    """The claims whose conditions the relations below (and the sub form) compare."""
-    names = {name for pair in PREFIX_RELATIONS.get(provider_type, ()) for name in pair}
-    names |= {c for claim, _, implied, _ in IMPLIED.get(provider_type, ()) for c in (claim, implied)}
+def _related_claims(provider_type: str, named: set[str]) -> frozenset[str]:
+    """The claims of this rule whose conditions the relations below compare (both claims of a
+    relation named by the rule), and sub on GitHub (its form)."""
+    pairs = [*PREFIX_RELATIONS.get(provider_type, ())]
+    pairs += [(claim, implied) for claim, _, implied, _ in IMPLIED.get(provider_type, ())]
+    names = {name for pair in pairs if set(pair) <= named for name in pair}
     if provider_type == "github":
         names.add("sub")
     return frozenset(names)
