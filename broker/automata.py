@@ -561,18 +561,23 @@ def _encode_repo(fsm: Fsm) -> Fsm:
     symbols = sorted({_canon(piece) for group in pieces for piece in group}, key=_first_code)
     slash_class = _class_of(fsm, "/")
     dead = -1
+    # Per symbol, once: is it the slash, whose rank it is (in the ranked segments), whose
+    # character (after them). Each symbol lies inside one class of each kind.
+    probes = [chr(_first_code(symbol)) for symbol in symbols]
+    is_slash = [probe == "/" for probe in probes]
+    ranked_owner = [next((cls for cls, r in ranked.items() if r.accepts(p)), None) for p in probes]
+    plain_owner = [_class_of(fsm, probe) for probe in probes]
 
     def follow(state: tuple[int, int], i: int) -> tuple[int, int]:
         slashes, q = state
         if q == dead:
             return state
-        probe = chr(_first_code(symbols[i]))
         if slashes < 2:
-            if probe == "/":
+            if is_slash[i]:
                 return slashes + 1, fsm.map[q][slash_class]
-            owner = next((cls for cls, r in ranked.items() if r.accepts(probe)), None)
+            owner = ranked_owner[i]
             return (slashes, fsm.map[q][owner]) if owner is not None else (slashes, dead)
-        return slashes, fsm.map[q][_class_of(fsm, probe)]
+        return slashes, fsm.map[q][plain_owner[i]]
 
     long = _build(symbols, (0, fsm.initial), lambda s: s[0] == 2 and s[1] in fsm.finals, follow)
     return _combine((short, long), any)
@@ -711,7 +716,25 @@ def refine(classes: Iterable[Charclass]) -> dict[Charclass, list[Charclass]]:
 Table = tuple[list[Charclass], list[list[int]], int, set[int]]
 
 
+# Tables of the automata asked about lately, by identity (an Fsm is not hashable): the condition
+# languages are asked about again and again (every box against every other), and reading an Fsm's
+# map hashes a class per cell. Bounded; the entry holds the Fsm so its id cannot be reused.
+_TABLES: dict[int, tuple[Fsm, Table]] = {}
+_TABLES_KEPT = 2048
+
+
 def _table(fsm: Fsm) -> Table:
+    entry = _TABLES.get(id(fsm))
+    if entry is not None and entry[0] is fsm:
+        return entry[1]
+    table = _read_table(fsm)
+    if len(_TABLES) >= _TABLES_KEPT:
+        del _TABLES[next(iter(_TABLES))]
+    _TABLES[id(fsm)] = (fsm, table)
+    return table
+
+
+def _read_table(fsm: Fsm) -> Table:
     states = sorted(fsm.states)
     index = {q: i for i, q in enumerate(states)}
     alphabet = list(fsm.alphabet)
@@ -809,12 +832,12 @@ def minimal(fsm: Fsm) -> Fsm:
 
 
 def _minimal_table(table: Table) -> Fsm:
-    """Moore's partition refinement on the reachable states, then one Fsm whose classes are
+    """Hopcroft's partition refinement on the reachable states, then one Fsm whose classes are
     merged wherever every state moves alike on them.
 
     Merging matters as much as minimising: products refine their operands' alphabets, so without
-    it each product's alphabet is the refinement of all before it, and every later step (Moore's
-    rounds are states x classes) pays for classes that no state tells apart.
+    it each product's alphabet is the refinement of all before it, and every later step (each pass
+    over a table is states x classes) pays for classes that no state tells apart.
     """
     alphabet, rows, initial, finals = table
     reachable = [initial]
@@ -825,18 +848,7 @@ def _minimal_table(table: Table) -> Fsm:
                 seen.add(target)
                 reachable.append(target)
     alphabet, moves = _merged_columns(alphabet, {q: rows[q] for q in reachable})
-    block = {q: int(q in finals) for q in reachable}
-    count = len(set(block.values()))
-    while True:
-        numbering: dict[tuple[int, ...], int] = {}
-        refined = {
-            q: numbering.setdefault((block[q], *(block[t] for t in moves[q])), len(numbering))
-            for q in reachable
-        }
-        block = refined
-        if len(numbering) == count:
-            break
-        count = len(numbering)
+    block = _equivalence_blocks(reachable, moves, finals, len(alphabet))
     representatives = {block[q]: q for q in reachable}
     alphabet, merged = _merged_columns(
         alphabet, {b: [block[t] for t in moves[q]] for b, q in representatives.items()}
@@ -848,6 +860,42 @@ def _minimal_table(table: Table) -> Fsm:
         finals={block[q] for q in reachable if q in finals},
         map={b: dict(zip(alphabet, row, strict=True)) for b, row in merged.items()},
     )
+
+
+def _equivalence_blocks(
+    states: list[int], moves: dict[int, list[int]], finals: set[int], symbols: int
+) -> dict[int, int]:
+    """Each state's block of equivalent states (Hopcroft: split by the predecessors of the smaller
+    half, so a state is looked at O(log n) times; Moore's rounds cost states x classes each, and
+    a pattern as long as a workflow ref needs as many rounds as it has characters)."""
+    predecessors: list[dict[int, list[int]]] = [{} for _ in range(symbols)]
+    for q in states:
+        for c, target in enumerate(moves[q]):
+            predecessors[c].setdefault(target, []).append(q)
+    accepting = {q for q in states if q in finals}
+    blocks = [part for part in (accepting, set(states) - accepting) if part]
+    block = {q: b for b, part in enumerate(blocks) for q in part}
+    smaller = min(range(len(blocks)), key=lambda b: len(blocks[b]))
+    pending = {(smaller, c) for c in range(symbols)} if len(blocks) == 2 else set()
+    while pending:
+        splitter, c = pending.pop()
+        into: dict[int, set[int]] = {}
+        for target in blocks[splitter]:
+            for q in predecessors[c].get(target, ()):
+                into.setdefault(block[q], set()).add(q)
+        for b, inside in into.items():
+            if len(inside) == len(blocks[b]):
+                continue
+            outside = blocks[b] - inside
+            small, large = (inside, outside) if len(inside) <= len(outside) else (outside, inside)
+            blocks[b] = large
+            blocks.append(small)
+            new = len(blocks) - 1
+            for q in small:
+                block[q] = new
+            # (b, d) pending stays pending for the larger part; either way the new part is added.
+            pending.update((new, d) for d in range(symbols))
+    return block
 
 
 def _merged_columns(
