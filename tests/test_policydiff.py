@@ -161,6 +161,16 @@ def test_a_case_insensitive_claim_compares_lowercased_on_both_sides(key_file):
     assert len(gained) == 1 and gained[0].example["repository"].startswith("octo/")
 
 
+def test_the_same_rules_under_a_provider_moved_to_another_issuer_are_lost_and_gained(key_file):
+    # Textually the role is unchanged; its provider now trusts another issuer's tokens.
+    moved = {"github": {"issuer": "https://ghes.example.com/_services/token", "type": "github"}}
+    old = policy({"deploy": [rule(**MAIN)]})
+    new = policy({"deploy": [rule(**MAIN)]}, providers=moved)
+    result = run_diff(key_file, old, new)
+    assert covers(result, "deploy", "lost", **MAIN)
+    assert covers(result, "deploy", "gained", iss="https://ghes.example.com/_services/token", **MAIN)
+
+
 def test_a_new_provider_gains_everything_its_rules_admit(key_file):
     old = policy({"deploy": [rule(**MAIN)]}, providers={"github": {"issuer": GITHUB, "type": "github"}})
     new = policy({"deploy": [rule(**MAIN), rule("gitlab", project_id="20", ref_protected="true")]})
