@@ -136,6 +136,7 @@ function refused(response, s) {
 // it goes to (lib/claims.js).
 async function exchange(s) {
   const body = s.duration ? { role: s.role, duration: s.duration } : { role: s.role };
+  let shown = false;
   for (let attempt = 1; ; attempt += 1) {
     let why;
     let token = null;
@@ -147,7 +148,8 @@ async function exchange(s) {
     }
     if (token !== null) {
       const jobClaims = claims.payload(token);
-      if (attempt === 1) runner.group(CLAIMS_GROUP, claims.shownLines(jobClaims));
+      if (!shown) runner.group(CLAIMS_GROUP, claims.shownLines(jobClaims));
+      shown = true;
       claims.requireAudienceNames(jobClaims, s.url);
       try {
         const response = await broker.request('POST', `${s.url}/v1/exchange`, `Bearer ${token}`, body);

@@ -11,13 +11,11 @@ import json
 import re
 import stat
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from actionrun import run_action, run_post
-from endpoints import OIDCRequestEndpoint, ScriptedBroker
+from endpoints import OIDCRequestEndpoint, ScriptedBroker, _Quiet, _Server
 from support import ACTION_DIR, AWS, GCP, ROOT, assert_no_secret, require_tool
 from test_action import CLAIMS_GROUP, SESSION, granted_with_session, job_token, oidc_env
 
@@ -40,43 +38,22 @@ def oidc():
         yield endpoint
 
 
-class CallerIdentity:
+class CallerIdentity(_Server):
     """Answers sts:GetCallerIdentity for one account and records each request's headers. Used to
     drive the guard's decisions; the real STS (moto behind the sandbox) answers under act."""
 
     def __init__(self, account: str) -> None:
         self.account = account
         self.seen: list[dict[str, str]] = []
-        owner = self
+        super().__init__(_CallerIdentityHandler)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: object) -> None:
-                pass
 
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                owner.seen.append({**dict(self.headers.items()), "body": body.decode()})
-                data = CALLER_XML.format(account=owner.account).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/xml")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02})
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
-
-    def __enter__(self) -> CallerIdentity:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+class _CallerIdentityHandler(_Quiet):
+    def do_POST(self) -> None:
+        owner: CallerIdentity = self.server.owner  # type: ignore[attr-defined]
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        owner.seen.append({**dict(self.headers.items()), "body": body.decode()})
+        self._send(200, CALLER_XML.format(account=owner.account).encode(), {"Content-Type": "text/xml"})
 
 
 def inputs(url: str, **extra: str) -> dict[str, str]:

@@ -15,9 +15,6 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 NODE24_SINCE = {
     "actions/checkout": 5,
     "actions/setup-node": 5,
-    "actions/setup-python": 6,
-    "actions/cache": 5,
-    "aws-actions/configure-aws-credentials": 5,
     "google-github-actions/auth": 3,
     "google-github-actions/setup-gcloud": 3,
 }
