@@ -16,6 +16,7 @@ const session = require('./lib/session');
 
 const { ActionError, say } = runner;
 const ROLE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+const CLAIMS_GROUP = "ci-broker: this job's claims (what the broker's policy sees)";
 
 function flag(name, fallback) {
   const value = (runner.input(name) || fallback).toLowerCase();
@@ -243,8 +244,6 @@ function runnerTemp() {
   return temp;
 }
 
-const CLAIMS_GROUP = "ci-broker: this job's claims (what the broker's policy sees)";
-
 // Credential outputs with output-credentials: each field under its dashed name, and the AWS keys
 // also under configure-aws-credentials' names, so its users' later steps read them unchanged.
 const OUTPUTS = [
@@ -301,15 +300,11 @@ async function run() {
     profileEnv = profile.env;
   }
 
-  const names = [];
-  if (s.exportEnv) {
-    for (const [name, value] of environment(answer, hooks, profileEnv)) {
-      runner.exportVariable(name, value);
-      names.push(name);
-    }
-    // The post step clears them, so post steps of other actions do not run with them.
-    if (names.length) runner.saveState('exported', names.join(' '));
-  }
+  const exports = s.exportEnv ? environment(answer, hooks, profileEnv) : [];
+  const names = exports.map(([name]) => name);
+  // The post step clears them, so the post steps of other actions do not run with them.
+  if (names.length) runner.saveState('exported', names.join(' '));
+  for (const [name, value] of exports) runner.exportVariable(name, value);
   runner.setOutput('cloud', answer.cloud);
   runner.setOutput('expires-at', answer.expiresAt);
   if (identity) {
