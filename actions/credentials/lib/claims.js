@@ -7,9 +7,12 @@
 // Where it may go: only to the broker its audience names. A token minted for the broker at
 // https://broker.example.com is a valid, unspent credential there; if broker-url is changed (a
 // repository variable, a workflow_dispatch input, an edited `with:`) while `audience` stays the
-// real broker's, sending it would hand that credential to whoever runs the other URL. So the
-// audience must be a URL (https://, or http:// to a loopback address) and broker-url must be that
-// same URL: same scheme, host and port, same path (a trailing "/" aside), nothing else in either.
+// real broker's, sending it would hand that credential to whoever runs the other URL. So the URL
+// about to be called must have the origin (scheme, host, port; RFC 6454) of an audience of the
+// token that is an https:// URL (or http:// to a loopback address), compared as the WHATWG URL
+// parser normalises them (host in lower case, default port dropped). The path does not count: one
+// origin is one server and one operator, the unit TLS and the browser's security model protect.
+// The shell client applies the same rule on GitLab and elsewhere.
 // The broker's audience is server.audience, which defaults to server.issuer, the broker's own URL;
 // a broker reached under another URL sets that URL as the audience of its github provider.
 
@@ -61,9 +64,8 @@ function payload(token) {
   return doc;
 }
 
-const withoutTrailingSlash = (p) => p.replace(/\/+$/, '');
-
 function parseHttpUrl(text) {
+  if (typeof text !== 'string') return null;
   let url;
   try {
     url = new URL(text);
@@ -75,27 +77,29 @@ function parseHttpUrl(text) {
   return url;
 }
 
-// Refuses (before any request to the broker) unless `brokerUrl` is the URL the token's aud names.
+// Refuses (before any request to the broker) unless `brokerUrl` has the origin of an audience of
+// the token (GitHub's tokens carry one; a list is read as any of its entries).
 function requireAudienceNames(claims, brokerUrl) {
-  const aud = Array.isArray(claims.aud) && claims.aud.length === 1 ? claims.aud[0] : claims.aud;
-  if (typeof aud !== 'string') {
+  const audiences = (Array.isArray(claims.aud) ? claims.aud : [claims.aud]).filter((aud) => typeof aud === 'string');
+  if (!audiences.length) {
     throw new ActionError(
-      "refusing to send this job's OIDC token: it does not name exactly one audience.",
+      "refusing to send this job's OIDC token: it names no audience.",
       'The Action sends the token only to the broker its audience names.',
     );
   }
-  const named = parseHttpUrl(aud);
-  const target = parseHttpUrl(brokerUrl);
-  if (!named) {
+  const shown = clean(audiences.join(' '));
+  const named = audiences.map(parseHttpUrl).filter(Boolean);
+  if (!named.length) {
     throw new ActionError(
-      `refusing to send this job's OIDC token to ${clean(brokerUrl)}: its audience '${clean(aud)}' is not a URL.`,
+      `refusing to send this job's OIDC token to ${clean(brokerUrl)}: its audience '${shown}' is not a URL.`,
       'The Action sends the token only to the broker its audience names: set audience to the',
       "broker's URL (its server.audience, by default its issuer URL), or leave audience empty.",
     );
   }
-  if (!target || target.origin !== named.origin || withoutTrailingSlash(target.pathname) !== withoutTrailingSlash(named.pathname)) {
+  const target = parseHttpUrl(brokerUrl);
+  if (!target || !named.some((url) => url.origin === target.origin)) {
     throw new ActionError(
-      `refusing to send this job's OIDC token to ${clean(brokerUrl)}: the token is for ${clean(aud)}.`,
+      `refusing to send this job's OIDC token to ${clean(brokerUrl)}: the token is for ${shown}.`,
       'A token for one broker is a credential there; the Action sends it only to the URL its audience names.',
       'If this is the right broker, set audience to its URL (or leave it empty); if broker-url comes from a',
       'variable or input, check who can change it.',

@@ -13,7 +13,7 @@ const token = (payload) =>
 
 const named = (aud, url) => claims.requireAudienceNames({ aud }, url);
 
-test('the broker URL the audience names is accepted, spelled either way', () => {
+test('a URL with the origin the audience names is accepted, spelled either way', () => {
   for (const [aud, url] of [
     ['https://broker.example.com', 'https://broker.example.com'],
     ['https://broker.example.com/', 'https://broker.example.com'],
@@ -21,8 +21,11 @@ test('the broker URL the audience names is accepted, spelled either way', () => 
     ['https://Broker.Example.COM', 'https://broker.example.com'],
     ['https://broker.example.com:443', 'https://broker.example.com'],
     ['https://example.com/ci-broker', 'https://example.com/ci-broker/'],
+    ['https://example.com', 'https://example.com/ci-broker'],
     ['http://127.0.0.1:8080', 'http://127.0.0.1:8080'],
     [['https://broker.example.com'], 'https://broker.example.com'],
+    [['ci-broker', 'https://broker.example.com'], 'https://broker.example.com'],
+    [['https://broker.example.com', 'https://broker.internal:8443'], 'https://broker.internal:8443'],
   ]) {
     assert.doesNotThrow(() => named(aud, url), `${aud} should name ${url}`);
   }
@@ -36,16 +39,14 @@ test('any other URL is refused', () => {
     ['https://broker.example.com', 'http://broker.example.com'],
     ['http://127.0.0.1:8080', 'http://127.0.0.1:8081'],
     ['http://127.0.0.1:8080', 'http://localhost:8080'],
-    ['https://example.com/ci-broker', 'https://example.com'],
-    ['https://example.com/ci-broker', 'https://example.com/ci-broker/other'],
-    ['https://example.com/ci-broker', 'https://example.com/ci-broker-evil'],
-    ['https://example.com', 'https://example.com/anything'],
+    ['https://broker.example.com', 'https://evil.example.com/https://broker.example.com'],
+    [['https://a.example.com', 'https://b.example.com'], 'https://c.example.com'],
   ]) {
     assert.throws(() => named(aud, url), ActionError, `${aud} must not name ${url}`);
   }
 });
 
-test('an audience that names no single http(s) URL names no broker', () => {
+test('an audience that names no http(s) URL names no broker', () => {
   for (const aud of [
     'ci-broker',
     'sts.amazonaws.com',
@@ -56,7 +57,7 @@ test('an audience that names no single http(s) URL names no broker', () => {
     'https://broker.example.com#x',
     'https://broker.example.com/?',
     '',
-    ['https://broker.example.com', 'https://other.example.com'],
+    ['ci-broker', 'api://AzureADTokenExchange'],
     [],
     42,
     null,
