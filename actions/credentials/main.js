@@ -266,6 +266,7 @@ const OUTPUTS = [
 
 async function run() {
   const s = settings();
+  if (s.awsProfile) awsProfiles.requireFree(runnerTemp(), s.awsProfile, s.role);
   say(`exchanging this job's OIDC token at ${s.url} for role '${s.role}'`);
   const response = await exchange(s);
   const answer = broker.readAnswer(response.text);
@@ -292,6 +293,7 @@ async function run() {
   let profileEnv = null;
   if (s.awsProfile) {
     const profile = awsProfiles.addProfile(runnerTemp(), s.awsProfile, {
+      role: s.role,
       credentials: made ? null : answer.credentials,
       credentialProcess: made ? made.credentialProcess : null,
       region: answer.credentials.region,

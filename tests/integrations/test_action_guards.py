@@ -363,6 +363,28 @@ def test_a_refreshing_role_joins_the_profiles_through_its_hook(tmp_path, oidc):
     assert_no_secret(text, [AWS["secret_access_key"], SESSION["refresh_token"]], "the AWS config file")
 
 
+def test_a_profile_another_role_wrote_is_refused_before_the_exchange(tmp_path):
+    closed = {"AWS_ENDPOINT_URL_STS": f"http://127.0.0.1:{free_port()}"}
+    with (
+        OIDCRequestEndpoint(job_token) as oidc,
+        ScriptedBroker(ScriptedBroker.granted("aws", AWS)) as broker,
+    ):
+        first = run_action(
+            tmp_path, inputs(broker.url, **{"aws-profile": "ci"}), {**oidc_env(oidc), **closed}
+        )
+        again = run_action(
+            tmp_path, inputs(broker.url, **{"aws-profile": "ci"}), {**oidc_env(oidc), **closed}
+        )
+        other = run_action(
+            tmp_path,
+            {**inputs(broker.url, **{"aws-profile": "ci"}), "role": "audit"},
+            {**oidc_env(oidc), **closed},
+        )
+    assert first.returncode == 0 and again.returncode == 0, first.log + again.log
+    assert other.returncode == 1 and len(oidc.audiences) == 2, "no token for the refused step"
+    assert "AWS profile 'ci' is already written by another role of this job ('deploy')" in other.stdout
+
+
 @pytest.mark.parametrize("name", ["a b", "[x]", "x]y", "-x", "p" * 65, "ü"])
 def test_profile_names_are_one_word(tmp_path, oidc, name):
     result = run_action(

@@ -30,15 +30,31 @@ function line(key, value) {
   return `${key} = ${value}\n`;
 }
 
-// Adds (or replaces) profile `name`: {credentials} for static keys, or {credentialProcess} for
-// the refresh hook; `region` when known. Returns the directory and the variables to export.
-function addProfile(base, name, { credentials, credentialProcess, region }) {
+function readProfiles(base) {
+  const file = path.join(base, DIR, PROFILES);
+  return fs.existsSync(file) ? JSON.parse(fs.readFileSync(file, 'utf8')) : {};
+}
+
+// Two roles in one profile would leave the job with whichever came last, silently: refused, before
+// the exchange. The same role again (a later step renewing it) replaces its own profile.
+function requireFree(base, name, role) {
+  const holder = readProfiles(base)[name];
+  if (holder && holder.role !== role) {
+    throw new ActionError(`AWS profile '${name}' is already written by another role of this job ('${holder.role}'): give each role its own aws-profile`);
+  }
+}
+
+// Adds (or replaces) profile `name` for `role`: {credentials} for static keys, or
+// {credentialProcess} for the refresh hook; `region` when known. Returns the directory and the
+// variables to export.
+function addProfile(base, name, { role, credentials, credentialProcess, region }) {
+  requireFree(base, name, role);
   const dir = path.join(base, DIR);
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   fs.chmodSync(dir, 0o700);
   const file = path.join(dir, PROFILES);
-  const profiles = fs.existsSync(file) ? JSON.parse(fs.readFileSync(file, 'utf8')) : {};
-  profiles[name] = { credentials: credentials || null, credentialProcess: credentialProcess || null, region: region || null };
+  const profiles = readProfiles(base);
+  profiles[name] = { role, credentials: credentials || null, credentialProcess: credentialProcess || null, region: region || null };
   let config = '';
   let shared = '';
   for (const [profile, p] of Object.entries(profiles).sort(([a], [b]) => a.localeCompare(b))) {
@@ -64,4 +80,4 @@ function addProfile(base, name, { credentials, credentialProcess, region }) {
   };
 }
 
-module.exports = { checkName, addProfile };
+module.exports = { checkName, requireFree, addProfile };
