@@ -130,8 +130,8 @@ function refused(response, s) {
   }
 }
 
-// One exchange with bounded retries (lib/retry.js: exponential backoff with jitter) while the
-// broker is unreachable, unavailable or rate-limiting. Each attempt gets a fresh OIDC token: a
+// One exchange with bounded retries (lib/retry.js: exponential backoff with jitter, or longer when
+// the broker's Retry-After says so) while the broker is unreachable, unavailable or rate-limiting. Each attempt gets a fresh OIDC token: a
 // request that timed out may still have spent the previous one, and the broker refuses a token it
 // has seen. Before a token goes anywhere, the claims are shown and its audience must name the URL
 // it goes to (lib/claims.js).
@@ -140,6 +140,7 @@ async function exchange(s) {
   let shown = false;
   for (let attempt = 1; ; attempt += 1) {
     let why;
+    let retryAfter = 0;
     let token = null;
     try {
       token = await jobToken(s.audience);
@@ -157,13 +158,14 @@ async function exchange(s) {
         if (response.status === 200) return response;
         if (response.status !== 429 && response.status !== 503) throw refused(response, s);
         why = `the broker answered ${broker.detail(response)}`;
+        retryAfter = response.retryAfter;
       } catch (error) {
         if (!(error instanceof broker.NoAnswer)) throw error;
         why = `the broker at ${s.url} did not answer`;
       }
     }
     if (attempt >= s.attempts) throw new ActionError(`${why}; gave up after ${attempt} attempts.`);
-    const wait = retry.backoffMs(attempt);
+    const wait = retry.afterAnswer(attempt, retryAfter);
     say(`${why}; trying again in ${retry.seconds(wait)} (attempt ${attempt} of ${s.attempts})`);
     await retry.sleep(wait);
   }

@@ -409,6 +409,23 @@ def test_the_post_step_clears_every_exported_variable(tmp_path, oidc):
     assert "ci-broker: cleared AWS_ACCESS_KEY_ID" in post.stderr
 
 
+# -- retries -----------------------------------------------------------------------------------------------
+
+
+def test_a_429_is_retried_after_the_brokers_retry_after(tmp_path, oidc):
+    limited = ScriptedBroker.error(429, "rate_limited", "too many requests")
+    limited.headers["Retry-After"] = "3"
+    closed = {"AWS_ENDPOINT_URL_STS": f"http://127.0.0.1:{free_port()}"}
+    with ScriptedBroker(limited, ScriptedBroker.granted("aws", AWS)) as broker:
+        result = run_action(tmp_path, inputs(broker.url), {**oidc_env(oidc), **closed})
+    assert result.returncode == 0, result.log
+    assert (
+        "HTTP 429 rate_limited: too many requests (request id req-0123); trying again in 3.0s"
+        in result.stderr
+    )
+    assert len(broker.seen) == 2 and len(oidc.issued) == 2, "a fresh job token for each attempt"
+
+
 # -- the JavaScript units ---------------------------------------------------------------------------------
 
 

@@ -61,7 +61,8 @@ async function send(method, url, headers, body, timeoutMs = 60000) {
   } catch (error) {
     throw new NoAnswer(clean(`${error.name} while reading the answer`));
   }
-  return { status: response.status, text, requestId: response.headers.get('x-request-id') || '' };
+  const retryAfter = /^[0-9]{1,5}$/.test(response.headers.get('retry-after') || '') ? Number(response.headers.get('retry-after')) : 0;
+  return { status: response.status, text, requestId: response.headers.get('x-request-id') || '', retryAfter };
 }
 
 async function request(method, url, authorization, body, timeoutMs = 60000) {

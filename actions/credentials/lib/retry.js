@@ -17,6 +17,12 @@ function backoffMs(attempt, random = Math.random) {
   return Math.round(ceiling / 2 + (r * ceiling) / 2);
 }
 
+// The wait after a 429 or 503 that says when to come back (Retry-After, in seconds): at least that,
+// up to the cap, and never less than the backoff.
+function afterAnswer(attempt, retryAfterSeconds, random = Math.random) {
+  return Math.max(backoffMs(attempt, random), Math.min(CAP_MS, retryAfterSeconds * 1000));
+}
+
 // The wait as the log shows it: "1.4s".
 function seconds(ms) {
   return `${(ms / 1000).toFixed(1)}s`;
@@ -24,4 +30,4 @@ function seconds(ms) {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-module.exports = { BASE_MS, CAP_MS, backoffMs, seconds, sleep };
+module.exports = { BASE_MS, CAP_MS, backoffMs, afterAnswer, seconds, sleep };

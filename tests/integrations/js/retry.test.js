@@ -60,3 +60,13 @@ test('waits are shown in seconds with one decimal', () => {
   assert.equal(retry.seconds(1375), '1.4s');
   assert.equal(retry.seconds(500), '0.5s');
 });
+
+test("a Retry-After longer than the backoff is waited out, up to the cap", () => {
+  assert.equal(retry.afterAnswer(1, 3, always(0.5)), 3000);
+  assert.equal(retry.afterAnswer(1, 600, always(0.5)), 20000);
+});
+
+test('a Retry-After shorter than the backoff (or none) leaves the backoff', () => {
+  assert.equal(retry.afterAnswer(3, 1, always(0)), 2000);
+  assert.equal(retry.afterAnswer(2, 0, always(0.5)), 1500);
+});
