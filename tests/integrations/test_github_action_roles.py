@@ -23,6 +23,9 @@ from test_github_action import ACTION, WATCH, oidc_env, run_act
 from broker.sandbox.issuer import github_claims
 from broker.sandbox.stack import DEPLOY_ROLE_ARN, Sandbox, free_port
 
+# act drives the job and the fixture starts `ci-broker serve`: out of `make check`'s fast tier.
+pytestmark = [pytest.mark.act, pytest.mark.gunicorn]
+
 AUDIT_ROLE_ARN = "arn:aws:iam::210987654321:role/audit-read"
 
 # Runs after the action's steps: each profile through boto3 against the sandbox's STS.
