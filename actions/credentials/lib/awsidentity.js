@@ -19,9 +19,18 @@ const TIMEOUT_MS = 15000;
 const sha256 = (text) => crypto.createHash('sha256').update(text, 'utf8').digest('hex');
 const hmac = (key, text) => crypto.createHmac('sha256', key).update(text, 'utf8').digest();
 
+// The signed request carries the session token: https only, plain http to this machine alone.
+const LOOPBACK_HTTP = /^http:\/\/(?:localhost|\[::1\]|127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3})(?::[0-9]{1,5})?(?:\/|$)/;
+
 function stsEndpoint(region, env = process.env) {
   const configured = env.AWS_ENDPOINT_URL_STS || env.AWS_ENDPOINT_URL;
-  if (configured) return configured.replace(/\/+$/, '');
+  if (configured) {
+    if (!/^https:\/\/[^@\s]+$/.test(configured) && !LOOPBACK_HTTP.test(configured)) {
+      throw new ActionError(`the STS endpoint ${clean(configured)} must use https:// (http:// only for loopback addresses)`);
+    }
+    return configured.replace(/\/+$/, '');
+  }
+  if (!/^[a-z0-9-]+$/.test(region)) throw new ActionError(`'${clean(region)}' is not an AWS region`);
   const suffix = region.startsWith('cn-') ? 'amazonaws.com.cn' : 'amazonaws.com';
   return `https://sts.${region}.${suffix}`;
 }
