@@ -67,6 +67,8 @@ def test_action_matches_contract_section_5() -> None:
         "export-env",
         "output-credentials",
         "refresh",
+        "aws-profile",
+        "allowed-account-ids",
     }
     assert inputs["refresh"]["default"] == "false"
     assert inputs["broker-url"]["required"] is True and inputs["role"]["required"] is True
