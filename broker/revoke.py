@@ -306,14 +306,19 @@ class GcpDisableServiceAccount:
                 f"could not get an access token with the default credentials ({type(exc).__name__})"
             ) from None
         if response.status_code != 200:
-            raise StepFailed(f"IAM refused: {response.status_code} {_google_error(response)}")
+            token = getattr(session.credentials, "token", None)
+            raise StepFailed(f"IAM refused: {response.status_code} {_google_error(response, token)}")
         return f"disabled service account {self.email}"
 
 
-def _google_error(response: Any) -> str:
+def _google_error(response: Any, token: str | None) -> str:
+    """Google's error status and message; withheld if it quotes the operator's access token."""
     try:
         error = response.json()["error"]
-        return f"{error['status']}: {str(error['message'])[:200]}"
+        message = str(error["message"])
+        if token and token in message:
+            message = "(the message quoted the access token: withheld)"
+        return f"{error['status']}: {message[:200]}"
     except (ValueError, KeyError, TypeError):
         return "(no Google error in the answer)"
 

@@ -519,3 +519,40 @@ def test_the_local_disable_endpoint_refuses_anything_but_an_operators_token(
     finally:
         sandbox.gcp.operators.clear()
     assert sandbox.gcp.disabled == set()
+
+
+def test_an_iam_error_quoting_the_operators_token_is_not_printed(capsys, sandbox, store_config, gcp_operator):
+    _, path = store_config
+    sandbox.gcp.echo_bearer = True
+    try:
+        code, out, err = cli(
+            capsys,
+            "revoke",
+            "--config",
+            str(path),
+            "--role",
+            "gcp-deploy",
+            "--apply",
+            "--gcp-iam-url",
+            sandbox.gcp.url,
+        )
+    finally:
+        sandbox.gcp.echo_bearer = False
+    assert code == 2 and "IAM refused: 401 UNAUTHENTICATED" in out
+    operator_tokens = [t for t in sandbox.gcp.issued if t.startswith("ya29.local-operator-")]
+    assert operator_tokens  # the refusal really quoted one
+    assert not any(token in out + err for token in operator_tokens)
+
+
+def test_a_store_that_is_down_is_exit_2_and_says_so(capsys, sandbox, tmp_path):
+    from broker.sandbox.stack import free_port
+
+    config = sandbox.config_dict()
+    config["server"]["replay_store"] = f"redis://127.0.0.1:{free_port()}/0"
+    config["roles"]["deploy-prod"]["session_lifetime"] = 7200
+    path = tmp_path / "broker.yaml"
+    path.write_text(json.dumps(config))
+    (tmp_path / sandbox.key_path.name).write_bytes(sandbox.key_path.read_bytes())
+    code, out, err = cli(capsys, "revoke", "--config", str(path), "--role", "deploy-prod")
+    assert code == 2 and "session store is unavailable" in err and "nothing was changed" in err
+    assert out == ""

@@ -99,7 +99,7 @@ class LocalGCP:
         self.extended_lifetime: set[str] = set()  # accounts the lifetime-extension policy lists
         self.fractional_expire_time = False  # answer expireTime with fractional seconds (a trap test)
         self.echo_subject_token = False  # refuse with an error that quotes the subject token
-        self.echo_bearer = False  # IAM refuses with an error that quotes the federated token
+        self.echo_bearer = False  # IAM refuses with an error that quotes the bearer token
         self.faults = Faults()
         self.calls: list[dict[str, Any]] = []  # every request: path and non-secret fields
         self.subject_tokens: list[str] = []  # every subject token received, for leak tests
@@ -404,6 +404,8 @@ class LocalGCP:
         bearer = request.headers.get("Authorization", "")
         token = self.describe(bearer[len("Bearer ") :]) if bearer.startswith("Bearer ") else None
         self.calls.append({"path": request.path, "service_account": service_account})
+        if self.echo_bearer:
+            return _google_error(401, "UNAUTHENTICATED", f"Request had invalid credentials: {bearer}")
         if token is None or token.kind != "operator":
             return _google_error(401, "UNAUTHENTICATED", UNAUTHENTICATED)
         if not {IAM_SCOPE, CLOUD_PLATFORM} & set(token.scopes):
