@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
 from broker.blocks import BlockError, identity_claims
 from broker.policy import Condition, compile_condition
@@ -90,6 +91,20 @@ def parse_time(text: str, now: float) -> float:
             f"--issued-before {text[:60]!r} is in the future: it would deny credentials not issued yet"
         )
     return at
+
+
+def gcp_iam_url(text: str | None) -> str:
+    """`--gcp-iam-url`: where the operator's Google access token is sent, so https only (plain
+    http to this machine alone, for a local endpoint)."""
+    if text is None:
+        return GCP_IAM_URL
+    parts = urlsplit(text.strip())
+    local = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if not (parts.scheme == "https" or local) or not parts.hostname or parts.query or parts.fragment:
+        raise RevokeError(
+            f"--gcp-iam-url {text[:80]!r} must be an https:// base URL (your Google access token is sent there)"
+        )
+    return text.strip().rstrip("/")
 
 
 def select(

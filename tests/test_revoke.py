@@ -34,16 +34,21 @@ OTHER_REPO_ID = "55555"
 OPERATOR_EMAIL = "oncall@ci-broker-demo.iam.gserviceaccount.com"
 
 
-@pytest.fixture
-def store_config(sandbox, tmp_path) -> tuple[dict[str, Any], Path]:
-    """The sandbox's policy with sessions on deploy-prod, on a sqlite store in tmp_path."""
+def write_config(sandbox: Any, tmp_path: Path, store: str | None = None) -> tuple[dict[str, Any], Path]:
+    """The sandbox's policy with sessions on deploy-prod, on `store` (default: sqlite in
+    tmp_path), and its config file beside a copy of the signing key."""
     config = sandbox.config_dict()
-    config["server"]["replay_store"] = f"sqlite:///{tmp_path / 'state.db'}"
+    config["server"]["replay_store"] = store or f"sqlite:///{tmp_path / 'state.db'}"
     config["roles"]["deploy-prod"]["session_lifetime"] = 7200
     path = tmp_path / "broker.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
     (tmp_path / sandbox.key_path.name).write_bytes(sandbox.key_path.read_bytes())
     return config, path
+
+
+@pytest.fixture
+def store_config(sandbox, tmp_path) -> tuple[dict[str, Any], Path]:
+    return write_config(sandbox, tmp_path)
 
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -82,6 +87,21 @@ def printed_policy(out: str) -> dict[str, Any]:
     (line,) = [line for line in out.splitlines() if "aws iam put-role-policy" in line]
     argv = shlex.split(line)
     return json.loads(argv[argv.index("--policy-document") + 1])
+
+
+def apply_gcp(capsys: pytest.CaptureFixture[str], sandbox: Any, path: Path) -> tuple[int, str, str]:
+    """`revoke --role gcp-deploy --apply` against the sandbox's IAM API."""
+    return cli(
+        capsys,
+        "revoke",
+        "--config",
+        str(path),
+        "--role",
+        "gcp-deploy",
+        "--apply",
+        "--gcp-iam-url",
+        sandbox.gcp.url,
+    )
 
 
 @pytest.fixture
@@ -196,12 +216,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 def test_revoke_ends_sessions_in_redis(capsys, sandbox, tmp_path, redis_server):
-    config = sandbox.config_dict()
-    config["server"]["replay_store"] = redis_server.url
-    config["roles"]["deploy-prod"]["session_lifetime"] = 7200
-    path = tmp_path / "broker.yaml"
-    path.write_text(json.dumps(config))
-    (tmp_path / sandbox.key_path.name).write_bytes(sandbox.key_path.read_bytes())
+    _, path = write_config(sandbox, tmp_path, redis_server.url)
     mine, other = start_session(path, repository_id=REPO_ID), start_session(path, repository_id=OTHER_REPO_ID)
     code, out, err = cli(
         capsys, "revoke", "--config", str(path), "--provider", "github", "--claim", f"repository_id={REPO_ID}"
@@ -331,17 +346,7 @@ def test_apply_disables_the_service_account_with_the_operators_own_token(
     assert granted.status_code == 200, granted.text
     issued = granted.json()["credentials"]["access_token"]
     assert sandbox.gcp.describe(issued) is not None
-    code, out, err = cli(
-        capsys,
-        "revoke",
-        "--config",
-        str(path),
-        "--role",
-        "gcp-deploy",
-        "--apply",
-        "--gcp-iam-url",
-        sandbox.gcp.url,
-    )
+    code, out, err = apply_gcp(capsys, sandbox, path)
     assert code == 0, out + err
     assert f"applied: disabled service account {GCP_SERVICE_ACCOUNT}" in out
     assert sandbox.gcp.disabled_by == [(GCP_SERVICE_ACCOUNT, OPERATOR_EMAIL)]
@@ -356,17 +361,7 @@ def test_apply_by_an_operator_without_the_permission_fails_clearly(
 ):
     _, path = store_config
     sandbox.gcp.operators[OPERATOR_EMAIL] = (sandbox.gcp.operators[OPERATOR_EMAIL][0], False)
-    code, out, _ = cli(
-        capsys,
-        "revoke",
-        "--config",
-        str(path),
-        "--role",
-        "gcp-deploy",
-        "--apply",
-        "--gcp-iam-url",
-        sandbox.gcp.url,
-    )
+    code, out, _ = apply_gcp(capsys, sandbox, path)
     assert code == 2
     assert "FAILED: IAM refused: 403 PERMISSION_DENIED" in out
     assert "gcloud iam service-accounts disable" in out  # what to run by hand
@@ -378,17 +373,7 @@ def test_apply_without_google_credentials_says_how_to_get_them(
 ):
     _, path = store_config
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
-    code, out, _ = cli(
-        capsys,
-        "revoke",
-        "--config",
-        str(path),
-        "--role",
-        "gcp-deploy",
-        "--apply",
-        "--gcp-iam-url",
-        sandbox.gcp.url,
-    )
+    code, out, _ = apply_gcp(capsys, sandbox, path)
     assert code == 2 and "no Google credentials" in out
     assert sandbox.gcp.disabled == set()
 
@@ -401,13 +386,10 @@ def test_azure_is_never_applied(capsys, store_config):
 
 
 def test_a_role_without_a_service_account_points_at_the_pool_and_is_not_applied(capsys, sandbox, tmp_path):
-    config = sandbox.config_dict()
-    config["server"]["replay_store"] = f"sqlite:///{tmp_path / 'state.db'}"
+    config, path = write_config(sandbox, tmp_path)
     del config["roles"]["gcp-deploy"]["gcp"]["service_account"]
     config["roles"]["gcp-deploy"]["gcp"].pop("iam_credentials_url")
-    path = tmp_path / "broker.yaml"
     path.write_text(json.dumps(config))
-    (tmp_path / sandbox.key_path.name).write_bytes(sandbox.key_path.read_bytes())
     code, out, err = cli(capsys, "revoke", "--config", str(path), "--role", "gcp-deploy", "--apply")
     assert code == 0, out + err
     assert (
@@ -454,6 +436,8 @@ def test_allowed_roles_keep_every_role_the_given_claims_do_not_contradict(sandbo
         (["--role", "deploy-prod", "--issued-before", "2026-01-01T00:00:00"], "needs a time zone"),
         (["--role", "deploy-prod", "--issued-before", "2999-01-01T00:00:00Z"], "in the future"),
         (["--provider", "github", "--claim", f"repository_id={OTHER_REPO_ID}"], "nothing to revoke"),
+        (["--role", "gcp-deploy", "--gcp-iam-url", "http://iam.example.com"], "must be an https:// base URL"),
+        (["--role", "deploy-prod", "--reason", "x" * 501], "longer than 500 characters"),
     ],
 )
 def test_bad_input_is_exit_2_and_changes_nothing(capsys, store_config, aws_operator, args, message):
@@ -476,11 +460,7 @@ def test_no_condition_at_all_is_exit_2(capsys, store_config):
 
 
 def test_a_memory_store_with_sessions_is_refused(capsys, sandbox, tmp_path):
-    config = sandbox.config_dict()
-    config["roles"]["deploy-prod"]["session_lifetime"] = 7200
-    path = tmp_path / "broker.yaml"
-    path.write_text(json.dumps(config))
-    (tmp_path / sandbox.key_path.name).write_bytes(sandbox.key_path.read_bytes())
+    _, path = write_config(sandbox, tmp_path, "memory")
     code, out, err = cli(capsys, "revoke", "--config", str(path), "--role", "deploy-prod")
     assert code == 2 and "server.store is memory" in err and out == ""
 
@@ -525,17 +505,7 @@ def test_an_iam_error_quoting_the_operators_token_is_not_printed(capsys, sandbox
     _, path = store_config
     sandbox.gcp.echo_bearer = True
     try:
-        code, out, err = cli(
-            capsys,
-            "revoke",
-            "--config",
-            str(path),
-            "--role",
-            "gcp-deploy",
-            "--apply",
-            "--gcp-iam-url",
-            sandbox.gcp.url,
-        )
+        code, out, err = apply_gcp(capsys, sandbox, path)
     finally:
         sandbox.gcp.echo_bearer = False
     assert code == 2 and "IAM refused: 401 UNAUTHENTICATED" in out
@@ -547,12 +517,7 @@ def test_an_iam_error_quoting_the_operators_token_is_not_printed(capsys, sandbox
 def test_a_store_that_is_down_is_exit_2_and_says_so(capsys, sandbox, tmp_path):
     from broker.sandbox.stack import free_port
 
-    config = sandbox.config_dict()
-    config["server"]["replay_store"] = f"redis://127.0.0.1:{free_port()}/0"
-    config["roles"]["deploy-prod"]["session_lifetime"] = 7200
-    path = tmp_path / "broker.yaml"
-    path.write_text(json.dumps(config))
-    (tmp_path / sandbox.key_path.name).write_bytes(sandbox.key_path.read_bytes())
+    _, path = write_config(sandbox, tmp_path, f"redis://127.0.0.1:{free_port()}/0")
     code, out, err = cli(capsys, "revoke", "--config", str(path), "--role", "deploy-prod")
     assert code == 2 and "session store is unavailable" in err and "nothing was changed" in err
     assert out == ""

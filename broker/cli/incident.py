@@ -233,7 +233,8 @@ def revoke(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace, config: Config) -> int:
-    from broker.revoke import GCP_IAM_URL, Clients, StepFailed, end_sessions, plan, select
+    from broker.blocks import MAX_REASON_CHARS
+    from broker.revoke import Clients, StepFailed, end_sessions, gcp_iam_url, plan, select
     from broker.sessions import open_session_store
 
     url = config.server.replay_store
@@ -244,8 +245,9 @@ def _revoke(args: argparse.Namespace, config: Config) -> int:
             "for several); nothing was changed"
         )
     reason = args.reason.strip()
-    if len(reason) > 500:
-        raise _Refused("--reason is longer than 500 characters; nothing was changed")
+    if len(reason) > MAX_REASON_CHARS:
+        raise _Refused(f"--reason is longer than {MAX_REASON_CHARS} characters; nothing was changed")
+    iam_url = gcp_iam_url(args.gcp_iam_url)
     store = open_session_store(url)
     try:
         selection = select(
@@ -268,7 +270,7 @@ def _revoke(args: argparse.Namespace, config: Config) -> int:
     for session in ended:
         print(f"  {session.id}  role {session.role}  {session.provider} sub={session.claims.get('sub')}")
     print()
-    steps = plan(config, selection, gcp_iam_url=(args.gcp_iam_url or GCP_IAM_URL).rstrip("/"))
+    steps = plan(config, selection, gcp_iam_url=iam_url)
     print(f"Credentials the clouds already issued for {', '.join(selection.roles)}:")
     clients, failed = Clients(), 0
     for step in steps:
