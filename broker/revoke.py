@@ -15,7 +15,8 @@ honour, and each cloud offers a different lever, none of them as narrow as one C
   ones; those issued stay valid until they expire.
 
 This module decides which sessions and roles a revoke means (`select`), what each cloud's step is
-(`plan`), and performs the AWS and GCP steps with the operator's own credentials (`apply`):
+(`plan`), and performs the AWS and GCP steps with the operator's own credentials (each step's
+`action.apply`):
 boto3's default chain for IAM, google-auth's default credentials for Google's IAM API. The
 broker's serving process never imports it.
 """
@@ -127,7 +128,7 @@ def select(
     if claims and provider is None:
         raise RevokeError("--claim names an identity only together with --provider")
     if session_id is not None:
-        return _by_session(config, store, session_id, cutoff)
+        return _by_session(config, store, session_id, cutoff, now)
     if role is not None:
         if role not in config.roles:
             raise RevokeError(f"--role {role!r} is not a configured role (a typo would match nobody)")
@@ -154,7 +155,7 @@ def select(
     return Selection(live, tuple(roles), cutoff)
 
 
-def _by_session(config: Config, store: SessionStore, session_id: str, cutoff: float) -> Selection:
+def _by_session(config: Config, store: SessionStore, session_id: str, cutoff: float, now: float) -> Selection:
     if not SESSION_ID.fullmatch(session_id):
         raise RevokeError(f"--session {session_id[:80]!r} is not a session id (32 hex digits)")
     session = store.get(session_id)
@@ -167,6 +168,11 @@ def _by_session(config: Config, store: SessionStore, session_id: str, cutoff: fl
     if session.ended_at is not None:
         ended = _rfc3339(session.ended_at)
         return Selection((), (session.role,), cutoff, f"session {session_id} had already ended at {ended}")
+    if session.expires_at <= now:
+        expired = _rfc3339(session.expires_at)
+        return Selection(
+            (), (session.role,), cutoff, f"session {session_id} had already expired at {expired}"
+        )
     return Selection((session,), (session.role,), cutoff)
 
 

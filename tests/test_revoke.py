@@ -57,11 +57,12 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def start_session(path: Path, role: str = "deploy-prod", **claims: Any) -> Session:
+def start_session(path: Path, role: str = "deploy-prod", *, ago: float = 0, **claims: Any) -> Session:
+    """A one-hour session of `role` for a GitHub job with `claims`, started `ago` seconds ago."""
     config = load_config(str(path))
     store = open_session_store(config.server.replay_store)
     try:
-        session, _ = Sessions(store).start(
+        session, _ = Sessions(store, clock=lambda: time.time() - ago).start(
             role=role,
             lifetime=3600,
             provider="github",
@@ -177,6 +178,14 @@ def test_revoke_by_role_and_by_session(capsys, store_config):
     code, out, err = cli(capsys, "revoke", "--config", str(path), "--session", first.id)
     assert code == 0, err  # the cloud side may still need cutting for an ended session's role
     assert f"session {first.id} had already ended" in out and "ended 0 broker sessions" in out
+
+
+def test_an_expired_session_is_not_counted_as_ended(capsys, store_config):
+    _, path = store_config
+    old = start_session(path, ago=7200)
+    code, out, err = cli(capsys, "revoke", "--config", str(path), "--session", old.id)
+    assert code == 0, out + err
+    assert f"session {old.id} had already expired" in out and "ended 0 broker sessions" in out
 
 
 def test_issued_before_spares_later_sessions(capsys, store_config):
