@@ -103,7 +103,7 @@ class LocalGCP:
         self.faults = Faults()
         self.calls: list[dict[str, Any]] = []  # every request: path and non-secret fields
         self.subject_tokens: list[str] = []  # every subject token received, for leak tests
-        self.issued: list[str] = []  # every access token issued (federated and service account)
+        self.issued: list[str] = []  # every access token issued (federated, service account, operator)
         self._tokens: dict[str, LocalToken] = {}
         self.operators: dict[str, tuple[Any, bool]] = {}  # email -> (public key, may disable)
         self.disabled: set[str] = set()  # service accounts disabled through `:disable`
