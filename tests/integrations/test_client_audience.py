@@ -1,0 +1,260 @@
+"""The shell client sends the job's token only to the broker the token's audience names.
+
+The attack (issue 20): anyone allowed to set a pipeline, project or group variable can point
+CI_BROKER_URL at a host of theirs while the job's id_tokens still ask for the real broker's
+audience; without this check the job would hand that host a valid, unspent token. The rule: the
+URL's scheme://host[:port] (lower case, default port dropped) must equal that of one of the
+token's audiences; a token whose audiences are not URLs goes only where
+CI_BROKER_OPAQUE_AUDIENCE_URL names. Every refusal happens before any request is made.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+from clientrun import FLAVORS, Flavor, require_tool, run_github, run_gitlab
+from endpoints import OIDCRequestEndpoint, ScriptedBroker
+from support import AWS, CLIENT, assert_no_secret, jwt_for
+
+FLAVOR_IDS = [f.name for f in FLAVORS]
+DASH_CURL = FLAVORS[0]
+
+
+def gitlab_env(url: str, token: str, **extra: str) -> dict[str, str]:
+    return {
+        "CI_BROKER_URL": url,
+        "CI_BROKER_ROLE": "deploy",
+        "CI_BROKER_ID_TOKEN": token,
+        "CI_BROKER_MAX_ATTEMPTS": "1",
+        **extra,
+    }
+
+
+@pytest.mark.parametrize("flavor", FLAVORS, ids=FLAVOR_IDS)
+def test_a_url_changed_by_a_variable_receives_no_request(tmp_path, flavor: Flavor) -> None:
+    with (
+        ScriptedBroker(ScriptedBroker.granted("aws", AWS)) as real,
+        ScriptedBroker(ScriptedBroker.granted("aws", AWS)) as attacker,
+    ):
+        token = jwt_for(real.url)  # the job's YAML asked for the real broker's audience
+        result = run_gitlab(tmp_path, flavor, gitlab_env(attacker.url, token))
+    assert result.returncode == 1
+    assert attacker.requests == 0 and real.requests == 0
+    assert (
+        f"this job's token is for '{real.url}', not for {attacker.url}: refusing to send it there."
+    ) in result.stderr
+    assert "Nothing was sent." in result.stderr
+    assert "AWS_ACCESS_KEY_ID" not in result.env
+    assert_no_secret(result.log, [token], "the job log")
+
+
+def test_the_same_attack_in_generic_mode_and_on_github(tmp_path) -> None:
+    with (
+        ScriptedBroker(ScriptedBroker.granted("aws", AWS)) as real,
+        ScriptedBroker(ScriptedBroker.granted("aws", AWS)) as attacker,
+        # GitHub's token endpoint mints for the audience asked; here someone set it to the real one.
+        OIDCRequestEndpoint(jwt_for) as oidc,
+    ):
+        github = run_github(
+            tmp_path / "gh",
+            DASH_CURL,
+            {
+                "CI_BROKER_URL": attacker.url,
+                "CI_BROKER_AUDIENCE": real.url,
+                "CI_BROKER_ROLE": "deploy",
+                "ACTIONS_ID_TOKEN_REQUEST_URL": oidc.request_url,
+                "ACTIONS_ID_TOKEN_REQUEST_TOKEN": oidc.request_token,
+            },
+        )
+        generic = run_gitlab(
+            tmp_path / "generic",
+            DASH_CURL,
+            {
+                "CI_BROKER_TARGET": "generic",
+                "CI_BROKER_URL": attacker.url,
+                "CI_BROKER_ROLE": "deploy",
+                "CI_BROKER_TOKEN_VARIABLE": "BUILDKITE_TOKEN",
+                "BUILDKITE_TOKEN": jwt_for(real.url),
+            },
+        )
+    assert github.returncode == 1 and generic.returncode == 1
+    assert attacker.requests == 0
+    assert "::error title=ci-broker::this job's token is for" in github.stdout
+    assert "not for " + attacker.url in generic.stderr
+
+
+@pytest.mark.parametrize(
+    "audience",
+    [
+        pytest.param("http://127.0.0.1:{port}0", id="another-port"),
+        pytest.param("http://localhost:{port}", id="another-host-name"),
+        pytest.param("https://127.0.0.1:{port}", id="another-scheme"),
+        pytest.param(["https://vault.example.com", "https://other.example.com"], id="none-of-a-list"),
+        pytest.param("http://127.0.0.1.evil.example.com:{port}", id="a-longer-host"),
+    ],
+)
+def test_an_audience_naming_another_origin_is_refused(tmp_path, audience) -> None:
+    with ScriptedBroker(ScriptedBroker.granted("aws", AWS)) as broker:
+        port = broker.url.rsplit(":", 1)[1]
+        aud = (
+            [a.format(port=port) for a in audience]
+            if isinstance(audience, list)
+            else audience.format(port=port)
+        )
+        result = run_gitlab(tmp_path, DASH_CURL, gitlab_env(broker.url, jwt_for(aud)))
+    assert result.returncode == 1
+    assert broker.requests == 0
+    assert f"not for {broker.url}: refusing to send it there." in result.stderr
+
+
+@pytest.mark.parametrize(
+    "audience",
+    [
+        pytest.param("{url}", id="exact"),
+        pytest.param("{url}/", id="trailing-slash"),
+        pytest.param("{URL}/ci-broker", id="case-and-path"),
+        pytest.param(["https://vault.example.com", "{url}"], id="one-of-a-list"),
+    ],
+)
+def test_an_audience_naming_the_brokers_origin_is_accepted(tmp_path, audience) -> None:
+    with ScriptedBroker(ScriptedBroker.granted("aws", AWS)) as broker:
+        names = {"url": broker.url, "URL": broker.url.upper()}
+        aud = (
+            [a.format(**names) for a in audience] if isinstance(audience, list) else audience.format(**names)
+        )
+        result = run_gitlab(tmp_path, DASH_CURL, gitlab_env(broker.url, jwt_for(aud)))
+    assert result.returncode == 0, result.log
+    assert len(broker.seen) == 1
+
+
+def test_a_token_without_an_audience_goes_nowhere(tmp_path) -> None:
+    with ScriptedBroker(ScriptedBroker.granted("aws", AWS)) as broker:
+        result = run_gitlab(tmp_path, DASH_CURL, gitlab_env(broker.url, jwt_for(None)))
+    assert result.returncode == 1 and broker.requests == 0
+    assert "this job's token names no audience (aud); refusing to send it anywhere." in result.stderr
+
+
+def test_an_unexpanded_variable_audience_says_which_gitlab_does_that(tmp_path) -> None:
+    """GitLab 15.7-16.0 puts `$CI_BROKER_AUDIENCE` in the token as text: no broker accepts it."""
+    with ScriptedBroker(ScriptedBroker.granted("aws", AWS)) as broker:
+        result = run_gitlab(tmp_path, DASH_CURL, gitlab_env(broker.url, jwt_for("$CI_BROKER_AUDIENCE")))
+    assert result.returncode == 1 and broker.requests == 0
+    assert (
+        "this job's token has the audience '$CI_BROKER_AUDIENCE': the variable was not expanded"
+        in result.stderr
+    )
+    assert "GitLab 15.7 to 16.0 does not expand variables in id_tokens:aud" in result.stderr
+
+
+def test_an_opaque_audience_needs_the_url_named_explicitly(tmp_path) -> None:
+    """CircleCI's default token is for the organization id, Azure DevOps' for api://AzureADTokenExchange."""
+    token = jwt_for("api://AzureADTokenExchange")
+    with (
+        ScriptedBroker(ScriptedBroker.granted("aws", AWS)) as broker,
+        ScriptedBroker(ScriptedBroker.granted("aws", AWS)) as other,
+    ):
+        refused = run_gitlab(tmp_path / "a", DASH_CURL, gitlab_env(broker.url, token))
+        elsewhere = run_gitlab(
+            tmp_path / "b", DASH_CURL, gitlab_env(broker.url, token, CI_BROKER_OPAQUE_AUDIENCE_URL=other.url)
+        )
+        assert broker.requests == 0
+        allowed = run_gitlab(
+            tmp_path / "c",
+            DASH_CURL,
+            gitlab_env(broker.url, token, CI_BROKER_OPAQUE_AUDIENCE_URL=broker.url + "/"),
+        )
+    assert refused.returncode == 1 and elsewhere.returncode == 1
+    assert "which is not a URL, so the client cannot tell" in refused.stderr
+    assert "set" in refused.stderr and f"CI_BROKER_OPAQUE_AUDIENCE_URL to {broker.url}" in refused.stderr
+    assert allowed.returncode == 0, allowed.log
+    assert "is not a URL; sending it to" in allowed.stderr
+    assert len(broker.seen) == 1 and other.requests == 0
+
+
+def test_an_opaque_audience_beside_a_url_one_does_not_open_the_escape_hatch(tmp_path) -> None:
+    with ScriptedBroker(ScriptedBroker.granted("aws", AWS)) as broker:
+        token = jwt_for(["ci-broker", "https://broker.example.com"])
+        result = run_gitlab(
+            tmp_path, DASH_CURL, gitlab_env(broker.url, token, CI_BROKER_OPAQUE_AUDIENCE_URL=broker.url)
+        )
+    assert result.returncode == 1 and broker.requests == 0
+
+
+# -- the rule itself, _cib_origin, on the spellings a URL can take --------------------------------
+
+ORIGIN_FUNCTION = re.search(r"^_cib_origin\(\) \{\n.*?^\}\n", CLIENT.read_text(), re.M | re.S).group(0)
+
+
+@pytest.mark.parametrize("shell", ["dash", "bash", "busybox"])
+def test_origins_are_compared_after_normalising_case_and_default_ports(shell) -> None:
+    cases = {
+        "https://Broker.Example.COM": "https://broker.example.com",
+        "HTTPS://broker.example.com:443/v1/x?y#z": "https://broker.example.com",
+        "https://broker.example.com:8443/": "https://broker.example.com:8443",
+        "http://127.0.0.1:80": "http://127.0.0.1",
+        "http://127.0.0.1:443": "http://127.0.0.1:443",
+        "https://[::1]:443/": "https://[::1]",
+        "https://broker.example.com:": "https://broker.example.com",
+        "https://broker.example.com?x": "https://broker.example.com",
+    }
+    failures = [
+        "ci-broker",
+        "api://AzureADTokenExchange",
+        "https://",
+        "https://:443",
+        "https://a@b",
+        "ftp://x",
+        "",
+    ]
+    argv = [require_tool("busybox"), "sh"] if shell == "busybox" else [require_tool(shell)]
+    script = (
+        ORIGIN_FUNCTION
+        + 'for u in "$@"; do if _cib_origin "$u"; then echo "$_cib_o"; else echo FAIL; fi; done'
+    )
+    out = subprocess.run(
+        [*argv, "-c", script, "sh", *cases, *failures], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out == [*cases.values(), *["FAIL"] * len(failures)]
+
+
+# -- what the job shows before the exchange ------------------------------------------------------
+
+
+def test_the_claims_policies_use_are_shown_in_a_collapsed_section_never_the_token(tmp_path) -> None:
+    with ScriptedBroker(ScriptedBroker.granted("aws", AWS)) as broker:
+        token = jwt_for(
+            broker.url,
+            project_path="group/app",
+            project_id="42",
+            ref="main",
+            ref_protected="true",
+            environment="production",
+            pipeline_source="push",
+            user_email="dev@example.com",
+            weird="\u001b]0;x\u0007::set-env",
+            namespace_id=7,
+        )
+        result = run_gitlab(tmp_path, DASH_CURL, gitlab_env(broker.url, token))
+    assert result.returncode == 0, result.log
+    log = result.stderr  # (read as text, so the markers' \r arrives as \n)
+    start = re.search(r"\x1b\[0Ksection_start:\d+:ci_broker_claims\[collapsed=true\]\n\x1b\[0K(.*)\n", log)
+    end = re.search(r"\x1b\[0Ksection_end:\d+:ci_broker_claims\n\x1b\[0K\n", log)
+    assert start and end and start.end() <= end.start(), log
+    assert start.group(1) == "ci-broker: this job's token claims, as the broker's rules see them"
+    shown = log[start.end() : end.start()].splitlines()
+    assert shown == [
+        "  sub: project_path:g/p:ref_type:branch:ref:main",
+        f"  aud: {broker.url}",
+        "  project_path: group/app",
+        "  project_id: 42",
+        "  namespace_id: 7",
+        "  ref: main",
+        "  ref_protected: true",
+        "  environment: production",
+        "  pipeline_source: push",
+    ]
+    assert log.index("section_end") < log.index("credentials for role 'deploy'")
+    assert "dev@example.com" not in log
+    assert_no_secret(log + result.stdout, [token, token.split(".")[1]], "the job log")
