@@ -946,7 +946,6 @@ _cib_export_all() {
 # (shared credentials and config files beside the Azure token file, mode 0600) instead of the
 # AWS_* keys, which the next role would overwrite; `aws --profile NAME` or AWS_PROFILE picks one.
 _cib_aws_profile() {
-    _cib_aws_files
     (umask 077 && printf '[%s]\naws_access_key_id = %s\naws_secret_access_key = %s\naws_session_token = %s\n' \
         "$_cib_profile" "$_cib_c_access_key_id" "$_cib_c_secret_access_key" "$_cib_c_session_token" \
         >>"$_cib_tf_dir/ci-broker-aws-credentials") || _cib_die "cannot write the AWS credentials file under $_cib_tf_dir"
@@ -954,6 +953,7 @@ _cib_aws_profile() {
     _cib_set AWS_SHARED_CREDENTIALS_FILE "$_cib_tf_dir/ci-broker-aws-credentials"
 }
 
+# Before the exchange (a refusal then spends no token): the directory, and the name still free.
 _cib_aws_files() {
     _cib_tmp_dir
     (umask 077 && mkdir -p "$_cib_tf_dir") || _cib_die "cannot create $_cib_tf_dir"
@@ -1099,7 +1099,6 @@ _cib_json_str() {
 
 _cib_session_aws() {
     if [ -n "$_cib_profile" ]; then
-        _cib_aws_files
         _cib_aws_profile_config "credential_process = $(_cib_hook_command aws)"
         return 0
     fi
@@ -1405,6 +1404,9 @@ _cib_main() {
     fi
     if [ "$_cib_target" = generic ]; then
         _cib_generic_token
+    fi
+    if [ -n "$_cib_profile" ]; then
+        _cib_aws_files
     fi
     _cib_say "exchanging this job's OIDC token at $_cib_url for role '$_cib_role' (HTTP via $_cib_http)"
     _cib_exchange

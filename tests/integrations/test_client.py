@@ -675,3 +675,83 @@ def test_a_refused_gcp_hook_answers_google_in_its_own_error_shape(tmp_path: Path
         "code": "ci_broker_refresh_failed",
         "message": 'ci-broker: the broker refused to refresh this job\'s session: HTTP 401 "ended"',
     }
+
+
+# -- several roles in one job (the component's `token` and `aws_profile` inputs) --------------------
+
+SECOND_ROLE = """
+CI_BROKER_ROLE=audit
+CI_BROKER_TOKEN_VARIABLE=AUDIT_ID_TOKEN
+CI_BROKER_AWS_PROFILE=audit
+. "{client}"
+"""
+
+
+@pytest.mark.parametrize("flavor", [FLAVORS[0], FLAVORS[3]], ids=[FLAVORS[0].name, FLAVORS[3].name])
+def test_two_aws_roles_each_with_its_own_token_write_named_profiles(tmp_path: Path, flavor: Flavor) -> None:
+    second = dict(AWS, access_key_id="ASIAZZEXAMPLE7SECOND", secret_access_key="second/secret+key")
+    with ScriptedBroker(ScriptedBroker.granted("aws", AWS), ScriptedBroker.granted("aws", second)) as broker:
+        deploy_token = jwt_for(broker.url, job="deploy")
+        audit_token = jwt_for(broker.url, job="audit")
+        env = gitlab_env(
+            broker.url,
+            CI_BROKER_TOKEN_VARIABLE="DEPLOY_ID_TOKEN",
+            DEPLOY_ID_TOKEN=deploy_token,
+            AUDIT_ID_TOKEN=audit_token,
+            CI_BROKER_AWS_PROFILE="deploy",
+        )
+        del env["CI_BROKER_ID_TOKEN"]
+        result = run_gitlab(tmp_path, flavor, env, epilogue=SECOND_ROLE.format(client=CLIENT))
+    assert result.returncode == 0, result.log
+    assert [s.authorization for s in broker.seen] == [f"Bearer {deploy_token}", f"Bearer {audit_token}"]
+    assert [json.loads(s.body)["role"] for s in broker.seen] == ["deploy", "audit"]
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"} & set(
+        result.env
+    )
+    credentials = Path(result.env["AWS_SHARED_CREDENTIALS_FILE"])
+    config = Path(result.env["AWS_CONFIG_FILE"])
+    assert credentials.parent == config.parent == Path(str(tmp_path / "project") + ".tmp")
+    assert (
+        oct(credentials.stat().st_mode & 0o777) == "0o600" and oct(config.stat().st_mode & 0o777) == "0o600"
+    )
+    import configparser
+
+    parsed = configparser.ConfigParser()
+    parsed.read(credentials)
+    assert parsed["deploy"]["aws_access_key_id"] == AWS["access_key_id"]
+    assert parsed["deploy"]["aws_session_token"] == AWS["session_token"]
+    assert parsed["audit"]["aws_access_key_id"] == second["access_key_id"]
+    assert parsed["audit"]["aws_secret_access_key"] == second["secret_access_key"]
+    regions = configparser.ConfigParser()
+    regions.read(config)
+    assert regions["profile deploy"]["region"] == regions["profile audit"]["region"] == "eu-west-1"
+    assert_no_secret(
+        result.log, secrets_of(AWS) + secrets_of(second) + [deploy_token, audit_token], "the job log"
+    )
+
+
+def test_a_profile_name_two_roles_share_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    with ScriptedBroker(ScriptedBroker.granted("aws", AWS)) as broker:
+        env = gitlab_env(broker.url, CI_BROKER_AWS_PROFILE="audit", AUDIT_ID_TOKEN=jwt_for(broker.url, n=2))
+        result = run_gitlab(tmp_path, DASH_CURL, env, epilogue=SECOND_ROLE.format(client=CLIENT))
+    assert result.returncode == 1
+    assert "AWS profile 'audit' is already written by another role of this job" in result.stderr
+    assert len(broker.seen) == 1, "the second role's token was not spent"
+    credentials = Path(str(tmp_path / "project") + ".tmp") / "ci-broker-aws-credentials"
+    assert credentials.read_text().count("[audit]") == 1
+
+
+@pytest.mark.parametrize("value", ["a b", "x]\n[default", "$(id)"])
+def test_a_profile_name_must_be_a_name(tmp_path: Path, value: str) -> None:
+    result = run_gitlab(
+        tmp_path, DASH_CURL, gitlab_env("https://broker.example.com", CI_BROKER_AWS_PROFILE=value)
+    )
+    assert result.returncode == 1
+    assert "CI_BROKER_AWS_PROFILE must be a profile name" in result.stderr
+
+
+def test_gitlab_names_the_missing_token_variable(tmp_path: Path) -> None:
+    env = gitlab_env("https://broker.example.com", CI_BROKER_TOKEN_VARIABLE="GCP_ID_TOKEN")
+    result = run_gitlab(tmp_path, DASH_CURL, env)
+    assert result.returncode == 1
+    assert "GCP_ID_TOKEN is empty: the job needs 'id_tokens: GCP_ID_TOKEN'" in result.stderr
