@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import textwrap
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -104,7 +103,7 @@ def test_the_examples_are_found() -> None:
 
 @pytest.mark.parametrize("where,text", EXAMPLES, ids=[w for w, _ in EXAMPLES])
 def test_every_pipeline_example_runs_on_gitlabs_docker_executor(where: str, text: str) -> None:
-    document = yaml.load(textwrap.dedent(text), Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    document = yaml.load(textwrap.dedent(text), Loader=_Loader)
     bad = unrunnable_images(document)
     assert not bad, (
         f"{where}: {bad} start {[TOOL_ENTRYPOINTS[image_name(b)] for b in bad]}, not a shell: "
