@@ -739,7 +739,9 @@ _cib_exchange() {
             fi
         fi
         if [ -z "$_cib_why" ]; then
-            _cib_check_audience
+            if [ "$_cib_target" = github ]; then
+                _cib_check_audience
+            fi
             if _cib_request POST "$_cib_url/v1/exchange" "Bearer $_cib_token" "$_cib_req"; then
                 case $_cib_status in
                 200) return 0 ;;
@@ -1396,14 +1398,19 @@ _cib_main() {
     _cib_inputs
     _cib_session_inputs
     _cib_pick_http
-    if [ "$_cib_http" = busybox-wget ]; then
-        _cib_check_busybox_tls
-    fi
+    # The token's audience is checked before any request, the TLS probe included; on GitHub each
+    # attempt's fresh token is checked in _cib_exchange.
+    _cib_try=1
     if [ "$_cib_target" = gitlab ]; then
         _cib_gitlab_token
+        _cib_check_audience
     fi
     if [ "$_cib_target" = generic ]; then
         _cib_generic_token
+        _cib_check_audience
+    fi
+    if [ "$_cib_http" = busybox-wget ]; then
+        _cib_check_busybox_tls
     fi
     if [ -n "$_cib_profile" ]; then
         _cib_aws_files

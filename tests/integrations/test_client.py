@@ -471,12 +471,12 @@ def test_busybox_wget_without_tls_verification_is_not_trusted_with_the_token(tmp
             "PATH": f"{stubs}:{bindir}",
             "CI_BROKER_URL": "https://broker.example.com",
             "CI_BROKER_ROLE": "deploy",
-            "CI_BROKER_ID_TOKEN": JWT,
+            "CI_BROKER_ID_TOKEN": jwt_for("https://broker.example.com"),
         },
     )
     assert result.returncode == 1
     assert "does not verify TLS certificates; refusing to send the token" in result.stderr
-    assert JWT not in calls.read_text()
+    assert jwt_for("https://broker.example.com") not in calls.read_text()
 
 
 # -- GitLab: exports in the job's own shell ----------------------------------------------------------

@@ -14,7 +14,7 @@ import re
 import subprocess
 
 import pytest
-from clientrun import FLAVORS, Flavor, require_tool, run_github, run_gitlab
+from clientrun import FLAVORS, Flavor, busybox_bin, require_tool, run_github, run_gitlab, stub_tool
 from endpoints import OIDCRequestEndpoint, ScriptedBroker
 from support import AWS, CLIENT, assert_no_secret, jwt_for
 
@@ -247,3 +247,17 @@ def test_the_claims_policies_use_are_shown_in_a_collapsed_section_never_the_toke
     assert log.index("section_end") < log.index("credentials for role 'deploy'")
     assert "dev@example.com" not in log
     assert_no_secret(log + result.stdout, [token, token.split(".")[1]], "the job log")
+
+
+def test_not_even_the_tls_probe_goes_to_a_redirected_url(tmp_path) -> None:
+    """Under busybox wget the client probes /healthz before sending a token (does this wget check
+    certificates?): a URL the token is not for must not get that request either."""
+    bindir = busybox_bin(tmp_path)
+    calls = tmp_path / "wget-calls"
+    stub_tool(tmp_path / "stubs", "wget", f'printf "%s\\n" "$*" >> {calls}\necho "  HTTP/1.1 200 OK" >&2\n')
+    env = gitlab_env("https://attacker.example.com", jwt_for("https://broker.example.com"))
+    env["PATH"] = f"{tmp_path / 'stubs'}:{bindir}"
+    result = run_gitlab(tmp_path, Flavor("busybox-wget", "busybox", "wget"), env)
+    assert result.returncode == 1
+    assert "not for https://attacker.example.com: refusing to send it there." in result.stderr
+    assert "attacker.example.com" not in (calls.read_text() if calls.exists() else "")
