@@ -261,3 +261,33 @@ def test_not_even_the_tls_probe_goes_to_a_redirected_url(tmp_path) -> None:
     assert result.returncode == 1
     assert "not for https://attacker.example.com: refusing to send it there." in result.stderr
     assert "attacker.example.com" not in (calls.read_text() if calls.exists() else "")
+
+
+# -- the payload's decoder (awk, inside ci-broker.sh) under every awk its users have ---------------
+
+B64_PROGRAM = re.search(r"_cib_awk_b64='(.*?)'\n", CLIENT.read_text(), re.S).group(1)
+AWKS = [["mawk"], ["gawk"], ["original-awk"], ["busybox", "awk"]]
+
+
+@pytest.mark.parametrize("awk", AWKS, ids=[a[0] for a in AWKS])
+def test_the_payload_decoder_agrees_with_python_byte_for_byte(awk) -> None:
+    import base64
+    import random
+
+    require_tool(awk[0])
+    rng = random.Random(20)
+    samples = [bytes(range(1, 256)), "José ☃ 𝄞".encode()] + [
+        bytes(rng.randrange(1, 256) for _ in range(rng.randrange(0, 64))) for _ in range(40)
+    ]
+    for data in samples:
+        encoded = base64.urlsafe_b64encode(data).rstrip(b"=")
+        proc = subprocess.run(
+            [*awk, B64_PROGRAM],
+            input=encoded,
+            capture_output=True,
+            env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"},
+        )
+        assert (proc.returncode, proc.stdout) == (0, data), data
+    for bad in [b"ab+c", b"ab/c", b"abc=", b"a", b"ab c"]:
+        proc = subprocess.run([*awk, B64_PROGRAM], input=bad, capture_output=True, env={"LC_ALL": "C"})
+        assert proc.returncode == 2, bad
