@@ -755,3 +755,43 @@ def test_gitlab_names_the_missing_token_variable(tmp_path: Path) -> None:
     result = run_gitlab(tmp_path, DASH_CURL, env)
     assert result.returncode == 1
     assert "GCP_ID_TOKEN is empty: the job needs 'id_tokens: GCP_ID_TOKEN'" in result.stderr
+
+
+def test_two_refreshing_aws_roles_each_get_a_credential_process_profile(tmp_path: Path) -> None:
+    """With refresh, each named profile runs its own session's hook; botocore reads them both."""
+    import boto3
+
+    second = dict(AWS, access_key_id="ASIAZZEXAMPLE7SECOND", secret_access_key="second/secret+key")
+    with ScriptedBroker(granted_with_session("aws", AWS), granted_with_session("aws", second)) as broker:
+        env = gitlab_env(
+            broker.url,
+            CI_BROKER_REFRESH="true",
+            CI_BROKER_CLIENT=str(CLIENT),
+            TMPDIR=str(tmp_path),
+            CI_BROKER_TOKEN_VARIABLE="DEPLOY_ID_TOKEN",
+            DEPLOY_ID_TOKEN=jwt_for(broker.url, job="deploy"),
+            AUDIT_ID_TOKEN=jwt_for(broker.url, job="audit"),
+            CI_BROKER_AWS_PROFILE="deploy",
+        )
+        result = run_gitlab(tmp_path, DASH_CURL, env, epilogue=SECOND_ROLE.format(client=CLIENT))
+    assert result.returncode == 0, result.log
+    assert "AWS_PROFILE" not in result.env and "AWS_ACCESS_KEY_ID" not in result.env
+    config = Path(result.env["AWS_CONFIG_FILE"])
+    text = config.read_text()
+    hooks = re.findall(r"^credential_process = (.+) ci-broker-session aws (\S+)$", text, re.M)
+    assert [line for line in text.splitlines() if line.startswith("[")] == [
+        "[profile deploy]",
+        "[profile audit]",
+    ]
+    assert len({directory for _, directory in hooks}) == 2, "each role its own session directory"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    os.environ.clear()
+    os.environ.update(clean, AWS_CONFIG_FILE=str(config), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+    try:
+        keys = {
+            p: boto3.session.Session(profile_name=p).get_credentials().access_key for p in ("deploy", "audit")
+        }
+    finally:
+        os.environ.clear()
+        os.environ.update(clean)
+    assert keys == {"deploy": AWS["access_key_id"], "audit": second["access_key_id"]}
