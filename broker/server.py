@@ -52,7 +52,7 @@ GRACEFUL_TIMEOUT = 30  # in-flight exchanges finish after SIGTERM; the cloud cal
 # master instead, once, when a role uses that cloud.
 CLOUD_SDKS = {
     "aws": ("boto3", "botocore.session", "botocore.client"),
-    "gcp": ("google.auth.identity_pool", "google.auth.transport.requests"),
+    "gcp": ("google.auth.identity_pool", "google.auth.exceptions", "requests"),
     "azure": ("azure.identity", "azure.core.pipeline.transport"),
 }
 
