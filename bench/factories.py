@@ -52,7 +52,7 @@ def variants() -> dict[str, Patches]:
         # histograms, the replay-refusal counter), all off at once.
         return [
             mock.patch.object(Config, "decide", decide),
-            mock.patch.object(exchange.Broker, "spend", lambda self, verified: None),
+            mock.patch.object(exchange.Broker, "admit_and_spend", lambda self, verified: None),
             mock.patch.object(exchange.audit, "emit", lambda event: None),
             mock.patch.object(
                 requestid.RequestIds,
@@ -78,7 +78,7 @@ def variants() -> dict[str, Patches]:
         ],
         "no policy": lambda: [mock.patch.object(Config, "decide", decide)],
         "no replay record": lambda: [
-            mock.patch.object(exchange.Broker, "spend", lambda self, verified: None)
+            mock.patch.object(exchange.Broker, "admit_and_spend", lambda self, verified: None)
         ],
         "no exchange counter": lambda: [
             mock.patch.object(exchange.metrics, "exchange_finished", lambda *a: None)

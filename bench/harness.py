@@ -44,6 +44,7 @@ REGION = "eu-west-1"
 # Counted on every exchange like the defaults (600/minute per identity, 6000/minute per client),
 # but high enough that one load generator with one identity is never refused.
 COUNTED_RATE_LIMITS = {"per_identity": "999999999/minute", "per_client": "999999999/minute"}
+TOKEN_MAX_AGE = 900  # the bench brokers' token_max_age, and the bench tokens' lifetime
 
 
 # -- processes ------------------------------------------------------------------------------------
@@ -212,7 +213,11 @@ def _mint(job: tuple[bytes, str, str, str, int]) -> list[str]:
     header = b64url(json.dumps({"alg": "RS256", "kid": kid, "typ": "JWT"}).encode())
     tokens = []
     for _ in range(count):
-        claims = github_claims(aud=audience, iss=issuer, jti=str(uuid.uuid4()))
+        # Valid for the broker's whole token_max_age (900 s in `broker_config`), not a real job's
+        # 5 minutes: every app's tokens are minted before the alternating slices begin, which on
+        # a busy machine end more than 5 minutes later (a whole app's slices were then refused).
+        exp = int(time.time()) + TOKEN_MAX_AGE
+        claims = github_claims(aud=audience, iss=issuer, jti=str(uuid.uuid4()), exp=exp)
         signing_input = f"{header}.{b64url(json.dumps(claims).encode())}"
         signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())  # type: ignore[union-attr]
         tokens.append(f"{signing_input}.{b64url(signature)}")
@@ -275,7 +280,7 @@ def broker_config(
             "issuer": broker_url,
             "signing_keys": [key.name],
             "replay_store": replay_store,
-            "token_max_age": 900,
+            "token_max_age": TOKEN_MAX_AGE,
             "leeway": 60,
             "rate_limits": rate_limits or "off",
         },

@@ -6,9 +6,11 @@ thread, in interleaved rounds (so drift in a shared machine's load falls on ever
 - the replay record: `RedisReplayStore.first_use` (SET NX EX) and `SqliteReplayStore.first_use`;
 - one rate-limit hit: limits' sliding-window counter on redis (one EVALSHA of its script), as
   `broker.ratelimit` uses it, and on memory (per worker, what the sqlite deployment counts with);
-- what an exchange sends redis today, in sequence: the replay SET and two rate-limit scripts
+- what an exchange sent redis before, in sequence: the replay SET and two rate-limit scripts
   (per client and per identity), three round trips;
-- the same three commands pipelined: one round trip, the cost the next step aims at.
+- the same three commands pipelined: one round trip;
+- the identity limit and the replay record in one script (`RateLimiter.admit_and_spend`), and
+  what an exchange sends now: the per-client limit, then that script, two round trips.
 
 Per call it reports wall time (what the request waits) and CPU time (what the worker's core
 spends; the rest of the wall time other threads can use), medians over the rounds.
@@ -41,6 +43,8 @@ def operations(redis_url: str, work: Path) -> dict[str, tuple[int, Callable[[], 
     from limits.storage import MemoryStorage, RedisStorage
     from limits.strategies import SlidingWindowCounterRateLimiter
 
+    from broker.config import RateLimits
+    from broker.ratelimit import RateLimiter
     from broker.replay import RedisReplayStore, SqliteReplayStore, redis_options
 
     item = parse(RATE)
@@ -50,6 +54,19 @@ def operations(redis_url: str, work: Path) -> dict[str, tuple[int, Callable[[], 
     memory_limits = SlidingWindowCounterRateLimiter(MemoryStorage())
     redis_store = RedisReplayStore(redis_url)
     sqlite_store = SqliteReplayStore(work / "replay.db")
+
+    limiter = RateLimiter(RateLimits(per_identity=RATE, per_client=RATE), redis_url)
+
+    class Provider:
+        def identity(self, claims: Any) -> str:
+            return "github:892734123"
+
+    def counted_record() -> None:
+        limiter.admit_and_spend(Provider(), {}, redis_store, key(), expiry())  # type: ignore[arg-type]
+
+    def exchange_now() -> None:
+        limiter.check_client("127.0.0.1")
+        counted_record()
 
     def key() -> str:
         return uuid.uuid4().hex
@@ -83,8 +100,10 @@ def operations(redis_url: str, work: Path) -> dict[str, tuple[int, Callable[[], 
             1,
             lambda: redis_limits.hit(item, "bench", "client", "127.0.0.1"),
         ),
-        "today's exchange: SET + 2 EVALSHA in sequence": (3, in_sequence),
+        "the exchange before: SET + 2 EVALSHA in sequence": (3, in_sequence),
         "the same 3 commands pipelined": (1, pipelined),
+        "identity limit + record, one script": (1, counted_record),
+        "the exchange now: client EVALSHA + that script": (2, exchange_now),
         "replay record, sqlite": (0, lambda: sqlite_store.first_use(key(), expiry())),
         "rate-limit hit, memory": (0, lambda: memory_limits.hit(item, "bench", "client", "127.0.0.1")),
     }

@@ -86,6 +86,9 @@ SYNC_FLOOR = "floor, 2 sync workers"
 GTHREAD_FLOOR = "floor, 2 gthread workers"
 SQLITE_BROKER = "broker, 2 workers, sqlite"
 REDIS_BROKER = "broker, 2 workers, redis"
+# With --compare-path: the same redis broker from another tree (the code before a change), in the
+# same alternating slices, so a before/after pair sees the same machine.
+REDIS_BEFORE = "broker, 2 workers, redis, compared tree"
 TARGETS = {
     "throughput_vs_floor": 0.9,
     "p99_vs_floor": 1.5,
@@ -222,15 +225,20 @@ class Bench:
         return self.serve_app("floor", port, threads, *keys, "--sts-url", sts_url, *extra, workers=workers)
 
     def serve_broker(
-        self, config: Path, port: int, threads: int | None = None, workers: int = 1
+        self, config: Path, port: int, threads: int | None = None, workers: int = 1, tree: str | None = None
     ) -> tuple[subprocess.Popen[bytes], float]:
-        """`ci-broker serve`, and the seconds from launching it to its first 200 on /readyz."""
+        """`ci-broker serve`, and the seconds from launching it to its first 200 on /readyz; with
+        `tree`, the `broker` package found there (run from the workdir, so this tree is not first)."""
         start = time.monotonic()
         argv = [self.python, "-m", "broker", "serve", "--config", str(config)]
         argv += ["--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
         if threads is not None:
             argv += ["--threads", str(threads)]
-        proc = self.procs.start(f"broker-{port}", argv, "server")
+        if tree is None:
+            proc = self.procs.start(f"broker-{port}", argv, "server")
+        else:
+            env = {"PYTHONPATH": str(Path(tree).resolve())}
+            proc = self.procs.start(f"broker-{port}", argv, "server", env=env, cwd=self.workdir)
         wait_http(f"http://127.0.0.1:{port}/readyz", proc, 60, want=200)
         return proc, time.monotonic() - start
 
@@ -535,7 +543,10 @@ class Bench:
                 wrk("floor warm-up", target.url, shared_tokens, a.warmup, DEPLOYED_CONNECTIONS, self.pin)
             # Tokens for the brokers: at least what `serve`'s threads could take from a slow STS.
             hint = max(floor_rps, DEPLOYED_CONNECTIONS / delay if delay else 0)
-            for name, store in ((SQLITE_BROKER, "sqlite"), (REDIS_BROKER, "redis")):
+            brokers = [(SQLITE_BROKER, "sqlite", None), (REDIS_BROKER, "redis", None)]
+            if a.compare_path:
+                brokers.append((REDIS_BEFORE, "redis", a.compare_path))
+            for name, store, tree in brokers:
                 port = self.procs.port()
                 url = f"http://127.0.0.1:{port}"
                 replay = redis_url if store == "redis" else f"sqlite:///{self.workdir / f'replay-{port}.db'}"
@@ -548,7 +559,7 @@ class Bench:
                     replay_store=replay,
                     rate_limits=COUNTED_RATE_LIMITS,
                 )
-                proc, ready = self.serve_broker(config, port, workers=DEPLOYED_WORKERS)
+                proc, ready = self.serve_broker(config, port, workers=DEPLOYED_WORKERS, tree=tree)
                 report.deployed_ready_seconds[name + suffix] = ready
                 # The broker may outrun the sync floor: its warm-up (with tokens to spare) says by
                 # how much, and its slices get tokens for that rate.
@@ -568,7 +579,7 @@ class Bench:
                     **shape,
                 )
                 targets.append(target)
-                if store == "redis" and not delay:
+                if name == REDIS_BROKER and not delay:
                     report.redis_commands = self.count_redis_commands(redis_url, target, issuer)
             loads = self.alternate(targets, rounds, a.duration, redis_pid=redis_proc.pid)
             for load in loads:
@@ -812,10 +823,11 @@ def summarize_deployed(report: Report) -> tuple[list[str], dict[str, Any]]:
             f"(target <= {TARGETS['p99_vs_floor']}) {ok(p99 <= TARGETS['p99_vs_floor'])}, "
             f"CPU per exchange {broker.cpu_ms - floor.cpu_ms:+.3f} ms"
         )
+    compared = (REDIS_BEFORE,) if REDIS_BEFORE in by_name else ()
     for suffix in ("", f", STS {SLOW_STS_SECONDS * 1000:.0f} ms"):
         for floor_name in (SYNC_FLOOR, GTHREAD_FLOOR) if suffix else (GTHREAD_FLOOR,):
             reference = by_name[floor_name + suffix]
-            for name in (SQLITE_BROKER, REDIS_BROKER):
+            for name in (SQLITE_BROKER, REDIS_BROKER, *compared):
                 broker = by_name[name + suffix]
                 throughput, p99 = broker.rps / reference.rps, broker.p99_ms / reference.p99_ms
                 figures[f"{name}{suffix} vs {floor_name}"] = {"throughput": throughput, "p99": p99}
@@ -872,6 +884,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--profile", help="also record a py-spy profile of the broker worker to this file")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the servers and the load to cores")
+    parser.add_argument(
+        "--compare-path",
+        help="deployed part: also run the redis broker from the broker package in this directory "
+        "(another commit's tree) in the same slices",
+    )
     parser.add_argument("--json", help="write the raw figures here")
     parser.add_argument("--workdir", help="keep configs, tokens and every server's output here")
     args = parser.parse_args(argv)

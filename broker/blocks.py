@@ -162,32 +162,9 @@ def new_block(
     now: float | None = None,
 ) -> Block:
     """A block from `ci-broker block`'s arguments, checked against the config; raises BlockError."""
-    known = config.providers.get(provider)
-    if known is None:
-        names = ", ".join(sorted(config.providers)) or "none"
-        raise BlockError(f"--provider {provider!r} is not a configured provider (configured: {names})")
-    if not claims:
-        raise BlockError("at least one --claim NAME=VALUE is required: a block names who it stops")
-    if len(claims) > MAX_CLAIMS:
-        raise BlockError(f"at most {MAX_CLAIMS} --claim conditions")
-    schema = known.schema
-    parsed: dict[str, str] = {}
-    for item in claims:
-        name, sep, value = item.partition("=")
-        name = name.strip()
-        if not sep or not name or not value:
-            raise BlockError(f"--claim {item[:80]!r} must be NAME=VALUE with both parts non-empty")
-        if name not in schema.known:
-            raise BlockError(
-                f"--claim {name!r} is not a claim {schema.type} tokens carry (a typo would block nobody)"
-            )
-        if name in parsed:
-            raise BlockError(f"--claim {name!r} is given twice; one value per claim")
-        if len(value) > MAX_VALUE_CHARS:
-            raise BlockError(f"--claim {name!r}: the value is longer than {MAX_VALUE_CHARS} characters")
-        parsed[name] = value
+    known, parsed = identity_claims(config, provider, claims, what="a block")
     if role is not None and role not in config.roles:
-        raise BlockError(f"--role {role!r} is not a configured role (a typo would block nobody)")
+        raise BlockError(f"--role {role!r} is not a configured role (a typo would match nobody)")
     reason = reason.strip()
     if not reason:
         raise BlockError("--reason must not be empty: it is what the audit log and `blocks` show")
@@ -205,7 +182,40 @@ def new_block(
         expires_at=now + seconds if seconds is not None else None,
         created_by=_operator(),
     )
-    return _compiled(block, schema)
+    return _compiled(block, known.schema)
+
+
+def identity_claims(
+    config: Config, provider: str, claims: list[str], *, what: str
+) -> tuple[ProviderConfig, dict[str, str]]:
+    """`--provider P --claim NAME=VALUE ...` checked against the config: the identity `block` and
+    `revoke` both name, as the provider and its exact claim values; raises BlockError. `what` is
+    the thing the claims pick out, for the error that there are none."""
+    known = config.providers.get(provider)
+    if known is None:
+        names = ", ".join(sorted(config.providers)) or "none"
+        raise BlockError(f"--provider {provider!r} is not a configured provider (configured: {names})")
+    if not claims:
+        raise BlockError(f"at least one --claim NAME=VALUE is required: {what} names who it stops")
+    if len(claims) > MAX_CLAIMS:
+        raise BlockError(f"at most {MAX_CLAIMS} --claim conditions")
+    schema = known.schema
+    parsed: dict[str, str] = {}
+    for item in claims:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not value:
+            raise BlockError(f"--claim {item[:80]!r} must be NAME=VALUE with both parts non-empty")
+        if name not in schema.known:
+            raise BlockError(
+                f"--claim {name!r} is not a claim {schema.type} tokens carry (a typo would match nobody)"
+            )
+        if name in parsed:
+            raise BlockError(f"--claim {name!r} is given twice; one value per claim")
+        if len(value) > MAX_VALUE_CHARS:
+            raise BlockError(f"--claim {name!r}: the value is longer than {MAX_VALUE_CHARS} characters")
+        parsed[name] = value
+    return known, parsed
 
 
 def _operator() -> str | None:

@@ -193,6 +193,7 @@ class Demo:
             self.step_gitlab,
             self.step_other_clouds,
             self.step_sessions,
+            self.step_incident,
             self.step_buildkite,
             self.step_policy_diff,
         ]
@@ -618,7 +619,7 @@ class Demo:
         self.secrets.append(token)
         body = _json(box.exchange(token, ROLE))
         session = body.get("session") or {}
-        self._keep_secrets(body)
+        self.keep_secrets(body)
         self.say(
             f"With session_lifetime: {SESSION_LIFETIME} on {ROLE}, an exchange also returns a session: "
             f"id {session.get('id')},\nuntil {session.get('expires_at')}, and a refresh token "
@@ -638,7 +639,7 @@ class Demo:
                 timeout=30,
             )
             answer = _json(response)
-            self._keep_secrets(answer)
+            self.keep_secrets(answer)
             return response.status_code, answer
 
         for n in (1, 2):
@@ -684,7 +685,13 @@ class Demo:
             str(status),
         )
 
-    def _keep_secrets(self, answer: dict[str, Any]) -> None:
+    def step_incident(self) -> None:
+        """Contract section 9: a block takes effect, the session is revoked, the block removed."""
+        from broker.demoincident import step_block
+
+        step_block(self, "10")
+
+    def keep_secrets(self, answer: dict[str, Any]) -> None:
         creds = answer.get("credentials") or {}
         self.secrets.extend(v for k, v in creds.items() if k != "region")
         refresh_token = (answer.get("session") or {}).get("refresh_token")

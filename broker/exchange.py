@@ -134,8 +134,7 @@ class Broker:
             self.blocks.refuse_if_blocked(verified.provider, verified.claims, role.name)
 
             duration = requested_duration(role, ask.duration)
-            self.limiter.admit(verified.provider, verified.claims)
-            self.spend(verified)
+            self.admit_and_spend(verified)
 
             issued = self.issue(role, verified.provider, verified.claims, duration)
             session = self.start_session(role, verified, event)
@@ -226,9 +225,12 @@ class Broker:
 
     # -- the steps --------------------------------------------------------------------------------
 
-    def spend(self, verified: VerifiedToken) -> None:
-        """Record the token's single use; refuse it if it was used before."""
-        if not self.replay.first_use(verified.replay_key, verified.record_until):
+    def admit_and_spend(self, verified: VerifiedToken) -> None:
+        """Count the token against its identity's rate limit, then record its single use; refuse it
+        if it was used before (on redis both are one round trip: `RateLimiter.admit_and_spend`)."""
+        if not self.limiter.admit_and_spend(
+            verified.provider, verified.claims, self.replay, verified.replay_key, verified.record_until
+        ):
             metrics.replay_refused()
             jti = str(verified.claims.get("jti"))
             raise InvalidToken("token has already been used", reason=f"jti {jti[:100]!r} replayed")

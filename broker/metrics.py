@@ -44,14 +44,7 @@ class Metrics:
     """
 
     def __init__(self) -> None:
-        from prometheus_client import Counter, Gauge, Histogram, values
-
-        if os.environ.get(MULTIPROC_ENV):
-            # Each sample write asks os.getpid() whether the process has forked, a system call
-            # that costs more in an exchange than the write itself; the process id the forks
-            # keep current serves the same purpose. Set before any of the broker's samples
-            # exists, and no other code in the broker's processes creates multiprocess samples.
-            values.ValueClass = values.MultiProcessValue(process_identifier=_process_id)
+        from prometheus_client import Counter, Gauge, Histogram
 
         self.exchanges = Counter(
             "ci_broker_exchanges",
@@ -127,20 +120,6 @@ class Metrics:
             ["queue", "reason"],
         )
 
-
-_pid = os.getpid()
-
-
-def _process_id() -> int:
-    return _pid
-
-
-def _forked() -> None:
-    global _pid
-    _pid = os.getpid()
-
-
-os.register_at_fork(after_in_child=_forked)
 
 _metrics: Metrics | None = None
 _metrics_lock = threading.Lock()

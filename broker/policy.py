@@ -8,6 +8,7 @@ or failed, for `ci-broker explain` and the operator's audit log; the caller lear
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,20 +18,21 @@ from broker.claims import ABSENT, CLAIM_PATH, ClaimSchema, claim_text, resolve
 
 
 def glob_to_regex(pattern: str) -> str:
-    """`*` is any run of characters other than `/` and `:`; `**` is anything; the rest is literal."""
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/:]*")
-            i += 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return "".join(out)
+    """`*` is any run of characters other than `/` and `:`; `**` is anything; the rest is literal.
+
+    `**` is split off first, left to right, so `***` is `**` then `*`. Escaping whole literal runs
+    instead of one character at a time gives the same regex (re.escape maps each character on its
+    own) at a fifth of the cost, which a config of thousands of globs pays at every load.
+    """
+    return ".*".join("[^/:]*".join(map(re.escape, part.split("*"))) for part in pattern.split("**"))
+
+
+@functools.lru_cache(maxsize=16384)
+def compile_pattern(pattern: str, flags: int = 0) -> re.Pattern[str]:
+    """re.compile, once per distinct (pattern, flags): large configs repeat a glob across many roles
+    (one workflow for every environment), more distinct patterns than re's own cache of 512 holds.
+    Compiled patterns are immutable, so sharing one between conditions is safe."""
+    return re.compile(pattern, flags)
 
 
 @dataclass(frozen=True)
@@ -110,11 +112,11 @@ def compile_condition(claim: str, raw: Any, schema: ClaimSchema) -> Condition:
         flags = re.IGNORECASE if claim in schema.case_insensitive else 0
         if kind == "glob":
             source = schema.normalize(claim, pattern)
-            return Condition(claim, "glob", (pattern,), re.compile(glob_to_regex(source), flags))
+            return Condition(claim, "glob", (pattern,), compile_pattern(glob_to_regex(source), flags))
         try:
             # Matched with fullmatch, so every alternative of `a|b` is anchored at both ends
             # (unlike `^a|b$`, the mistake anchoring by hand invites).
-            compiled = re.compile(pattern, flags)
+            compiled = compile_pattern(pattern, flags)
         except re.error as exc:
             raise ValueError(f"invalid regex: {exc}") from None
         return Condition(claim, "regex", (pattern,), compiled)
@@ -163,7 +165,7 @@ class DenyRule(Rule):
 
 def compile_role_pattern(pattern: str) -> re.Pattern[str]:
     """A `roles` entry of a deny rule: role names hold no '/' or ':', so a glob's `*` spans them."""
-    return re.compile(glob_to_regex(pattern))
+    return compile_pattern(glob_to_regex(pattern))
 
 
 @dataclass(frozen=True)

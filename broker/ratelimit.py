@@ -14,6 +14,9 @@ being the one its session recorded, and against a third, per session, at the sam
 Counts live on the replay store's redis when there is one (so every replica shares them), and in
 process memory otherwise: with several workers on memory, each worker counts for itself.
 
+On redis, an exchange's identity limit and its token's single use are one script, one round trip
+(`admit_and_spend`); the per-client limit stays a round trip of its own, before any parsing.
+
 Rate limiting is an availability control, not a security one: if its redis fails, requests go on
 uncounted (the replay store, which fails closed, still refuses them with 503).
 """
@@ -25,7 +28,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from limits import RateLimitItem, parse
 from limits.errors import StorageError
@@ -35,7 +38,15 @@ from limits.strategies import SlidingWindowCounterRateLimiter
 from broker import metrics
 from broker.config import Config, ProviderConfig, RateLimits
 from broker.errors import RateLimited, Unavailable
-from broker.replay import describe_store, is_redis_url, redis_options
+from broker.replay import (
+    LimitReached,
+    RedisReplayStore,
+    ReplayStore,
+    WindowHit,
+    describe_store,
+    is_redis_url,
+    redis_options,
+)
 
 log = logging.getLogger("broker.ratelimit")
 
@@ -55,6 +66,7 @@ class RateLimiter:
     def __init__(self, limits: RateLimits | None, redis_url: str | None = None) -> None:
         self.enabled = limits is not None
         self.where = describe_store(redis_url) if redis_url else "memory"
+        self._redis_url = redis_url
         self._client: _Limit | None = None
         self._identity: _Limit | None = None
         self._session: _Limit | None = None
@@ -69,6 +81,7 @@ class RateLimiter:
         storage: Storage
         if redis_url:
             storage = RedisStorage(redis_url, wrap_exceptions=True, **redis_options(redis_url, REDIS_TIMEOUT))
+            self._key_prefix = storage.key_prefix
         else:
             storage = MemoryStorage()
         self._strategy = SlidingWindowCounterRateLimiter(storage)
@@ -91,6 +104,36 @@ class RateLimiter:
         """
         if self._identity is not None:
             self._hit(self._identity, provider.identity(claims))
+
+    def admit_and_spend(
+        self,
+        provider: ProviderConfig,
+        claims: Mapping[str, Any],
+        replay: ReplayStore,
+        key: str,
+        expires_at: float,
+    ) -> bool:
+        """`admit`, then `replay.first_use(key, expires_at)`, whose answer it returns.
+
+        When the counts live in the replay store's own redis, both go in one script (one round
+        trip): the same limit and the same record, in the same order. Any failure of that script
+        is the replay store's, so it refuses with 503 like the record alone would.
+        """
+        limit = self._identity
+        if limit is None or not isinstance(replay, RedisReplayStore) or replay.url != self._redis_url:
+            self.admit(provider, claims)
+            return replay.first_use(key, expires_at)
+        identity = provider.identity(claims)
+        try:
+            return replay.first_use(key, expires_at, self._window_hit(limit, identity))
+        except LimitReached:
+            self._refuse(limit, identity)
+
+    def _window_hit(self, limit: _Limit, key: str) -> WindowHit:
+        # limits' RedisStorage layout ({prefix}:{{key}} and its /-1), which a test pins against
+        # limits' own reading of the same counts.
+        current = f"{self._key_prefix}:{{{limit.item.key_for(NAMESPACE, limit.scope, key)}}}"
+        return WindowHit(f"{current}/-1", current, limit.item.amount, limit.item.get_expiry())
 
     def admit_session(self, session_id: str) -> None:
         """Count one refresh of a broker session; raises RateLimited over the per-session limit."""
@@ -118,6 +161,9 @@ class RateLimiter:
                 type(cause).__name__,
             )
             return
+        self._refuse(limit, key)
+
+    def _refuse(self, limit: _Limit, key: str) -> NoReturn:
         metrics.rate_limited(f"per_{limit.scope}")
         try:
             reset_at, _ = self._strategy.get_window_stats(limit.item, NAMESPACE, limit.scope, key)

@@ -26,6 +26,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -44,6 +45,21 @@ SQLITE_PURGE_EVERY = 1000
 MAX_RECORD_SECONDS = 7 * 86400
 
 log = logging.getLogger("broker.replay")
+
+
+@dataclass(frozen=True)
+class WindowHit:
+    """One hit on a sliding-window rate limit that lives in the replay store's redis, counted by the
+    same script that records the token (`RedisReplayStore.first_use`); built by `broker.ratelimit`."""
+
+    previous: str  # the previous and current windows' keys, as limits' RedisStorage names them
+    current: str
+    limit: int
+    window: int  # seconds
+
+
+class LimitReached(Exception):
+    """The `WindowHit` was over its limit: nothing was counted and the token was not recorded."""
 
 
 def _bounded(expires_at: float, now: float) -> float:
@@ -154,7 +170,12 @@ class SqliteReplayStore:
 class RedisReplayStore:
     """Shared by any number of broker processes. Redis being down means 503 for the requests that
     reach this point, and the next request after it returns simply works: the connection pool
-    reconnects on demand, so nothing has to be restarted."""
+    reconnects on demand, so nothing has to be restarted.
+
+    With a per-identity rate limit, `first_use` counts it and records the token in one script, one
+    round trip instead of two (the limit first, as the exchange orders them); without one it sends
+    a plain `SET NX EX`, so a store without scripting (an ACL) serves a broker without limits.
+    """
 
     def __init__(
         self, url: str, *, timeout: float = REDIS_TIMEOUT, clock: Callable[[], float] = time.time
@@ -167,13 +188,18 @@ class RedisReplayStore:
             redis.TimeoutError,
             OSError,
         )
+        self.url = url  # compared by the rate limiter, never shown: it may carry a password
         self.where = describe_store(url)
         self._clock = clock
         # redis-py's own retries are off: a blind retry of SET NX whose first reply was lost would
         # report our own write as a replay; `first_use` retries knowing what it wrote.
         self._client = redis_client(url, timeout)
+        # EVALSHA of the script's digest; redis-py loads it on NOSCRIPT (first use, redis restart).
+        self._counted_first_use = self._client.register_script(COUNTED_FIRST_USE)
 
-    def first_use(self, key: str, expires_at: float) -> bool:
+    def first_use(self, key: str, expires_at: float, hit: WindowHit | None = None) -> bool:
+        """As `ReplayStore.first_use`; with `hit`, count it first and raise LimitReached (having
+        recorded nothing) if it is over its limit, all in one atomic script."""
         name = REDIS_PREFIX + key
         # Relative expiry from our clock, so a skewed redis clock cannot shorten the record.
         now = self._clock()
@@ -182,6 +208,14 @@ class RedisReplayStore:
         last: BaseException | None = None
         for attempt in range(REDIS_ATTEMPTS):
             try:
+                if hit is not None:
+                    # The script tells our own earlier write (a lost reply) from a replay itself.
+                    outcome = self._counted_first_use(
+                        keys=[name, hit.previous, hit.current], args=[nonce, ttl, hit.limit, hit.window, 1]
+                    )
+                    if outcome == _LIMIT_REACHED:
+                        raise LimitReached
+                    return bool(outcome == _FIRST_USE)
                 if self._client.set(name, nonce, nx=True, ex=ttl):
                     return True
                 if attempt == 0:
@@ -200,6 +234,39 @@ class RedisReplayStore:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _counted_first_use_script() -> str:
+    from limits.storage import RedisStorage
+
+    # limits' own sliding-window script, as a function: the counts stay exactly the ones its
+    # RedisStorage keeps (refresh's identity limit and Retry-After read them through limits).
+    acquire = RedisStorage.SCRIPT_ACQUIRE_SLIDING_WINDOW.decode()
+    return f"""
+local function acquire_sliding_window(KEYS, ARGV)
+{acquire}
+end
+
+-- KEYS: the token's record, the limit's previous and current windows.
+-- ARGV: this attempt's nonce, the record's lifetime in seconds, then the limit, its window in
+-- seconds and the cost (acquire_sliding_window's arguments).
+local record = redis.call('get', KEYS[1])
+if record == ARGV[1] then
+    return {_FIRST_USE}  -- this attempt's own write, whose reply was lost
+end
+if not acquire_sliding_window({{KEYS[2], KEYS[3]}}, {{ARGV[3], ARGV[4], ARGV[5]}}) then
+    return {_LIMIT_REACHED}
+end
+if record then
+    return {_REPLAY}
+end
+redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return {_FIRST_USE}
+"""
+
+
+_REPLAY, _FIRST_USE, _LIMIT_REACHED = 0, 1, 2
+COUNTED_FIRST_USE = _counted_first_use_script()
 
 
 def redis_client(url: str, timeout: float = REDIS_TIMEOUT) -> Any:

@@ -24,6 +24,8 @@ when the server exits. With `--metrics-bind`, the master serves `/metrics` on th
 
 from __future__ import annotations
 
+import gc
+import importlib
 import os
 import shutil
 import sys
@@ -37,6 +39,7 @@ from broker.config import Config
 from broker.framing import HEAD_LIMIT
 from broker.metrics import MULTIPROC_ENV
 from broker.metricslistener import MetricsListener
+from broker.replay import is_redis_url
 from broker.worker import BufferingThreadWorker
 
 DEFAULT_THREADS = 16  # `serve --threads` default; see the module docstring and bench/RESULTS.md
@@ -45,6 +48,13 @@ DEFAULT_THREADS = 16  # `serve --threads` default; see the module docstring and 
 # files, 512 stays inside the common soft limit of 1024 open files per process.
 WORKER_CONNECTIONS = 512
 GRACEFUL_TIMEOUT = 30  # in-flight exchanges finish after SIGTERM; the cloud calls time out in 10 s
+# What each cloud's back end imports when a worker builds it (broker/clouds/); imported in the
+# master instead, once, when a role uses that cloud.
+CLOUD_SDKS = {
+    "aws": ("boto3", "botocore.session", "botocore.client"),
+    "gcp": ("google.auth.identity_pool", "google.auth.exceptions", "requests"),
+    "azure": ("azure.identity", "azure.core.pipeline.transport"),
+}
 
 
 class BrokerServer(BaseApplication):
@@ -109,6 +119,31 @@ def gunicorn_options(
     }
 
 
+def import_before_fork(config: Config) -> None:
+    """Import in the master what every worker would import after the fork (Flask, the request
+    path, the SDK of each cloud the roles use, redis for a redis store), then move everything the
+    master holds, the loaded config included, out of the cycle collector's reach (`gc.freeze`,
+    Python's advice for pre-fork servers): the workers share those pages instead of each copying
+    them as its collector walks them.
+
+    Imports only: no client, thread, connection or key is made here, since none of those survive
+    a fork; each worker builds its own in `BrokerServer.load`.
+    """
+    import broker.app  # noqa: F401  (after prepare_metrics_dir: prometheus_client reads it at import)
+
+    modules = [
+        sdk for cloud in sorted({r.cloud for r in config.roles.values()}) for sdk in CLOUD_SDKS.get(cloud, ())
+    ]
+    if is_redis_url(config.server.replay_store):
+        modules.append("redis")
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass  # the worker that needs it reports the missing extra, as without this step
+    gc.freeze()
+
+
 def apply_options(cfg: Any, options: dict[str, Any]) -> None:
     for key, value in options.items():
         cfg.set(key, value)
@@ -162,6 +197,7 @@ def serve(
         options["when_ready"] = lambda arbiter: metrics_listener.start()
         options["post_fork"] = lambda arbiter, worker: metrics_listener.close_inherited()
     server = BrokerServer(config, options, audit_log, metrics_elsewhere=metrics_listener is not None)
+    import_before_fork(config)
     try:
         server.run()
     finally:

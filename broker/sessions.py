@@ -13,8 +13,9 @@ copy); a token the store has never seen is only unknown, and ends nothing. Only 
 refresh tokens are stored: each token carries 256 bits of randomness, so its hash reveals nothing
 and needs no slow key-derivation function.
 
-The query API (`SessionStore.sessions`, `SessionStore.end`, `end_matching`) is what operators'
-commands use to list and end sessions; a listed session holds no secret.
+The query API (`SessionStore.sessions`, `SessionStore.end`) is what operators' commands
+(`ci-broker revoke`, broker/revoke.py) use to list and end sessions; a listed session holds no
+secret.
 """
 
 from __future__ import annotations
@@ -29,12 +30,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from broker.claims import claim_text
 from broker.errors import InvalidToken, Unavailable
 from broker.replay import (
     REDIS_ATTEMPTS,
@@ -282,40 +282,6 @@ def grant(session: Session, token: str) -> SessionGrant:
 
 
 # -- queries for operators --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SessionFilter:
-    """Which sessions an operator means: a role, a provider with exact claim values (compared as
-    policies compare them), sessions issued before a time; every criterion given must hold."""
-
-    role: str | None = None
-    provider: str | None = None
-    claims: Mapping[str, str] = field(default_factory=dict)
-    issued_before: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.claims and self.provider is None:
-            raise ValueError("claim values name an identity only together with a provider")
-        if self.role is None and self.provider is None and self.issued_before is None:
-            raise ValueError("give a role, a provider or a time: an empty filter would match every session")
-
-    def matches(self, session: Session) -> bool:
-        if self.role is not None and session.role != self.role:
-            return False
-        if self.provider is not None and session.provider != self.provider:
-            return False
-        if self.issued_before is not None and session.created_at >= self.issued_before:
-            return False
-        return all(claim_text(session.claims.get(k)) == v for k, v in self.claims.items())
-
-
-def end_matching(
-    store: SessionStore, which: SessionFilter, *, reason: str = OPERATOR, now: float | None = None
-) -> list[Session]:
-    """End every live session `which` matches; returns those this call ended."""
-    now = time.time() if now is None else now
-    return [s for s in store.sessions(now) if which.matches(s) and store.end(s.id, reason, now)]
 
 
 def end_session(store: SessionStore, session_id: str, *, reason: str = OPERATOR) -> bool:

@@ -265,9 +265,8 @@ def test_the_metrics_directory_is_private_and_removed_when_the_server_stops(two_
 
 
 def test_a_forked_process_writes_its_samples_to_its_own_file(tmp_path):
-    # The broker caches its process id for prometheus_client (which would otherwise ask the kernel
-    # on every sample); after a fork the child must still be told apart from its parent, or both
-    # would write into one file through two mappings.
+    # After a fork the child must be told apart from its parent (gunicorn forks every worker from
+    # a master that has imported this module), or both would write into one file.
     script = """
 import os, sys
 from broker import metrics

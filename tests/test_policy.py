@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import random
 import re
 
 import pytest
 
 from broker.claims import GITHUB, GITLAB
-from broker.policy import Rule, compile_condition, evaluate, glob_to_regex
+from broker.policy import Rule, compile_condition, compile_role_pattern, evaluate, glob_to_regex
 
 
 def rule(provider="github", schema=GITHUB, **conditions):
@@ -60,6 +61,62 @@ def test_glob_treats_regex_characters_literally():
     assert allows(r, {"ref": "refs/tags/v1.2"})
     assert not allows(r, {"ref": "refs/tags/v1x2"})
     assert glob_to_regex("a+b?") == re.escape("a+b?")
+
+
+def _glob_to_regex_one_character_at_a_time(pattern: str) -> str:
+    """The translation as it was first written, kept as the reference the faster one must equal."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/:]*")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return "".join(out)
+
+
+GLOB_ALPHABET = "**//::ab.\\[]^$?+(){}|- \n\x00\u00e9\U0001f600"
+
+
+def test_glob_translation_equals_the_character_by_character_one_on_many_patterns():
+    rng = random.Random(13)
+    edge_cases = ["", "*", "**", "***", "****", "a***b", "x*/**:y", "**a**", "*a*", "\\*", "[*]"]
+    patterns = edge_cases + ["".join(rng.choices(GLOB_ALPHABET, k=rng.randrange(13))) for _ in range(20000)]
+    for pattern in patterns:
+        assert glob_to_regex(pattern) == _glob_to_regex_one_character_at_a_time(pattern), pattern
+
+
+def test_glob_translation_matches_the_same_strings_as_the_reference():
+    # The same regex text above; here the two languages are also compared on strings built from
+    # the same alphabet (what matters to a rule is which claim values it accepts).
+    rng = random.Random(14)
+    alphabet = "ab/:.*\n"
+    for _ in range(2000):
+        pattern = "".join(rng.choices("ab/:.*", k=rng.randrange(8)))
+        fast = re.compile(glob_to_regex(pattern))
+        reference = re.compile(_glob_to_regex_one_character_at_a_time(pattern))
+        for _ in range(20):
+            text = "".join(rng.choices(alphabet, k=rng.randrange(10)))
+            assert bool(fast.fullmatch(text)) == bool(reference.fullmatch(text)), (pattern, text)
+
+
+def test_a_glob_repeated_across_roles_is_compiled_once():
+    first = compile_condition("workflow", {"glob": "deploy-*.yml"}, GITHUB)
+    for n in range(1000):  # more distinct patterns between the two than re's own cache keeps
+        compile_condition("workflow", {"glob": f"other-{n}-*.yml"}, GITHUB)
+    second = compile_condition("workflow", {"glob": "deploy-*.yml"}, GITHUB)
+    assert first.compiled is not None and first.compiled is second.compiled
+    assert compile_role_pattern("deploy-*") is compile_role_pattern("deploy-*")
+    # The flags are part of what is shared: a case-insensitive claim never gets the other's regex.
+    insensitive = compile_condition("repository", {"glob": "octo/*"}, GITHUB)
+    sensitive = compile_condition("workflow", {"glob": "octo/*"}, GITHUB)
+    assert insensitive.compiled is not None and sensitive.compiled is not None
+    assert insensitive.compiled.flags & re.IGNORECASE and not sensitive.compiled.flags & re.IGNORECASE
 
 
 def test_regex_is_anchored_at_both_ends():

@@ -13,6 +13,7 @@ import pytest
 from broker.config import RateLimits
 from broker.errors import RateLimited, Unavailable
 from broker.ratelimit import RateLimiter
+from broker.replay import RedisReplayStore
 from broker.sandbox.stack import free_port
 from tests.helpers import assert_refused, last_refusal
 from tests.redis_support import RedisServer, redis_server_fixture
@@ -50,13 +51,18 @@ def test_the_per_client_limit_answers_429_with_retry_after_before_any_verificati
     assert cache.fetch_count == fetches, "a rate-limited request must not reach the key cache"
 
 
+@pytest.mark.parametrize("store", ["memory", "redis"])
 def test_the_per_identity_limit_counts_one_repository_and_does_not_spend_the_token(
-    sandbox, serve_config, audit_events
+    sandbox, serve_config, audit_events, store, request
 ):
     from broker.replay import replay_key
     from tests.adversarial.forge import b64url_decode
 
-    app = serve_config(limited(sandbox, per_identity="2/minute"))
+    if store == "redis":  # the limit and the record go in one script there
+        server = request.getfixturevalue("redis_server")
+        server.flush()
+        store = server.url
+    app = serve_config(limited(sandbox, per_identity="2/minute", replay_store=store))
     calls = len(sandbox.sts.calls)
     assert sandbox.exchange(sandbox.github_token()).status_code == 200
     assert sandbox.exchange(sandbox.github_token()).status_code == 200
@@ -181,3 +187,133 @@ def test_over_the_limit_stays_refused_when_the_window_stats_fail(monkeypatch):
     with pytest.raises(RateLimited) as refused:
         limiter.check_client("192.0.2.9")
     assert refused.value.retry_after == 60
+
+
+# -- on redis: the identity limit and the token's record in one round trip ------------------------
+
+
+class Provider:
+    """The one thing the limiter asks of a provider: the identity a token's claims count against."""
+
+    def identity(self, claims: dict[str, Any]) -> str:
+        return f"github:{claims['repository_id']}"
+
+
+CLAIMS = {"repository_id": "42"}
+
+
+def counted_pair(redis_server: RedisServer, per_identity: str) -> tuple[RateLimiter, RedisReplayStore]:
+    redis_server.flush()
+    limits = RateLimits(per_identity=per_identity, per_client=None)
+    return RateLimiter(limits, redis_server.url), RedisReplayStore(redis_server.url)
+
+
+def spend(limiter: RateLimiter, store: RedisReplayStore, key: str) -> bool:
+    return limiter.admit_and_spend(Provider(), CLAIMS, store, key, time.time() + 60)  # type: ignore[arg-type]
+
+
+def commands_sent(monkeypatch: pytest.MonkeyPatch, *clients: Any) -> list[str]:
+    sent: list[str] = []
+    for client in clients:
+        real = client.execute_command
+
+        def counting(*args: Any, real: Any = real, **kwargs: Any) -> Any:
+            sent.append(str(args[0]))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(client, "execute_command", counting)
+    return sent
+
+
+def test_on_redis_an_identity_hit_and_the_tokens_record_are_one_round_trip(redis_server, monkeypatch):
+    limiter, store = counted_pair(redis_server, "5/minute")
+    assert spend(limiter, store, "warm-up")  # redis-py loads the script on its first NOSCRIPT
+    sent = commands_sent(monkeypatch, store._client, limiter._strategy.storage.storage)
+    assert spend(limiter, store, "one") is True
+    assert sent == ["EVALSHA"]
+    assert spend(limiter, store, "one") is False, "a replay"
+    assert sent == ["EVALSHA", "EVALSHA"]
+
+
+def test_counts_made_by_the_script_are_the_ones_limits_reads_and_writes(redis_server):
+    """The refresh path counts the same identity through limits itself; both must see one budget."""
+    limiter, store = counted_pair(redis_server, "3/minute")
+    assert spend(limiter, store, "a") and spend(limiter, store, "b")
+    limiter.admit(Provider(), CLAIMS)  # limits' own script: the third hit of three
+    with pytest.raises(RateLimited):
+        limiter.admit(Provider(), CLAIMS)
+    with pytest.raises(RateLimited) as refused:
+        spend(limiter, store, "c")
+    assert 1 <= refused.value.retry_after <= 60
+    assert "per-identity limit 3/minute reached for 'github:42'" in refused.value.reason
+
+
+def test_over_the_identity_limit_on_redis_the_token_is_not_recorded(redis_server):
+    limiter, store = counted_pair(redis_server, "1/minute")
+    assert spend(limiter, store, "first")
+    with pytest.raises(RateLimited):
+        spend(limiter, store, "retried-later")
+    # The job may retry the same token once the window allows: it was not spent.
+    assert store.first_use("retried-later", time.time() + 60) is True
+
+
+def test_a_replayed_token_on_redis_still_counts_against_its_identity(redis_server):
+    """The limit comes before the record, as it does without redis: a replay costs budget too."""
+    limiter, store = counted_pair(redis_server, "2/minute")
+    assert spend(limiter, store, "once") is True
+    assert spend(limiter, store, "once") is False
+    with pytest.raises(RateLimited):
+        spend(limiter, store, "fresh")
+
+
+def test_the_script_is_loaded_again_after_redis_forgets_it(redis_server):
+    import redis
+
+    limiter, store = counted_pair(redis_server, "5/minute")
+    assert spend(limiter, store, "before")
+    redis.Redis.from_url(redis_server.url).script_flush()  # what a redis restart does
+    assert spend(limiter, store, "after") is True
+    assert spend(limiter, store, "after") is False
+
+
+def test_a_lost_reply_to_the_script_is_a_first_use_counted_once(redis_server):
+    import redis
+
+    limiter, store = counted_pair(redis_server, "2/minute")
+    script = store._counted_first_use
+    calls = {"n": 0}
+
+    def run_then_lose_reply(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        result = script(*args, **kwargs)
+        if calls["n"] == 1:
+            raise redis.ConnectionError("reply lost")
+        return result
+
+    store._counted_first_use = run_then_lose_reply  # type: ignore[method-assign]
+    assert spend(limiter, store, "lost") is True
+    assert calls["n"] == 2
+    assert spend(limiter, store, "lost") is False
+    # Two hits counted (the lost attempt's and the replay's), not three: the retry recognised its
+    # own write before counting again, so a third token is over the limit of two only now.
+    with pytest.raises(RateLimited):
+        spend(limiter, store, "third")
+
+
+def test_redis_down_refuses_the_counted_record_with_503(tmp_path):
+    url = f"redis://:pw-not-shown@127.0.0.1:{free_port()}/0"
+    limiter = RateLimiter(RateLimits(per_identity="5/minute", per_client=None), url)
+    store = RedisReplayStore(url, timeout=0.2)
+    with pytest.raises(Unavailable) as refused:
+        spend(limiter, store, "no-store")
+    assert refused.value.status == 503 and "pw-not-shown" not in refused.value.reason
+
+
+def test_without_an_identity_limit_redis_gets_a_plain_set_and_no_script(redis_server, monkeypatch):
+    """A store whose ACL forbids scripts still serves a broker whose limits are off."""
+    redis_server.flush()
+    limiter = RateLimiter(None, redis_server.url)
+    store = RedisReplayStore(redis_server.url)
+    sent = commands_sent(monkeypatch, store._client)
+    assert spend(limiter, store, "plain") is True
+    assert sent == ["SET"]

@@ -297,3 +297,42 @@ def test_the_metrics_listener_serves_a_bounded_number_of_clients_at_once():
     assert requests.get(f"{url}/metrics", timeout=5).status_code == 200
     listener.server.shutdown()
     listener.server.server_close()
+
+
+# -- start-up: what the master prepares before it forks -------------------------------------------
+
+IMPORT_BEFORE_FORK = """
+import gc, json, os, sys
+from broker.config import load_config
+from broker.server import import_before_fork, prepare_metrics_dir
+
+prepare_metrics_dir()
+config = load_config(sys.argv[1])
+import_before_fork(config)
+print(json.dumps({
+    "modules": sorted(m for m in ("boto3", "flask", "google.auth", "azure.identity", "redis") if m in sys.modules),
+    "frozen": gc.get_freeze_count(),
+    "threads": __import__("threading").active_count(),
+}))
+"""
+
+
+def test_the_master_imports_only_the_used_clouds_sdks_and_freezes_them_before_forking(sandbox, tmp_path):
+    config = sandbox.config_dict()
+    config["roles"] = {name: role for name, role in config["roles"].items() if role["cloud"] == "aws"}
+    assert config["roles"]
+    path = sandbox.write_config(config, name="aws-only.yaml")
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_BEFORE_FORK, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["modules"] == ["boto3", "flask"], "no SDK of a cloud no role uses, no redis for this store"
+    assert seen["frozen"] > 0
+    assert seen["threads"] == 1, "nothing that starts a thread runs before the fork"

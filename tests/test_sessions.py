@@ -18,10 +18,8 @@ from broker.sessions import (
     MemorySessionStore,
     RedisSessionStore,
     Session,
-    SessionFilter,
     Sessions,
     SqliteSessionStore,
-    end_matching,
     end_session,
     is_refresh_token,
     new_refresh_token,
@@ -212,38 +210,12 @@ def test_listing_shows_live_sessions_without_secrets(make_store):
     assert grant.refresh_token not in str(described)
 
 
-def test_end_matching_by_role_identity_and_age(make_store):
-    store = make_store()
-    sessions = Sessions(store)
-    deploy, _ = start(sessions, role="deploy")
-    other_repo, _ = start(sessions, role="deploy", repository_id="43")
-    build, _ = start(sessions, role="build")
-
-    ended = end_matching(store, SessionFilter(provider="github", claims={"repository_id": "43"}))
-    assert [s.id for s in ended] == [other_repo.id]
-    # A number claim compares as its JSON text, as in policies.
-    ended = end_matching(store, SessionFilter(role="build", provider="github", claims={"run_id": "7"}))
-    assert [s.id for s in ended] == [build.id]
-    assert end_matching(store, SessionFilter(issued_before=deploy.created_at)) == []
-    ended = end_matching(store, SessionFilter(issued_before=time.time() + 1))
-    assert [s.id for s in ended] == [deploy.id]
-    assert store.sessions(time.time()) == []
-    assert all(s.end_reason == "operator" for s in store.sessions(time.time(), include_ended=True))
-
-
 def test_end_one_session_by_id(make_store):
     store = make_store()
     session, _ = start(Sessions(store))
     assert end_session(store, session.id) is True
     assert end_session(store, session.id) is False
     assert end_session(store, "no-such-session") is False
-
-
-def test_a_filter_that_would_match_everything_is_refused():
-    with pytest.raises(ValueError, match="every session"):
-        SessionFilter()
-    with pytest.raises(ValueError, match="provider"):
-        SessionFilter(role="deploy", claims={"repository_id": "42"})
 
 
 def test_the_session_store_follows_the_store_url(tmp_path, redis_server):

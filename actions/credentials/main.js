@@ -6,12 +6,17 @@
 
 const path = require('path');
 
+const awsIdentity = require('./lib/awsidentity');
+const awsProfiles = require('./lib/awsprofiles');
 const broker = require('./lib/broker');
+const claims = require('./lib/claims');
+const retry = require('./lib/retry');
 const runner = require('./lib/runner');
 const session = require('./lib/session');
 
 const { ActionError, say } = runner;
 const ROLE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+const CLAIMS_GROUP = "ci-broker: this job's claims (what the broker's policy sees)";
 
 function flag(name, fallback) {
   const value = (runner.input(name) || fallback).toLowerCase();
@@ -46,6 +51,7 @@ function settings() {
   if (durationText && !/^[1-9][0-9]{0,5}$/.test(durationText)) throw new ActionError('duration must be a whole number of seconds');
   const attempts = Number(process.env.CI_BROKER_MAX_ATTEMPTS || '5');
   if (!Number.isInteger(attempts) || attempts < 1 || attempts > 19) throw new ActionError('CI_BROKER_MAX_ATTEMPTS must be 1 to 19');
+  const profile = runner.input('aws-profile');
   const result = {
     url,
     role,
@@ -54,10 +60,23 @@ function settings() {
     exportEnv: flag('export-env', 'true'),
     outputCredentials: flag('output-credentials', 'false'),
     refresh: flag('refresh', 'false'),
+    awsProfile: profile ? awsProfiles.checkName(profile) : '',
+    allowedAccounts: accountIds(runner.input('allowed-account-ids')),
     attempts,
   };
   if (result.refresh && !result.exportEnv) throw new ActionError('refresh works through the exported environment: keep export-env true');
+  if (result.awsProfile && !result.exportEnv) throw new ActionError('aws-profile works through the exported environment: keep export-env true');
   return result;
+}
+
+// allowed-account-ids: AWS account ids separated by commas (as configure-aws-credentials takes them).
+function accountIds(text) {
+  if (!text) return null;
+  const ids = text.split(',').map((id) => id.trim());
+  if (!ids.every((id) => /^[0-9]{12}$/.test(id))) {
+    throw new ActionError('allowed-account-ids must be 12-digit AWS account ids separated by commas');
+  }
+  return ids;
 }
 
 async function jobToken(audience) {
@@ -97,7 +116,8 @@ function refused(response, s) {
     case 403:
       return new ActionError(
         `the broker denied role '${s.role}': ${detail}`,
-        'No rule of the role grants this job (or the role does not exist). To see which condition failed,',
+        'No rule of the role grants this job (or the role does not exist). The log group',
+        `"${CLAIMS_GROUP}" above shows the claims the policy saw. To see which condition failed,`,
         `the broker's operator can run: ci-broker explain --config CONFIG --role ${s.role} --claims CLAIMS.json`,
         "with this job's claims, which the broker's audit log holds under the request id above.",
       );
@@ -110,13 +130,17 @@ function refused(response, s) {
   }
 }
 
-// One exchange with bounded retries (1, 2, 4, 8 s ...) while the broker is unreachable, unavailable
-// or rate-limiting. Each attempt gets a fresh OIDC token: a request that timed out may still have
-// spent the previous one, and the broker refuses a token it has seen.
+// One exchange with bounded retries (lib/retry.js: exponential backoff with jitter, or longer when
+// the broker's Retry-After says so) while the broker is unreachable, unavailable or rate-limiting. Each attempt gets a fresh OIDC token: a
+// request that timed out may still have spent the previous one, and the broker refuses a token it
+// has seen. Before a token goes anywhere, the claims are shown and its audience must name the URL
+// it goes to (lib/claims.js).
 async function exchange(s) {
   const body = s.duration ? { role: s.role, duration: s.duration } : { role: s.role };
-  for (let attempt = 1, wait = 1; ; attempt += 1, wait *= 2) {
+  let shown = false;
+  for (let attempt = 1; ; attempt += 1) {
     let why;
+    let retryAfter = 0;
     let token = null;
     try {
       token = await jobToken(s.audience);
@@ -125,28 +149,74 @@ async function exchange(s) {
       why = "GitHub's OIDC token endpoint did not answer";
     }
     if (token !== null) {
+      const jobClaims = claims.payload(token);
+      if (!shown) runner.group(CLAIMS_GROUP, claims.shownLines(jobClaims));
+      shown = true;
+      claims.requireAudienceNames(jobClaims, s.url);
       try {
         const response = await broker.request('POST', `${s.url}/v1/exchange`, `Bearer ${token}`, body);
         if (response.status === 200) return response;
         if (response.status !== 429 && response.status !== 503) throw refused(response, s);
         why = `the broker answered ${broker.detail(response)}`;
+        retryAfter = response.retryAfter;
       } catch (error) {
         if (!(error instanceof broker.NoAnswer)) throw error;
         why = `the broker at ${s.url} did not answer`;
       }
     }
     if (attempt >= s.attempts) throw new ActionError(`${why}; gave up after ${attempt} attempts.`);
-    say(`${why}; trying again in ${wait}s (attempt ${attempt} of ${s.attempts})`);
-    await new Promise((resolve) => setTimeout(resolve, wait * 1000));
+    const wait = retry.afterAnswer(attempt, retryAfter);
+    say(`${why}; trying again in ${retry.seconds(wait)} (attempt ${attempt} of ${s.attempts})`);
+    await retry.sleep(wait);
+  }
+}
+
+// The AWS account the credentials are for, from sts:GetCallerIdentity, and the allowed-account-ids
+// guard. Without the guard a failed look-up only warns: the credentials work all the same.
+async function awsAccount(s, answer) {
+  const region = answer.credentials.region || process.env.AWS_REGION || process.env.AWS_DEFAULT_REGION || 'us-east-1';
+  let identity;
+  try {
+    identity = await awsIdentity.callerIdentity(answer.credentials, region);
+  } catch (error) {
+    if (!(error instanceof ActionError)) throw error;
+    if (s.allowedAccounts) throw new ActionError(`cannot check allowed-account-ids: ${error.message}; nothing was exported.`);
+    runner.annotate('warning', `could not look up the AWS account of role '${s.role}' (${error.message}); aws-account-id is not set`);
+    return null;
+  }
+  if (s.allowedAccounts && !s.allowedAccounts.includes(identity.account)) {
+    throw new ActionError(
+      `role '${s.role}' gave credentials for AWS account ${identity.account}, which allowed-account-ids does not list; nothing was exported.`,
+      "Check the broker role's role_arn with the broker's operator, or the account list in this workflow.",
+    );
+  }
+  return identity;
+}
+
+// Guards that can only be checked on the answer; a session that will not be used is ended.
+async function checked(s, answer) {
+  try {
+    if (s.allowedAccounts && answer.cloud !== 'aws') {
+      throw new ActionError(`allowed-account-ids applies to AWS roles; role '${s.role}' is ${answer.cloud}; nothing was exported.`);
+    }
+    if (s.awsProfile && answer.cloud !== 'aws') {
+      throw new ActionError(`aws-profile applies to AWS roles; role '${s.role}' is ${answer.cloud}; nothing was exported.`);
+    }
+    return answer.cloud === 'aws' ? await awsAccount(s, answer) : null;
+  } catch (error) {
+    if (answer.session) await session.revokeToken(s.url, answer.session.refreshToken).catch(() => {});
+    throw error;
   }
 }
 
 // What the following steps get: the cloud's usual variables, or with refresh the hooks instead of
 // the static secrets (a static token would outlive its use and win over the hook).
-function environment(answer, hooks) {
+function environment(answer, hooks, profileEnv) {
   const c = answer.credentials;
   const env = [];
-  if (answer.cloud === 'aws') {
+  if (profileEnv) {
+    env.push(...profileEnv);
+  } else if (answer.cloud === 'aws') {
     if (!hooks) env.push(['AWS_ACCESS_KEY_ID', c.access_key_id], ['AWS_SECRET_ACCESS_KEY', c.secret_access_key], ['AWS_SESSION_TOKEN', c.session_token]);
     env.push(['AWS_REGION', c.region], ['AWS_DEFAULT_REGION', c.region]);
   } else if (answer.cloud === 'gcp') {
@@ -164,7 +234,7 @@ function environment(answer, hooks) {
       env.push(['AZURE_FEDERATED_TOKEN_FILE', file], ['ARM_OIDC_TOKEN_FILE_PATH', file], ['ARM_USE_OIDC', 'true']);
     }
   }
-  env.push(...(hooks || []));
+  if (!profileEnv) env.push(...(hooks || []));
   env.push(['CI_BROKER_CLOUD', answer.cloud], ['CI_BROKER_EXPIRES_AT', answer.expiresAt]);
   if (hooks) env.push(['CI_BROKER_SESSION_EXPIRES_AT', answer.session.expiresAt]);
   return env.filter(([, value]) => value);
@@ -176,6 +246,8 @@ function runnerTemp() {
   return temp;
 }
 
+// Credential outputs with output-credentials: each field under its dashed name, and the AWS keys
+// also under configure-aws-credentials' names, so its users' later steps read them unchanged.
 const OUTPUTS = [
   ['access-key-id', 'access_key_id'],
   ['secret-access-key', 'secret_access_key'],
@@ -189,16 +261,22 @@ const OUTPUTS = [
   ['subscription-id', 'subscription_id'],
   ['federated-token', 'federated_token'],
   ['authority-host', 'authority_host'],
+  ['aws-access-key-id', 'access_key_id'],
+  ['aws-secret-access-key', 'secret_access_key'],
+  ['aws-session-token', 'session_token'],
 ];
 
 async function run() {
   const s = settings();
+  if (s.awsProfile) awsProfiles.requireFree(runnerTemp(), s.awsProfile, s.role);
   say(`exchanging this job's OIDC token at ${s.url} for role '${s.role}'`);
   const response = await exchange(s);
   const answer = broker.readAnswer(response.text);
   for (const secret of answer.secrets) runner.mask(secret);
+  const identity = await checked(s, answer);
 
   let hooks = null;
+  let made = null;
   if (s.refresh) {
     if (!answer.session) {
       throw new ActionError(
@@ -207,30 +285,46 @@ async function run() {
       );
     }
     const script = path.join(__dirname, 'session.js');
-    const made = session.setUp({ base: runnerTemp(), url: s.url, duration: s.duration, answerText: response.text, answer, script });
+    made = session.setUp({ base: runnerTemp(), url: s.url, duration: s.duration, answerText: response.text, answer, script, awsProfile: s.awsProfile });
     runner.saveState('session_dir', made.dir);
     hooks = made.env;
   } else if (answer.session) {
     // Nobody will refresh it: end it now rather than leave a live session behind.
     await session.revokeToken(s.url, answer.session.refreshToken).catch(() => {});
   }
-
-  const names = [];
-  if (s.exportEnv) {
-    for (const [name, value] of environment(answer, hooks)) {
-      runner.exportVariable(name, value);
-      names.push(name);
-    }
+  let profileEnv = null;
+  if (s.awsProfile) {
+    const profile = awsProfiles.addProfile(runnerTemp(), s.awsProfile, {
+      role: s.role,
+      credentials: made ? null : answer.credentials,
+      credentialProcess: made ? made.credentialProcess : null,
+      region: answer.credentials.region,
+    });
+    runner.saveState('aws_profile_dir', profile.dir);
+    profileEnv = profile.env;
   }
+
+  const exports = s.exportEnv ? environment(answer, hooks, profileEnv) : [];
+  const names = exports.map(([name]) => name);
+  // The post step clears them, so the post steps of other actions do not run with them.
+  if (names.length) runner.saveState('exported', names.join(' '));
+  for (const [name, value] of exports) runner.exportVariable(name, value);
   runner.setOutput('cloud', answer.cloud);
   runner.setOutput('expires-at', answer.expiresAt);
+  if (identity) {
+    runner.setOutput('aws-account-id', identity.account);
+    runner.setOutput('authenticated-arn', identity.arn);
+  }
   if (s.outputCredentials) {
     for (const [output, field] of OUTPUTS) {
       if (answer.credentials[field]) runner.setOutput(output, answer.credentials[field]);
     }
+    if (answer.cloud === 'aws') runner.setOutput('aws-expiration', answer.expiresAt);
   }
+  const account = identity ? ` in AWS account ${identity.account}` : '';
+  const profile = s.awsProfile ? ` as AWS profile '${s.awsProfile}'` : '';
   const refreshed = hooks ? `; refreshed on demand until ${answer.session.expiresAt}` : '';
-  say(`credentials for role '${s.role}' (${answer.cloud}) expire at ${answer.expiresAt}${refreshed}${names.length ? `; exported: ${names.join(' ')}` : ''}`);
+  say(`credentials for role '${s.role}' (${answer.cloud}${account})${profile} expire at ${answer.expiresAt}${refreshed}${names.length ? `; exported: ${names.join(' ')}` : ''}`);
 }
 
 run().catch(runner.fail);

@@ -1,9 +1,14 @@
-"""Incident response at runtime: `block`, `unblock` and `blocks` (contract section 9).
+"""Incident response at runtime: `block`, `unblock`, `blocks` and `revoke` (contract section 9).
 
 They write to and read from the broker's shared store (`server.store`), which every replica
 polls (`broker.blocks`): a block is in force everywhere within two seconds of this command
 returning. Every error (bad input, `memory` store, store unreachable, a record this version
 cannot read) exits 2 having written nothing.
+
+`revoke` ends broker sessions in the same store and prints, per cloud, what stops credentials
+already issued (`broker.revoke`); with `--apply` it performs the AWS and GCP steps with the
+operator's own credentials. Bad input and a revoke that matches nothing exit 2 having changed
+nothing; a cloud step that fails under `--apply` exits 2 after the others were tried.
 """
 
 from __future__ import annotations
@@ -58,6 +63,47 @@ def register(sub: Subparsers) -> None:
     add_config_option(p)
     p.add_argument("--json", action="store_true", help="a JSON array instead of text")
     p.set_defaults(handler=list_blocks)
+
+    p = sub.add_parser(
+        "revoke",
+        help="end broker sessions now and print (or, with --apply, take) each cloud's step "
+        "against credentials already issued",
+        description="End the matching broker sessions, then print per cloud what stops credentials "
+        "already issued. Without --apply nothing outside the broker changes.",
+    )
+    add_config_option(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--session", metavar="ID", help="one session, by the id the exchange returned")
+    which.add_argument("--role", help="every session of this role, and the role's cloud side")
+    which.add_argument(
+        "--provider", help="an identity: this provider's tokens with the --claim values (as for block)"
+    )
+    p.add_argument(
+        "--claim",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="with --provider: a claim the identity's tokens carry (exact match; repeat for more)",
+    )
+    p.add_argument(
+        "--issued-before",
+        metavar="RFC3339",
+        help="only sessions and credentials issued before this time (default: now)",
+    )
+    p.add_argument("--reason", default="", help="why (a ticket id): printed with what was ended")
+    p.add_argument(
+        "--apply",
+        action="store_true",
+        help="also perform the AWS and GCP steps with your own credentials (boto3's default chain, "
+        "Google application default credentials); Azure is always printed only",
+    )
+    p.add_argument(
+        "--gcp-iam-url",
+        default=None,
+        metavar="URL",
+        help="Google's IAM API base URL (default https://iam.googleapis.com; for private endpoints)",
+    )
+    p.set_defaults(handler=revoke)
 
 
 class _Refused(Exception):
@@ -166,3 +212,90 @@ def _list(config: Config, *, as_json: bool) -> None:
     else:
         for b in active:
             print(b.describe())
+
+
+def revoke(args: argparse.Namespace) -> int:
+    from broker.errors import Unavailable
+    from broker.revoke import RevokeError
+
+    config = load(args)
+    if config is None:
+        return EXIT_ERROR
+    try:
+        return _revoke(args, config)
+    except RevokeError as exc:
+        print(f"error: {exc}; nothing was changed", file=sys.stderr)
+    except _Refused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except Unavailable as exc:
+        print(f"error: the session store is unavailable ({exc.reason}); nothing was changed", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _revoke(args: argparse.Namespace, config: Config) -> int:
+    from broker.blocks import MAX_REASON_CHARS
+    from broker.revoke import Clients, StepFailed, end_sessions, gcp_iam_url, plan, select
+    from broker.sessions import open_session_store
+
+    url = config.server.replay_store
+    if url == "memory" and (args.session or any(r.session_lifetime for r in config.roles.values())):
+        raise _Refused(
+            "server.store is memory: sessions live inside each broker process, out of reach of this "
+            "command. Sessions need the shared store (sqlite:///PATH on one host, redis://HOST:PORT/DB "
+            "for several); nothing was changed"
+        )
+    reason = args.reason.strip()
+    if len(reason) > MAX_REASON_CHARS:
+        raise _Refused(f"--reason is longer than {MAX_REASON_CHARS} characters; nothing was changed")
+    iam_url = gcp_iam_url(args.gcp_iam_url)
+    store = open_session_store(url)
+    try:
+        selection = select(
+            config,
+            store,
+            session_id=args.session,
+            role=args.role,
+            provider=args.provider,
+            claims=args.claim,
+            issued_before=args.issued_before,
+        )
+        ended = end_sessions(store, selection.sessions)
+    finally:
+        store.close()
+
+    because = f" (reason: {reason})" if reason else ""
+    if selection.note:
+        print(selection.note)
+    print(f"ended {len(ended)} broker session{'s' * (len(ended) != 1)}{because}")
+    for session in ended:
+        print(f"  {session.id}  role {session.role}  {session.provider} sub={session.claims.get('sub')}")
+    print()
+    steps = plan(config, selection, gcp_iam_url=iam_url)
+    print(f"Credentials the clouds already issued for {', '.join(selection.roles)}:")
+    clients, failed = Clients(), 0
+    for step in steps:
+        print()
+        print(f"{step.cloud.upper()} ({', '.join(step.roles)}): {step.summary}")
+        if args.apply and step.action is not None:
+            try:
+                print(f"  applied: {step.action.apply(clients)}")
+            except StepFailed as exc:
+                failed += 1
+                print(f"  FAILED: {exc}")
+                print("  run it yourself:")
+                for command in step.commands:
+                    print(f"    {command}")
+        else:
+            for command in step.commands:
+                print(f"  {command}")
+        for note in step.notes:
+            print(f"  note: {note}")
+    print()
+    if not args.apply:
+        print(
+            "Nothing outside the broker was changed: run the commands above, or add --apply for the AWS and GCP steps."
+        )
+    elif failed:
+        print(f"{failed} cloud step{'s' * (failed != 1)} FAILED (above); the broker sessions were ended.")
+        return EXIT_ERROR
+    return EXIT_OK

@@ -16,6 +16,14 @@ roles/iam.workloadIdentityUser on that service account, and the lifetime against
 (12 hours for accounts the lifetime-extension organization policy lists). `expireTime` is written
 like IAM's, whole seconds and `Z`, which google-auth's parser requires.
 
+For `ci-broker revoke --apply`, the IAM API's `POST /v1/projects/-/serviceAccounts/{email}:disable`
+and the OAuth token endpoint an operator's service account key names (`POST /token`, the JWT
+bearer grant google-auth's service account credentials use): `add_operator` makes a key file
+whose signed assertions `/token` verifies against the key's public half before issuing an
+access token, and `:disable` accepts only such a token, of an operator allowed to disable, for a
+service account this IAM knows. A disabled account's access tokens are rejected (`describe`) and
+`generateAccessToken` refuses it, as Google documents for `serviceAccounts.disable`.
+
 Refusals use Google's shapes: OAuth `{"error", "error_description"}` from STS, and
 `{"error": {"code", "message", "status", "details"}}` from IAM.
 """
@@ -32,6 +40,8 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from werkzeug.wrappers import Request, Response
 
 from broker.sandbox.faults import Faults
@@ -46,6 +56,12 @@ IAM_SCOPE = "https://www.googleapis.com/auth/iam"
 STS_SCOPES = frozenset({CLOUD_PLATFORM, IAM_SCOPE})
 FEDERATED_LIFETIME = 3600
 IAM_PREFIX, IAM_SUFFIX = "/v1/projects/", ":generateAccessToken"
+DISABLE_SUFFIX = ":disable"
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+OPERATOR_LIFETIME = 3600
+# The audience Google's token endpoint requires in a service account's assertion, whatever URL the
+# key file's token_uri names (google-auth sends it so).
+OAUTH_AUDIENCE = "https://oauth2.googleapis.com/token"
 EXPIRE_TIME = "%Y-%m-%dT%H:%M:%SZ"
 UNAUTHENTICATED = (
     "Request had invalid authentication credentials. Expected OAuth 2 access token, login "
@@ -56,8 +72,8 @@ UNAUTHENTICATED = (
 
 @dataclass(frozen=True)
 class LocalToken:
-    kind: str  # "federated" (from STS) or "service_account" (from generateAccessToken)
-    principal: str  # the federated principal that obtained it
+    kind: str  # "federated" (STS), "service_account" (generateAccessToken), "operator" (/token)
+    principal: str  # the federated principal (or the operator's service account) that obtained it
     scopes: tuple[str, ...]
     expires_at: float
     service_account: str | None = None
@@ -83,12 +99,15 @@ class LocalGCP:
         self.extended_lifetime: set[str] = set()  # accounts the lifetime-extension policy lists
         self.fractional_expire_time = False  # answer expireTime with fractional seconds (a trap test)
         self.echo_subject_token = False  # refuse with an error that quotes the subject token
-        self.echo_bearer = False  # IAM refuses with an error that quotes the federated token
+        self.echo_bearer = False  # IAM refuses with an error that quotes the bearer token
         self.faults = Faults()
         self.calls: list[dict[str, Any]] = []  # every request: path and non-secret fields
         self.subject_tokens: list[str] = []  # every subject token received, for leak tests
-        self.issued: list[str] = []  # every access token issued (federated and service account)
+        self.issued: list[str] = []  # every access token issued (federated, service account, operator)
         self._tokens: dict[str, LocalToken] = {}
+        self.operators: dict[str, tuple[Any, bool]] = {}  # email -> (public key, may disable)
+        self.disabled: set[str] = set()  # service accounts disabled through `:disable`
+        self.disabled_by: list[tuple[str, str]] = []  # (service account, operator) per disable call
         self._lock = threading.Lock()
         self.server = LocalServer(self._wsgi)
 
@@ -131,11 +150,32 @@ class LocalGCP:
     def unbind(self, service_account: str, role: str) -> None:
         self.bindings.get(service_account, set()).discard(self.principal(f"role:{role}"))
 
+    def add_operator(self, email: str, *, may_disable: bool = True) -> dict[str, str]:
+        """A service account key file (as JSON-ready dict) for an operator of this project, whose
+        tokens `:disable` accepts when `may_disable` (roles/iam.serviceAccountAdmin, say)."""
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.operators[email] = (key.public_key(), may_disable)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        return {
+            "type": "service_account",
+            "project_id": email.partition("@")[2].split(".")[0],
+            "private_key_id": secrets.token_hex(20),
+            "private_key": pem.decode(),
+            "client_email": email,
+            "client_id": str(secrets.randbelow(10**20)),
+            "token_uri": f"{self.url}/token",
+        }
+
     def describe(self, token: str) -> LocalToken | None:
-        """What a Google API would know about a bearer token this endpoint issued."""
+        """What a Google API would know about a bearer token this endpoint issued: nothing once it
+        expired, or once its service account is disabled."""
         with self._lock:
             found = self._tokens.get(token)
-        return found if found is not None and found.expires_at > time.time() else None
+            if found is None or found.expires_at <= time.time() or found.service_account in self.disabled:
+                return None
+            return found
 
     @property
     def accepted(self) -> list[dict[str, Any]]:
@@ -153,6 +193,14 @@ class LocalGCP:
                 response.headers["Retry-After"] = str(fault.retry_after)
         elif request.method == "POST" and request.path == "/v1/token":
             response = self._sts(request)
+        elif request.method == "POST" and request.path == "/token":
+            response = self._operator_token(request)
+        elif (
+            request.method == "POST"
+            and request.path.startswith(IAM_PREFIX)
+            and request.path.endswith(DISABLE_SUFFIX)
+        ):
+            response = self._disable(request)
         elif (
             request.method == "POST"
             and request.path.startswith(IAM_PREFIX)
@@ -274,6 +322,13 @@ class LocalGCP:
                 "Request had insufficient authentication scopes.",
                 reason="ACCESS_TOKEN_SCOPE_INSUFFICIENT",
             )
+        if service_account in self.disabled:
+            return _google_error(
+                403,
+                "PERMISSION_DENIED",
+                f"Service account {service_account} is disabled.",
+                reason="IAM_PERMISSION_DENIED",
+            )
         if token.principal not in self.bindings.get(service_account, set()):
             return _google_error(
                 403,
@@ -307,6 +362,73 @@ class LocalGCP:
         if self.fractional_expire_time:
             expire_time = expire_time[:-1] + ".123456789Z"
         return _json({"accessToken": access_token, "expireTime": expire_time})
+
+    def _operator_token(self, request: Request) -> Response:
+        """OAuth 2.0 JWT bearer grant (RFC 7523) for an operator's service account key."""
+        form = {k: v[0] for k, v in parse_qs(request.get_data(as_text=True)).items()}
+        assertion = form.get("assertion", "")
+        self.calls.append({"path": request.path, "grant_type": form.get("grant_type")})
+        if form.get("grant_type") != JWT_BEARER or not assertion:
+            return _oauth_error("unsupported_grant_type", "Invalid grant_type.")
+        try:
+            issuer = str(jwt.decode(assertion, options={"verify_signature": False}).get("iss"))
+            public_key, _ = self.operators[issuer]
+            claims = jwt.decode(
+                assertion,
+                public_key,
+                algorithms=["RS256"],
+                audience=OAUTH_AUDIENCE,
+                options={"require": ["iss", "aud", "iat", "exp"]},
+            )
+        except (jwt.PyJWTError, KeyError, TypeError):
+            return _oauth_error("invalid_grant", "Invalid JWT Signature.")
+        if claims["exp"] - claims["iat"] > OPERATOR_LIFETIME:
+            return _oauth_error(
+                "invalid_grant", "Invalid JWT: Token must be a short-lived token (60 minutes)."
+            )
+        scopes = tuple(str(claims.get("scope", "")).split())
+        if not scopes:
+            return _oauth_error("invalid_scope", "Invalid OAuth scope or ID token audience provided.")
+        token = "ya29.local-operator-" + secrets.token_urlsafe(32)
+        with self._lock:
+            self._tokens[token] = LocalToken(
+                "operator", f"serviceAccount:{issuer}", scopes, time.time() + OPERATOR_LIFETIME
+            )
+            self.issued.append(token)
+        return _json({"access_token": token, "expires_in": OPERATOR_LIFETIME, "token_type": "Bearer"})
+
+    def _disable(self, request: Request) -> Response:
+        """IAM's serviceAccounts.disable: an operator's token with permission on a known account."""
+        name = request.path[len(IAM_PREFIX) : -len(DISABLE_SUFFIX)]
+        project, _, service_account = name.partition("/serviceAccounts/")
+        bearer = request.headers.get("Authorization", "")
+        token = self.describe(bearer[len("Bearer ") :]) if bearer.startswith("Bearer ") else None
+        self.calls.append({"path": request.path, "service_account": service_account})
+        if self.echo_bearer:
+            return _google_error(401, "UNAUTHENTICATED", f"Request had invalid credentials: {bearer}")
+        if token is None or token.kind != "operator":
+            return _google_error(401, "UNAUTHENTICATED", UNAUTHENTICATED)
+        if not {IAM_SCOPE, CLOUD_PLATFORM} & set(token.scopes):
+            return _google_error(
+                403,
+                "PERMISSION_DENIED",
+                "Request had insufficient authentication scopes.",
+                reason="ACCESS_TOKEN_SCOPE_INSUFFICIENT",
+            )
+        operator = token.principal.removeprefix("serviceAccount:")
+        if not self.operators.get(operator, (None, False))[1] or service_account not in self.bindings:
+            return _google_error(
+                403,
+                "PERMISSION_DENIED",
+                "Permission 'iam.serviceAccounts.disable' denied on resource (or it may not exist).",
+                reason="IAM_PERMISSION_DENIED",
+            )
+        if project == "":
+            return _google_error(400, "INVALID_ARGUMENT", "Invalid resource name.")
+        with self._lock:
+            self.disabled.add(service_account)
+            self.disabled_by.append((service_account, operator))
+        return _json({})
 
 
 _STATUS_NAMES = {

@@ -49,7 +49,7 @@ _cib_only() {
 
 # Strict JSON reader. Input: one document on stdin; -v want=PATH (keys joined with ".").
 # Prints the string at PATH followed by "x"; exit 0 found, 2 invalid JSON, 3 absent,
-# 4 not a string. Duplicate keys, trailing data, raw control characters, bad escapes and
+# 4 not a string (with -v scalar=1, a number, true, false or null is printed as its JSON text). Duplicate keys, trailing data, raw control characters, bad escapes and
 # lone surrogates are all refused, so two readers can never disagree about a document.
 # shellcheck disable=SC2016 # awk's own $ fields, not the shell's
 _cib_awk_json='
@@ -126,9 +126,10 @@ function value(path, depth,   c) {
         val[path] = sval
         return 1
     }
-    if (substr(s, p, 4) == "true" || substr(s, p, 4) == "null") { p += 4; kind[path] = "literal"; return 1 }
-    if (substr(s, p, 5) == "false") { p += 5; kind[path] = "literal"; return 1 }
+    if (substr(s, p, 4) == "true" || substr(s, p, 4) == "null") { val[path] = substr(s, p, 4); p += 4; kind[path] = "literal"; return 1 }
+    if (substr(s, p, 5) == "false") { p += 5; val[path] = "false"; kind[path] = "literal"; return 1 }
     if (match(substr(s, p, 64), /^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?/)) {
+        val[path] = substr(s, p, RLENGTH)
         p += RLENGTH
         kind[path] = "number"
         return 1
@@ -186,15 +187,16 @@ END {
     ws()
     if (p <= n) exit 2
     if (!(want in kind)) exit 3
-    if (kind[want] != "string") exit 4
+    if (kind[want] != "string" && !(scalar && (kind[want] == "literal" || kind[want] == "number"))) exit 4
     printf "%sx", val[want]
     exit 0
 }'
 
-# _cib_get DOC PATH: sets _cib_v and _cib_rc (0 string, 2 invalid, 3 absent, 4 not a string).
+# _cib_get DOC PATH [scalar]: sets _cib_v and _cib_rc (0 string, 2 invalid, 3 absent, 4 not a
+# string; with "scalar", numbers and literals count as found).
 _cib_get() {
     _cib_rc=0
-    _cib_v=$(printf '%s' "$1" | LC_ALL=C awk -v want="$2" "$_cib_awk_json") || _cib_rc=$?
+    _cib_v=$(printf '%s' "$1" | LC_ALL=C awk -v want="$2" -v scalar="${3:+1}" "$_cib_awk_json") || _cib_rc=$?
     _cib_v=${_cib_v%x}
     if [ "$_cib_rc" != 0 ]; then
         _cib_v=
@@ -448,17 +450,195 @@ _cib_generic_token() {
         _cib_check_token CI_BROKER_TOKEN_FILE
         return 0
     fi
-    case ${CI_BROKER_TOKEN_VARIABLE:-} in
-    '') _cib_die "CI_BROKER_TARGET=generic needs CI_BROKER_TOKEN_FILE (a file holding this job's OIDC token)" \
-        "or CI_BROKER_TOKEN_VARIABLE (the name of the variable holding it, e.g. CIRCLE_OIDC_TOKEN_V2)" ;;
-    [!A-Za-z_]* | *[!A-Za-z0-9_]*) _cib_die "CI_BROKER_TOKEN_VARIABLE must be a variable's name, not its value" ;;
-    esac
-    _cib_token=$(LC_ALL=C awk -v name="$CI_BROKER_TOKEN_VARIABLE" 'BEGIN { printf "%s", ENVIRON[name] }')
+    if [ -z "${CI_BROKER_TOKEN_VARIABLE:-}" ]; then
+        _cib_die "CI_BROKER_TARGET=generic needs CI_BROKER_TOKEN_FILE (a file holding this job's OIDC token)" \
+            "or CI_BROKER_TOKEN_VARIABLE (the name of the variable holding it, e.g. CIRCLE_OIDC_TOKEN_V2)"
+    fi
+    _cib_token_from_variable "$CI_BROKER_TOKEN_VARIABLE"
     if [ -z "$_cib_token" ]; then
         _cib_die "$CI_BROKER_TOKEN_VARIABLE is empty or not exported: this job has no OIDC token in it" \
             "(docs/pipelines.md says how each CI provides one)"
     fi
     _cib_check_token "$CI_BROKER_TOKEN_VARIABLE"
+}
+
+# GitLab: the ID token is in the variable the job's id_tokens names: CI_BROKER_ID_TOKEN, or, in a
+# job with several roles, the one CI_BROKER_TOKEN_VARIABLE names (each role its own token, as the
+# broker accepts a token once).
+_cib_gitlab_token() {
+    _cib_tvar=${CI_BROKER_TOKEN_VARIABLE:-CI_BROKER_ID_TOKEN}
+    _cib_token_from_variable "$_cib_tvar"
+    if [ -z "$_cib_token" ]; then
+        _cib_die "$_cib_tvar is empty: the job needs 'id_tokens: $_cib_tvar' with aud set to the broker's" \
+            "audience, which 'extends: .ci-broker' (or the component's hidden job) provides."
+    fi
+    _cib_check_token "$_cib_tvar"
+}
+
+# The token from the exported variable NAME (its name, never the token; awk reads the environment).
+_cib_token_from_variable() {
+    case $1 in
+    [!A-Za-z_]* | *[!A-Za-z0-9_]*) _cib_die "CI_BROKER_TOKEN_VARIABLE must be a variable's name, not its value" ;;
+    esac
+    _cib_token=$(LC_ALL=C awk -v name="$1" 'BEGIN { printf "%s", ENVIRON[name] }')
+}
+
+# -- where the token may go ----------------------------------------------------------------------
+# CI_BROKER_URL can be changed by anyone allowed to set a pipeline, project or group variable,
+# while the token's audience stays what the job's YAML asked for. So before the token leaves, the
+# URL about to be called must be the broker the token is for: its scheme://host[:port] (lower
+# case, without the scheme's default port) must equal that of one of the token's audiences. A
+# token whose audiences are none of them http(s) URLs (CircleCI's organization id, Azure DevOps'
+# api://AzureADTokenExchange) goes only to the URL CI_BROKER_OPAQUE_AUDIENCE_URL names; being a
+# variable, that one is no harder to change than CI_BROKER_URL (docs/pipelines.md says so).
+
+# Base64url (a JWT's part) to bytes; exit 2 on any other character or an impossible length.
+# shellcheck disable=SC2016 # awk's own $0, not the shell's
+_cib_awk_b64='
+BEGIN {
+    a = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    for (i = 1; i <= 64; i++) v[substr(a, i, 1)] = i - 1
+    # powers of two by table: busybox awk may be built without its math (no ^)
+    p2[0] = 1
+    for (i = 1; i < 8; i++) p2[i] = p2[i - 1] * 2
+}
+{ s = s $0 }
+END {
+    n = length(s)
+    if (n % 4 == 1) exit 2
+    for (i = 1; i <= n; i++) {
+        c = substr(s, i, 1)
+        if (!(c in v)) exit 2
+        bits = bits * 64 + v[c]
+        nb += 6
+        if (nb >= 8) {
+            nb -= 8
+            b = int(bits / p2[nb])
+            bits -= b * p2[nb]
+            printf "%c", b
+        }
+    }
+}'
+
+# _cib_origin URL: sets _cib_o to URL's scheme://host[:port], lower case, without :443 (https)
+# or :80 (http); fails when URL is not an http(s) URL with a host.
+_cib_origin() {
+    _cib_o=$(printf '%s' "$1" | LC_ALL=C tr '[:upper:]' '[:lower:]')
+    case $_cib_o in
+    https://* | http://*) ;;
+    *) return 1 ;;
+    esac
+    _cib_o_scheme=${_cib_o%%://*}
+    _cib_o_host=${_cib_o#*://}
+    _cib_o_host=${_cib_o_host%%[/?#]*}
+    _cib_o_host=${_cib_o_host%:}
+    case $_cib_o_host in
+    '' | :* | *@* | *[!!-~]*) return 1 ;;
+    esac
+    case $_cib_o_scheme:$_cib_o_host in
+    https:*:443) _cib_o_host=${_cib_o_host%:443} ;;
+    http:*:80) _cib_o_host=${_cib_o_host%:80} ;;
+    esac
+    _cib_o="$_cib_o_scheme://$_cib_o_host"
+}
+
+# The token's payload (JSON) into _cib_claims; empty when it cannot be decoded.
+_cib_token_claims() {
+    _cib_p=${_cib_token#*.}
+    _cib_claims=$(printf '%s' "${_cib_p%%.*}" | LC_ALL=C awk "$_cib_awk_b64") || _cib_claims=
+}
+
+# The claims a broker's rules match on, so a developer sees why a rule did not match without
+# asking the operator: never the token itself, never user_email. GitLab shows them in a
+# collapsed section, GitHub in a group.
+_cib_show_claims() {
+    _cib_line="ci-broker: this job's token claims, as the broker's rules see them"
+    case $_cib_target in
+    gitlab) printf '\033[0Ksection_start:%s:ci_broker_claims[collapsed=true]\r\033[0K%s\n' "$(date +%s)" "$_cib_line" >&2 ;;
+    github) printf '::group::%s\n' "$_cib_line" >&2 ;;
+    *) printf '%s\n' "$_cib_line" >&2 ;;
+    esac
+    for _cib_name in iss sub aud project_path project_id namespace_path namespace_id ref ref_type \
+        ref_path ref_protected environment environment_protected deployment_tier pipeline_source \
+        pipeline_id job_id user_login ci_config_ref_uri ci_config_sha runner_environment repository \
+        repository_id repository_owner repository_owner_id event_name workflow_ref job_workflow_ref \
+        organization_slug organization_id pipeline_slug build_branch build_tag step_key; do
+        _cib_get "$_cib_claims" "$_cib_name" scalar
+        if [ "$_cib_rc" = 4 ]; then
+            # a list (aud): its strings, comma-separated
+            _cib_i=0 _cib_line=
+            while [ "$_cib_i" -lt 10 ]; do
+                _cib_get "$_cib_claims" "${_cib_name}[$_cib_i]" scalar
+                [ "$_cib_rc" = 0 ] || break
+                _cib_line="$_cib_line${_cib_line:+, }$_cib_v"
+                _cib_i=$((_cib_i + 1))
+            done
+            _cib_v=$_cib_line _cib_rc=0
+        fi
+        if [ "$_cib_rc" = 0 ]; then
+            printf '  %s: %s\n' "$_cib_name" "$(_cib_clean "$_cib_v")" >&2
+        fi
+    done
+    case $_cib_target in
+    gitlab) printf '\033[0Ksection_end:%s:ci_broker_claims\r\033[0K\n' "$(date +%s)" >&2 ;;
+    github) printf '::endgroup::\n' >&2 ;;
+    esac
+}
+
+# _cib_aud_is_url AUD: true when AUD is an http(s) URL; _cib_aud_ok=1 when it names _cib_url.
+_cib_aud_is_url() {
+    _cib_auds="$_cib_auds${_cib_auds:+, }'$(_cib_clean "$1")'"
+    case $1 in '$'*) _cib_aud_literal=1 ;; esac
+    _cib_origin "$1" || return 1
+    if [ "$_cib_o" = "$_cib_url_origin" ]; then
+        _cib_aud_ok=1
+    fi
+}
+
+_cib_check_audience() {
+    _cib_token_claims
+    if [ "$_cib_try" = 1 ]; then
+        _cib_show_claims
+    fi
+    _cib_origin "$_cib_url" || _cib_die "$_cib_n_url is not an http(s) URL"
+    _cib_url_origin=$_cib_o
+    _cib_auds='' _cib_aud_ok='' _cib_aud_url='' _cib_aud_literal=''
+    _cib_get "$_cib_claims" aud
+    case $_cib_rc in
+    0) _cib_aud_is_url "$_cib_v" && _cib_aud_url=1 ;;
+    4)
+        _cib_i=0
+        while [ "$_cib_i" -lt 10 ]; do
+            _cib_get "$_cib_claims" "aud[$_cib_i]"
+            [ "$_cib_rc" = 0 ] || break
+            _cib_aud_is_url "$_cib_v" && _cib_aud_url=1
+            _cib_i=$((_cib_i + 1))
+        done
+        ;;
+    3) _cib_die "this job's token names no audience (aud); refusing to send it anywhere." ;;
+    *) _cib_die "this job's token cannot be read (its payload is not base64url JSON); refusing to send it." ;;
+    esac
+    if [ -n "$_cib_aud_ok" ]; then
+        return 0
+    fi
+    if [ -z "$_cib_aud_url" ] && [ -n "${CI_BROKER_OPAQUE_AUDIENCE_URL:-}" ] &&
+        _cib_origin "$CI_BROKER_OPAQUE_AUDIENCE_URL" && [ "$_cib_o" = "$_cib_url_origin" ]; then
+        _cib_say "the token's audience ${_cib_auds:-(none)} is not a URL; sending it to $_cib_url as CI_BROKER_OPAQUE_AUDIENCE_URL allows"
+        return 0
+    fi
+    if [ -n "$_cib_aud_literal" ]; then
+        _cib_die "this job's token has the audience ${_cib_auds}: the variable was not expanded, so no broker would accept it." \
+            "GitLab 15.7 to 16.0 does not expand variables in id_tokens:aud: upgrade to 16.1 or newer," \
+            "or write the broker's audience literally in the job's id_tokens. Nothing was sent."
+    fi
+    if [ -z "$_cib_aud_url" ]; then
+        _cib_die "this job's token is for ${_cib_auds:-no audience}, which is not a URL, so the client cannot tell" \
+            "whether $_cib_url is the broker it is for; refusing to send it. If it is, set" \
+            "CI_BROKER_OPAQUE_AUDIENCE_URL to $_cib_url (docs/pipelines.md, where the token may go)."
+    fi
+    _cib_die "this job's token is for ${_cib_auds}, not for $_cib_url: refusing to send it there." \
+        "$_cib_n_url must name the broker the token's audience names ($_cib_n_aud); a pipeline, project" \
+        "or group variable may have changed it. Nothing was sent."
 }
 
 _cib_inputs() {
@@ -534,6 +714,10 @@ _cib_inputs() {
     truetrue | truefalse | falsetrue | falsefalse) ;;
     *) _cib_die "export-env and output-credentials take true or false" ;;
     esac
+    _cib_profile=${CI_BROKER_AWS_PROFILE:-}
+    case $_cib_profile in
+    *[!A-Za-z0-9._-]*) _cib_die "CI_BROKER_AWS_PROFILE must be a profile name: letters, digits, '.', '_' or '-'" ;;
+    esac
     _cib_attempts=${CI_BROKER_MAX_ATTEMPTS:-5}
     case $_cib_attempts in
     [1-9] | 1[0-9]) ;;
@@ -555,6 +739,9 @@ _cib_exchange() {
             fi
         fi
         if [ -z "$_cib_why" ]; then
+            if [ "$_cib_target" = github ]; then
+                _cib_check_audience
+            fi
             if _cib_request POST "$_cib_url/v1/exchange" "Bearer $_cib_token" "$_cib_req"; then
                 case $_cib_status in
                 200) return 0 ;;
@@ -699,7 +886,7 @@ _cib_set() {
 # lives under RUNNER_TEMP and the action's post step deletes it; on GitLab it lives beside the
 # job's other temporary files, outside the project directory (never in artifacts or caches),
 # and the template's after_script deletes it.
-_cib_token_file() {
+_cib_tmp_dir() {
     if [ "$_cib_target" = github ]; then
         _cib_tf_dir=${RUNNER_TEMP:-}
         [ -n "$_cib_tf_dir" ] || _cib_die "RUNNER_TEMP is not set"
@@ -707,6 +894,10 @@ _cib_token_file() {
         _cib_tf_dir=${CI_PROJECT_DIR:+$CI_PROJECT_DIR.tmp}
         _cib_tf_dir=${_cib_tf_dir:-${TMPDIR:-/tmp}}
     fi
+}
+
+_cib_token_file() {
+    _cib_tmp_dir
     _cib_tf="$_cib_tf_dir/ci-broker-azure-federated-token"
     (umask 077 && mkdir -p "$_cib_tf_dir" && rm -f "$_cib_tf" && printf '%s' "$_cib_c_assertion" >"$_cib_tf") ||
         _cib_die "cannot write the federated token file under $_cib_tf_dir"
@@ -720,7 +911,7 @@ _cib_export_all() {
     if [ "$_cib_export" != true ]; then
         return 0
     fi
-    case $_cib_cloud in
+    case $_cib_cloud$_cib_profile in
     aws)
         _cib_set AWS_ACCESS_KEY_ID "$_cib_c_access_key_id"
         _cib_set AWS_SECRET_ACCESS_KEY "$_cib_c_secret_access_key"
@@ -728,6 +919,7 @@ _cib_export_all() {
         _cib_set AWS_REGION "$_cib_c_region"
         _cib_set AWS_DEFAULT_REGION "$_cib_c_region"
         ;;
+    aws*) _cib_aws_profile ;;
     gcp)
         _cib_set CLOUDSDK_AUTH_ACCESS_TOKEN "$_cib_c_access_token"
         _cib_set GOOGLE_OAUTH_ACCESS_TOKEN "$_cib_c_access_token"
@@ -750,6 +942,40 @@ _cib_export_all() {
     esac
     _cib_set CI_BROKER_CLOUD "$_cib_cloud"
     _cib_set CI_BROKER_EXPIRES_AT "$_cib_expires"
+}
+
+# Several AWS roles in one job: with CI_BROKER_AWS_PROFILE each role writes a profile of that name
+# (shared credentials and config files beside the Azure token file, mode 0600) instead of the
+# AWS_* keys, which the next role would overwrite; `aws --profile NAME` or AWS_PROFILE picks one.
+_cib_aws_profile() {
+    (umask 077 && printf '[%s]\naws_access_key_id = %s\naws_secret_access_key = %s\naws_session_token = %s\n' \
+        "$_cib_profile" "$_cib_c_access_key_id" "$_cib_c_secret_access_key" "$_cib_c_session_token" \
+        >>"$_cib_tf_dir/ci-broker-aws-credentials") || _cib_die "cannot write the AWS credentials file under $_cib_tf_dir"
+    _cib_aws_profile_config ''
+    _cib_set AWS_SHARED_CREDENTIALS_FILE "$_cib_tf_dir/ci-broker-aws-credentials"
+}
+
+# Before the exchange (a refusal then spends no token): the directory, and the name still free.
+_cib_aws_files() {
+    _cib_tmp_dir
+    (umask 077 && mkdir -p "$_cib_tf_dir") || _cib_die "cannot create $_cib_tf_dir"
+    if grep -qxF "[profile $_cib_profile]" "$_cib_tf_dir/ci-broker-aws-config" 2>/dev/null; then
+        _cib_die "AWS profile '$_cib_profile' is already written by another role of this job: give each role its own"
+    fi
+}
+
+# _cib_aws_profile_config LINE: the profile's section in the shared config file (region, LINE).
+_cib_aws_profile_config() {
+    (umask 077 && {
+        printf '[profile %s]\n' "$_cib_profile"
+        if [ -n "$1" ]; then
+            printf '%s\n' "$1"
+        fi
+        if _cib_only "$_cib_c_region" 'a-z0-9-'; then
+            printf 'region = %s\n' "$_cib_c_region"
+        fi
+    } >>"$_cib_tf_dir/ci-broker-aws-config") || _cib_die "cannot write the AWS config file under $_cib_tf_dir"
+    _cib_set AWS_CONFIG_FILE "$_cib_tf_dir/ci-broker-aws-config"
 }
 
 _cib_out() {
@@ -874,6 +1100,10 @@ _cib_json_str() {
 }
 
 _cib_session_aws() {
+    if [ -n "$_cib_profile" ]; then
+        _cib_aws_profile_config "credential_process = $(_cib_hook_command aws)"
+        return 0
+    fi
     (umask 077 && {
         printf '[profile ci-broker]\ncredential_process = %s\n' "$(_cib_hook_command aws)"
         if _cib_only "$_cib_c_region" 'a-z0-9-'; then
@@ -1168,19 +1398,22 @@ _cib_main() {
     _cib_inputs
     _cib_session_inputs
     _cib_pick_http
-    if [ "$_cib_http" = busybox-wget ]; then
-        _cib_check_busybox_tls
-    fi
+    # The token's audience is checked before any request, the TLS probe included; on GitHub each
+    # attempt's fresh token is checked in _cib_exchange.
+    _cib_try=1
     if [ "$_cib_target" = gitlab ]; then
-        _cib_token=${CI_BROKER_ID_TOKEN:-}
-        if [ -z "$_cib_token" ]; then
-            _cib_die "CI_BROKER_ID_TOKEN is empty: the job needs 'id_tokens: CI_BROKER_ID_TOKEN' with" \
-                "aud set to the broker's audience, which 'extends: .ci-broker' provides (GitLab 16.1 or newer)."
-        fi
-        _cib_check_token CI_BROKER_ID_TOKEN
+        _cib_gitlab_token
+        _cib_check_audience
     fi
     if [ "$_cib_target" = generic ]; then
         _cib_generic_token
+        _cib_check_audience
+    fi
+    if [ "$_cib_http" = busybox-wget ]; then
+        _cib_check_busybox_tls
+    fi
+    if [ -n "$_cib_profile" ]; then
+        _cib_aws_files
     fi
     _cib_say "exchanging this job's OIDC token at $_cib_url for role '$_cib_role' (HTTP via $_cib_http)"
     _cib_exchange
@@ -1210,7 +1443,9 @@ unset _cib_attempts _cib_aud _cib_awk_json _cib_body _cib_cloud _cib_delim _cib_
     _cib_role _cib_status _cib_target _cib_tf _cib_tf_dir _cib_token _cib_tool _cib_try _cib_url \
     _cib_v _cib_value_limit _cib_wait _cib_why _cib_refresh _cib_self _cib_s_token _cib_s_expires _cib_s_dir _cib_s_client \
     _cib_s_sh _cib_s_assertion _cib_s_audience _cib_s_token_url _cib_s_impersonation _cib_s_file _cib_hook \
-    _cib_s_wait _cib_s_holder _cib_locked _cib_s_now _cib_s_left _cib_s_req _cib_s_exp _cib_s_pid
+    _cib_s_wait _cib_s_holder _cib_locked _cib_s_now _cib_s_left _cib_s_req _cib_s_exp _cib_s_pid \
+    _cib_tvar _cib_awk_b64 _cib_o _cib_o_scheme _cib_o_host _cib_claims _cib_name _cib_i _cib_auds \
+    _cib_aud_ok _cib_aud_url _cib_aud_literal _cib_url_origin _cib_profile
 unset -f _cib_say _cib_clean _cib_die _cib_only _cib_get _cib_pick_http _cib_request \
     _cib_request_wget _cib_check_busybox_tls _cib_urlencode _cib_mask _cib_explain_error \
     _cib_get_github_token _cib_check_token _cib_inputs _cib_exchange _cib_refused _cib_cred \
@@ -1218,7 +1453,9 @@ unset -f _cib_say _cib_clean _cib_die _cib_only _cib_get _cib_pick_http _cib_req
     _cib_session_inputs _cib_session_start _cib_session_dir _cib_hook_command _cib_json_str \
     _cib_session_aws _cib_session_gcp _cib_session_azure _cib_hook_main _cib_gcp_failure _cib_lock \
     _cib_unlock _cib_epoch _cib_jwt_exp _cib_session_current _cib_session_refresh _cib_azure_refresher \
-    _cib_azure_once _cib_session_end _cib_main _cib_generic_token
+    _cib_azure_once _cib_session_end _cib_main _cib_generic_token _cib_gitlab_token \
+    _cib_token_from_variable _cib_origin _cib_token_claims _cib_show_claims _cib_aud_is_url \
+    _cib_check_audience _cib_tmp_dir _cib_aws_profile _cib_aws_files _cib_aws_profile_config
 if [ -n "$_cib_xtrace" ]; then
     unset _cib_xtrace
     set -x

@@ -34,8 +34,10 @@ def test_the_quick_round_trip_breakdown_prints_every_row():
     for row, trips in (
         ("replay record, redis (SET NX EX)", "1"),
         ("rate-limit hit, redis (EVALSHA)", "1"),
-        ("today's exchange: SET + 2 EVALSHA in sequence", "3"),
+        ("the exchange before: SET + 2 EVALSHA in sequence", "3"),
         ("the same 3 commands pipelined", "1"),
+        ("identity limit + record, one script", "1"),
+        ("the exchange now: client EVALSHA + that script", "2"),
         ("replay record, sqlite", "0"),
         ("rate-limit hit, memory", "0"),
     ):

@@ -24,6 +24,8 @@ INPUTS = {
     "export-env": "true",
     "output-credentials": "false",
     "refresh": "false",
+    "aws-profile": "",
+    "allowed-account-ids": "",
 }
 
 
@@ -90,9 +92,17 @@ def run_action(
 
 
 def run_post(tmp: Path, state: dict[str, str], timeout: int = 60) -> Result:
-    """The post step, with the state the main step saved."""
+    """The post step, with the state the main step saved; `env` is what it writes to GITHUB_ENV."""
     dirs = runner_dirs(tmp)
-    full = job_env({"RUNNER_TEMP": str(dirs["RUNNER_TEMP"]), **{f"STATE_{k}": v for k, v in state.items()}})
+    post_env = tmp / "runner" / "github_env_post"
+    post_env.write_text("")
+    full = job_env(
+        {
+            "RUNNER_TEMP": str(dirs["RUNNER_TEMP"]),
+            "GITHUB_ENV": str(post_env),
+            **{f"STATE_{k}": v for k, v in state.items()},
+        }
+    )
     proc = subprocess.run(
         [require_tool("node"), str(ACTION_DIR / "post.js")],
         env=full,
@@ -101,4 +111,4 @@ def run_post(tmp: Path, state: dict[str, str], timeout: int = 60) -> Result:
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
-    return Result(proc.returncode, proc.stdout, proc.stderr)
+    return Result(proc.returncode, proc.stdout, proc.stderr, parse_file_command(post_env.read_text()))

@@ -4,6 +4,7 @@ a sandbox of its own. Paths, tools and helpers live in support.py.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -57,6 +58,32 @@ def served_session_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         config["roles"]["azure-deploy"]["azure"]["federated_token"] = True
         path = box.write_config(config, name="sessions.yaml")
         served = ServedBroker(path, f"127.0.0.1:{box.broker_port}", workdir / "serve.log")
+        try:
+            served.wait_ready()
+            yield SandboxBroker(box, served)
+        finally:
+            served.stop()
+
+
+AUDIT_ROLE_ARN = "arn:aws:iam::123456789012:role/gitlab-audit"
+
+
+@pytest.fixture(scope="module")
+def served_two_aws_roles(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxBroker]:
+    """`ci-broker serve` with a second AWS role for the same GitLab project (`gitlab-audit`, its own
+    IAM role in the sandbox STS), so one job can hold two AWS roles at once."""
+    workdir = tmp_path_factory.mktemp("served-two-aws-roles")
+    with Sandbox(workdir, broker_port=free_port()) as box:
+        config = box.config_dict()
+        audit = copy.deepcopy(config["roles"]["gitlab-deploy"])
+        audit["aws"]["role_arn"] = AUDIT_ROLE_ARN
+        config["roles"]["gitlab-audit"] = audit
+        box.sts.trust_role(AUDIT_ROLE_ARN, "gitlab-audit")
+        served = ServedBroker(
+            box.write_config(config, name="two-aws.yaml"),
+            f"127.0.0.1:{box.broker_port}",
+            workdir / "serve.log",
+        )
         try:
             served.wait_ready()
             yield SandboxBroker(box, served)

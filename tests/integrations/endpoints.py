@@ -106,6 +106,7 @@ class ScriptedBroker(_Server):
     def __init__(self, *replies: Reply) -> None:
         self.replies = list(replies)
         self.seen: list[Seen] = []
+        self.requests = 0  # every request, of any method (seen: the exchanges)
         super().__init__(_BrokerHandler)
 
     @staticmethod
@@ -130,10 +131,12 @@ class ScriptedBroker(_Server):
 
 class _BrokerHandler(_Quiet):
     def do_GET(self) -> None:
+        self.server.owner.requests += 1  # type: ignore[attr-defined]
         self._send(200, b'{"status":"ok"}')
 
     def do_POST(self) -> None:
         owner: ScriptedBroker = self.server.owner  # type: ignore[attr-defined]
+        owner.requests += 1
         length = int(self.headers.get("Content-Length", "0"))
         owner.seen.append(
             Seen(

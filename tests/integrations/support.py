@@ -27,6 +27,23 @@ VENV_BIN = Path(sys.executable).parent
 JWT = (
     "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJyZXBvOm8vcjpyZWY6cmVmcy9oZWFkcy9tYWluIn0.c2lnbmF0dXJlLV8"
 )
+
+
+def jwt_for(audience: str | list[str] | None, **claims: object) -> str:
+    """A JWT-shaped sample (signed by no one) whose payload carries `audience` as its `aud`: the
+    shell client sends a token only to the broker its audience names. Same inputs, same token."""
+    import base64
+    import json
+
+    def part(data: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data, sort_keys=True).encode()).decode().rstrip("=")
+
+    payload = {"sub": "project_path:g/p:ref_type:branch:ref:main", **claims}
+    if audience is not None:
+        payload["aud"] = audience
+    return f"{part({'alg': 'RS256', 'kid': 'k1'})}.{part(payload)}.c2lnbmF0dXJlLV8"
+
+
 AWS = {
     "access_key_id": "ASIAZZEXAMPLE7KEYID0",
     "secret_access_key": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYzEXAMPLEKEY",

@@ -7,6 +7,8 @@ not, can be given on demand; test_github_action.py runs the Action under act aga
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
 import re
 import stat
@@ -16,16 +18,43 @@ from pathlib import Path
 import pytest
 from actionrun import run_action, run_post
 from endpoints import OIDCRequestEndpoint, Reply, ScriptedBroker
-from support import ACTION_DIR, AWS, AZURE, GCP, JWT, assert_no_secret
+from support import ACTION_DIR, AWS, AZURE, GCP, assert_no_secret
 from test_client import BAD_ANSWERS, assert_masked_first, secrets_of
 
 SESSION = {"id": "0" * 32, "refresh_token": "cibrt_" + "R" * 43, "expires_at": "2030-01-01T06:00:00Z"}
 
 
+def job_token(audience: str, **claims: object) -> str:
+    """A job token naming `audience`, in GitHub's shape (unsigned: the scripted broker verifies
+    nothing; the Action reads the claims only to check the audience and show them)."""
+
+    def part(doc: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
+
+    payload = {"aud": audience, "sub": "repo:o/r:ref:refs/heads/main", "repository": "o/r", **claims}
+    return f"{part({'alg': 'RS256', 'kid': 'k1'})}.{part(payload)}.c2lnbmF0dXJlLV8"
+
+
 @pytest.fixture
 def oidc() -> OIDCRequestEndpoint:
-    with OIDCRequestEndpoint(lambda audience: JWT) as endpoint:
+    with OIDCRequestEndpoint(job_token) as endpoint:
         yield endpoint
+
+
+CLAIMS_GROUP = "::group::ci-broker: this job's claims (what the broker's policy sees)"
+
+
+def assert_masked_first_around_the_claims(result, secrets: list[str]) -> None:
+    """assert_masked_first for the Action, which shows the job's claims before the exchange: only
+    the job token's mask comes before that group, no secret is in it, and every secret is masked
+    before anything after it."""
+    lines = result.stdout.splitlines()
+    start, end = lines.index(CLAIMS_GROUP), lines.index("::endgroup::")
+    assert all(line.startswith("::add-mask::") for line in lines[:start])
+    assert_no_secret("\n".join(lines[start : end + 1]), secrets, "the claims group")
+    assert_masked_first(
+        dataclasses.replace(result, stdout="\n".join(lines[:start] + lines[end + 1 :])), secrets
+    )
 
 
 def inputs(url: str, **extra: str) -> dict[str, str]:
@@ -55,7 +84,7 @@ def test_aws_exports_env_and_outputs_with_every_secret_masked_first(tmp_path, oi
     with ScriptedBroker(ScriptedBroker.granted("aws", AWS)) as broker:
         result = run_action(tmp_path, inputs(broker.url, **{"output-credentials": "true"}), oidc_env(oidc))
     assert result.returncode == 0, result.log
-    assert_masked_first(result, secrets_of(AWS) + [JWT])
+    assert_masked_first_around_the_claims(result, secrets_of(AWS) + oidc.issued)
     assert result.env == {
         "AWS_ACCESS_KEY_ID": AWS["access_key_id"],
         "AWS_SECRET_ACCESS_KEY": AWS["secret_access_key"],
@@ -72,9 +101,14 @@ def test_aws_exports_env_and_outputs_with_every_secret_masked_first(tmp_path, oi
         "secret-access-key": AWS["secret_access_key"],
         "session-token": AWS["session_token"],
         "region": "eu-west-1",
+        # configure-aws-credentials' names for the same values
+        "aws-access-key-id": AWS["access_key_id"],
+        "aws-secret-access-key": AWS["secret_access_key"],
+        "aws-session-token": AWS["session_token"],
+        "aws-expiration": "2030-01-01T00:00:00Z",
     }
     (seen,) = broker.seen
-    assert seen.authorization == f"Bearer {JWT}"
+    assert seen.authorization == f"Bearer {oidc.issued[0]}"
     assert seen.content_type == "application/json"
     assert json.loads(seen.body) == {"role": "deploy"}
     assert oidc.audiences == [broker.url]
@@ -88,7 +122,7 @@ def test_outputs_hold_no_credentials_by_default_and_export_env_false_exports_not
     assert result.returncode == 0 and quiet.returncode == 0, result.log + quiet.log
     assert result.outputs == {"cloud": "aws", "expires-at": "2030-01-01T00:00:00Z"}
     assert quiet.env == {}
-    assert_masked_first(quiet, secrets_of(AWS))
+    assert_masked_first_around_the_claims(quiet, secrets_of(AWS))
 
 
 def test_audience_and_duration_are_sent(tmp_path, oidc):
@@ -100,12 +134,10 @@ def test_audience_and_duration_are_sent(tmp_path, oidc):
         )
         assert spaced.returncode != 0, "an audience must be one printable word"
         result = run_action(
-            tmp_path / "b",
-            inputs(broker.url + "/", audience="https://broker.example.com/x?y=1&z", duration="900"),
-            oidc_env(oidc),
+            tmp_path / "b", inputs(broker.url, audience=broker.url + "/", duration="900"), oidc_env(oidc)
         )
     assert result.returncode == 0, result.log
-    assert oidc.audiences == ["https://broker.example.com/x?y=1&z"]
+    assert oidc.audiences == [broker.url + "/"]
     assert json.loads(broker.seen[-1].body) == {"role": "deploy", "duration": 900}
 
 
@@ -113,7 +145,7 @@ def test_gcp_exports_gcloud_and_terraform_tokens(tmp_path, oidc):
     with ScriptedBroker(ScriptedBroker.granted("gcp", GCP)) as broker:
         result = run_action(tmp_path, inputs(broker.url, **{"output-credentials": "true"}), oidc_env(oidc))
     assert result.returncode == 0, result.log
-    assert_masked_first(result, [GCP["access_token"]])
+    assert_masked_first_around_the_claims(result, [GCP["access_token"]])
     assert result.env["CLOUDSDK_AUTH_ACCESS_TOKEN"] == GCP["access_token"]
     assert result.env["GOOGLE_OAUTH_ACCESS_TOKEN"] == GCP["access_token"]
     assert result.outputs["service-account"] == GCP["service_account"]
@@ -124,7 +156,7 @@ def test_azure_exports_ids_and_a_federated_token_file_the_post_step_removes(tmp_
     with ScriptedBroker(ScriptedBroker.granted("azure", AZURE)) as broker:
         result = run_action(tmp_path, inputs(broker.url), oidc_env(oidc))
     assert result.returncode == 0, result.log
-    assert_masked_first(result, [AZURE["access_token"], AZURE["federated_token"]])
+    assert_masked_first_around_the_claims(result, [AZURE["access_token"], AZURE["federated_token"]])
     for prefix in ("ARM", "AZURE"):
         assert result.env[f"{prefix}_TENANT_ID"] == AZURE["tenant_id"]
         assert result.env[f"{prefix}_CLIENT_ID"] == AZURE["client_id"]
@@ -135,7 +167,7 @@ def test_azure_exports_ids_and_a_federated_token_file_the_post_step_removes(tmp_
     assert token_file.parent == tmp_path / "runner" / "temp"
     assert token_file.read_text() == AZURE["federated_token"]
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
-    assert result.state == {"federated_token_file": str(token_file)}
+    assert result.state["federated_token_file"] == str(token_file)
     post = run_post(tmp_path, result.state)
     assert post.returncode == 0 and "removed the federated token file" in post.log
     assert not token_file.exists()
@@ -147,7 +179,7 @@ def test_azure_without_assertion_writes_no_file(tmp_path, oidc):
         result = run_action(tmp_path, inputs(broker.url), oidc_env(oidc))
     assert result.returncode == 0, result.log
     assert "AZURE_FEDERATED_TOKEN_FILE" not in result.env and "AZURE_SUBSCRIPTION_ID" not in result.env
-    assert result.state == {}
+    assert set(result.state) == {"exported"}
     assert list((tmp_path / "runner" / "temp").iterdir()) == []
 
 
@@ -169,8 +201,11 @@ def test_a_session_the_job_does_not_refresh_is_revoked_at_once(tmp_path, oidc):
         result = run_action(tmp_path, inputs(broker.url), oidc_env(oidc))
     assert result.returncode == 0, result.log
     assert SESSION["refresh_token"] in result.masked()
-    assert [s.authorization for s in broker.seen] == [f"Bearer {JWT}", f"Bearer {SESSION['refresh_token']}"]
-    assert "AWS_CONFIG_FILE" not in result.env and result.state == {}
+    assert [s.authorization for s in broker.seen] == [
+        f"Bearer {oidc.issued[0]}",
+        f"Bearer {SESSION['refresh_token']}",
+    ]
+    assert "AWS_CONFIG_FILE" not in result.env and set(result.state) == {"exported"}
 
 
 # -- failures, each with its message ---------------------------------------------------------------------
@@ -193,7 +228,8 @@ def test_401_prints_error_message_and_request_id(tmp_path, oidc):
         "the token's audience is not accepted (request id req-7f3a)"
     ) in result.stdout
     assert "matches the broker's server.audience" in result.stderr
-    assert_no_secret(result.stdout.replace(f"::add-mask::{JWT}", "") + result.stderr, [JWT], "log")
+    (token,) = oidc.issued
+    assert_no_secret(result.stdout.replace(f"::add-mask::{token}", "") + result.stderr, [token], "log")
 
 
 def test_403_points_at_ci_broker_explain(tmp_path, oidc):
@@ -216,17 +252,20 @@ def test_unreachable_broker_is_retried_with_backoff_and_a_fresh_token_each_time(
         tmp_path, inputs(f"http://127.0.0.1:{free_port()}"), {**oidc_env(oidc), "CI_BROKER_MAX_ATTEMPTS": "3"}
     )
     assert result.returncode == 1
-    assert "did not answer; trying again in 1s (attempt 1 of 3)" in result.stderr
-    assert "did not answer; trying again in 2s (attempt 2 of 3)" in result.stderr
+    # Waits with jitter: half of 1 s, 2 s, ... fixed, half random (lib/retry.js).
+    first = re.search(r"did not answer; trying again in ([0-9.]+)s \(attempt 1 of 3\)", result.stderr)
+    second = re.search(r"did not answer; trying again in ([0-9.]+)s \(attempt 2 of 3\)", result.stderr)
+    assert first and second, result.stderr
+    assert 0.5 <= float(first.group(1)) <= 1.0 and 1.0 <= float(second.group(1)) <= 2.0
     assert "did not answer; gave up after 3 attempts." in result.stdout
-    assert 3 <= time.monotonic() - started < 30
+    assert 1.5 <= time.monotonic() - started < 30
     assert len(oidc.audiences) == 3
 
 
 def test_503_then_success_retries_with_a_fresh_token(tmp_path):
-    tokens = iter([JWT, JWT.replace("c2lnbmF0dXJlLV8", "c2Vjb25kLXNpZw")])
+    tokens = iter(["first", "second"])
     with (
-        OIDCRequestEndpoint(lambda audience: next(tokens)) as oidc,
+        OIDCRequestEndpoint(lambda audience: job_token(audience, jti=next(tokens))) as oidc,
         ScriptedBroker(
             ScriptedBroker.error(503, "unavailable", "replay store down"), ScriptedBroker.granted("aws", AWS)
         ) as broker,
@@ -275,7 +314,10 @@ def test_the_brokers_message_cannot_forge_workflow_commands(tmp_path, oidc):
     with ScriptedBroker(ScriptedBroker.error(403, "access_denied", forged)) as broker:
         result = run_action(tmp_path, inputs(broker.url), oidc_env(oidc))
     assert result.returncode == 1
-    for line in (result.stdout + result.stderr).splitlines():
+    lines = (result.stdout + result.stderr).splitlines()
+    start, end = lines.index(CLAIMS_GROUP), lines.index("::endgroup::")
+    assert all(re.fullmatch(r"[a-z_]+: [ -~]*", line) for line in lines[start + 1 : end])
+    for line in lines[:start] + lines[end + 1 :]:
         assert line.startswith(("::add-mask::", "::error title=ci-broker::", "ci-broker: ")), line
     assert "%250A::endgroup::" in result.stdout, "'%' in annotation data must be escaped"
 
@@ -345,15 +387,14 @@ def test_refresh_exports_the_aws_hook_instead_of_static_keys(tmp_path, oidc):
     with ScriptedBroker(granted_with_session("aws", AWS)) as broker:
         result = run_action(tmp_path, inputs(broker.url, refresh="true"), oidc_env(oidc))
     assert result.returncode == 0, result.log
-    assert_masked_first(result, [*secrets_of(AWS), SESSION["refresh_token"]])
+    assert_masked_first_around_the_claims(result, [*secrets_of(AWS), SESSION["refresh_token"]])
     assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} & set(result.env)
     assert result.env["AWS_PROFILE"] == "ci-broker"
     assert result.env["CI_BROKER_SESSION_EXPIRES_AT"] == SESSION["expires_at"]
     config = Path(result.env["AWS_CONFIG_FILE"])
     session_dir = config.parent
-    assert session_dir.parent == tmp_path / "runner" / "temp" and result.state == {
-        "session_dir": str(session_dir)
-    }
+    assert session_dir.parent == tmp_path / "runner" / "temp"
+    assert result.state["session_dir"] == str(session_dir)
     assert stat.S_IMODE(session_dir.stat().st_mode) == 0o700
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in session_dir.iterdir())
     text = config.read_text()

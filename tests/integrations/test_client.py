@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 from clientrun import FLAVORS, Flavor, Result, busybox_bin, run_github, run_gitlab, stub_tool
 from endpoints import OIDCRequestEndpoint, Reply, ScriptedBroker
-from support import AWS, AZURE, CLIENT, GCP, JWT, assert_no_secret
+from support import AWS, AZURE, CLIENT, GCP, JWT, assert_no_secret, jwt_for
 
 SECRET_FIELDS = ("access_key_id", "secret_access_key", "session_token", "access_token", "federated_token")
 
@@ -27,7 +28,7 @@ DASH_CURL = FLAVORS[0]
 
 @pytest.fixture
 def oidc() -> OIDCRequestEndpoint:
-    with OIDCRequestEndpoint(lambda audience: JWT) as endpoint:
+    with OIDCRequestEndpoint(jwt_for) as endpoint:
         yield endpoint
 
 
@@ -65,7 +66,7 @@ def test_github_aws_exports_env_and_outputs(tmp_path: Path, oidc, flavor: Flavor
             tmp_path, flavor, github_env(broker.url, oidc, CI_BROKER_OUTPUT_CREDENTIALS="true")
         )
     assert result.returncode == 0, result.log
-    assert_masked_first(result, secrets_of(AWS) + [JWT])
+    assert_masked_first(result, secrets_of(AWS) + [jwt_for(broker.url)])
     assert result.env == {
         "AWS_ACCESS_KEY_ID": AWS["access_key_id"],
         "AWS_SECRET_ACCESS_KEY": AWS["secret_access_key"],
@@ -85,7 +86,7 @@ def test_github_aws_exports_env_and_outputs(tmp_path: Path, oidc, flavor: Flavor
     }
     # What reached the broker: the job's token as a bearer, the role as a JSON object.
     (seen,) = broker.seen
-    assert seen.authorization == f"Bearer {JWT}"
+    assert seen.authorization == f"Bearer {jwt_for(broker.url)}"
     assert seen.content_type == "application/json"
     assert json.loads(seen.body) == {"role": "deploy"}
     assert oidc.audiences == [broker.url]
@@ -125,12 +126,12 @@ def test_github_audience_and_duration_are_sent(tmp_path: Path, oidc) -> None:
             github_env(
                 broker.url + "/",
                 oidc,
-                CI_BROKER_AUDIENCE="https://broker.example.com/x?y=1&z",
+                CI_BROKER_AUDIENCE=broker.url + "/x?y=1&z",
                 CI_BROKER_DURATION="900",
             ),
         )
     assert result.returncode == 0, result.log
-    assert oidc.audiences == ["https://broker.example.com/x?y=1&z"]
+    assert oidc.audiences == [broker.url + "/x?y=1&z"]
     assert json.loads(broker.seen[-1].body) == {"role": "deploy", "duration": 900}
 
 
@@ -214,7 +215,8 @@ def test_401_prints_error_message_and_request_id(tmp_path: Path, oidc, flavor: F
         message = "HTTP 401 invalid_token: the token's audience is not accepted (request id req-7f3a)"
     assert "::error title=ci-broker::the broker refused this job's token: " + message in result.stdout
     assert "matches the broker's server.audience" in result.stderr
-    assert_no_secret(result.stdout.replace(f"::add-mask::{JWT}", "") + result.stderr, [JWT], "log")
+    token = jwt_for(broker.url)
+    assert_no_secret(result.stdout.replace(f"::add-mask::{token}", "") + result.stderr, [token], "log")
 
 
 @pytest.mark.parametrize("flavor", FLAVORS, ids=FLAVOR_IDS)
@@ -251,9 +253,11 @@ def test_unreachable_broker_is_retried_with_backoff_then_fails(tmp_path: Path, o
 
 
 def test_503_then_success_retries_with_a_fresh_token(tmp_path: Path) -> None:
-    tokens = iter([JWT, JWT.replace("c2lnbmF0dXJlLV8", "c2Vjb25kLXNpZw")])
+    signatures = iter(["c2lnbmF0dXJlLV8", "c2Vjb25kLXNpZw"])
     with (
-        OIDCRequestEndpoint(lambda audience: next(tokens)) as oidc,
+        OIDCRequestEndpoint(
+            lambda audience: jwt_for(audience).replace("c2lnbmF0dXJlLV8", next(signatures))
+        ) as oidc,
         ScriptedBroker(
             ScriptedBroker.error(503, "unavailable", "replay store down"), ScriptedBroker.granted("aws", AWS)
         ) as broker,
@@ -364,7 +368,9 @@ def test_broker_message_cannot_forge_workflow_commands(tmp_path: Path, oidc) -> 
         result = run_github(tmp_path, DASH_CURL, github_env(broker.url, oidc))
     assert result.returncode == 1
     for line in (result.stdout + result.stderr).splitlines():
-        assert line.startswith(("::add-mask::", "::error title=ci-broker::", "ci-broker: ")), line
+        assert line.startswith(("::add-mask::", "::error title=ci-broker::", "ci-broker: ")) or re.fullmatch(
+            r"::group::ci-broker: [^:]+|::endgroup::|  [a-z_]+: [ -~]*", line
+        ), line
     assert "%250A::endgroup::" in result.stdout, "'%' in annotation data must be escaped"
 
 
@@ -412,7 +418,7 @@ def test_loopback_http_and_any_https_are_accepted(tmp_path: Path, url: str) -> N
         {
             "CI_BROKER_URL": url,
             "CI_BROKER_ROLE": "deploy",
-            "CI_BROKER_ID_TOKEN": JWT,
+            "CI_BROKER_ID_TOKEN": jwt_for(url),
             "CI_BROKER_MAX_ATTEMPTS": "1",
         },
     )
@@ -465,19 +471,24 @@ def test_busybox_wget_without_tls_verification_is_not_trusted_with_the_token(tmp
             "PATH": f"{stubs}:{bindir}",
             "CI_BROKER_URL": "https://broker.example.com",
             "CI_BROKER_ROLE": "deploy",
-            "CI_BROKER_ID_TOKEN": JWT,
+            "CI_BROKER_ID_TOKEN": jwt_for("https://broker.example.com"),
         },
     )
     assert result.returncode == 1
     assert "does not verify TLS certificates; refusing to send the token" in result.stderr
-    assert JWT not in calls.read_text()
+    assert jwt_for("https://broker.example.com") not in calls.read_text()
 
 
 # -- GitLab: exports in the job's own shell ----------------------------------------------------------
 
 
 def gitlab_env(broker: str, **extra: str) -> dict[str, str]:
-    return {"CI_BROKER_URL": broker, "CI_BROKER_ROLE": "deploy", "CI_BROKER_ID_TOKEN": JWT, **extra}
+    return {
+        "CI_BROKER_URL": broker,
+        "CI_BROKER_ROLE": "deploy",
+        "CI_BROKER_ID_TOKEN": jwt_for(broker),
+        **extra,
+    }
 
 
 @pytest.mark.parametrize("flavor", FLAVORS, ids=FLAVOR_IDS)
@@ -489,9 +500,9 @@ def test_gitlab_exports_into_the_job_shell(tmp_path: Path, flavor: Flavor) -> No
     assert result.env["AWS_SECRET_ACCESS_KEY"] == AWS["secret_access_key"]
     assert result.env["AWS_SESSION_TOKEN"] == AWS["session_token"]
     assert result.env["AWS_REGION"] == result.env["AWS_DEFAULT_REGION"] == "eu-west-1"
-    assert broker.seen[0].authorization == f"Bearer {JWT}"
+    assert broker.seen[0].authorization == f"Bearer {jwt_for(broker.url)}"
     assert "::add-mask::" not in result.stdout
-    assert_no_secret(result.log, secrets_of(AWS) + [JWT], "the job log")
+    assert_no_secret(result.log, secrets_of(AWS) + [jwt_for(broker.url)], "the job log")
     # The client cleans up after itself in the job's shell.
     assert not [name for name in result.env if name.lower().startswith("_cib")]
 
@@ -602,7 +613,10 @@ def test_gitlab_a_session_the_job_does_not_refresh_is_revoked_at_once(tmp_path: 
     with ScriptedBroker(granted_with_session("aws", AWS), Reply(200, b"{}")) as broker:
         result = run_gitlab(tmp_path, DASH_CURL, gitlab_env(broker.url))
     assert result.returncode == 0, result.log
-    assert [s.authorization for s in broker.seen] == [f"Bearer {JWT}", f"Bearer {SESSION['refresh_token']}"]
+    assert [s.authorization for s in broker.seen] == [
+        f"Bearer {jwt_for(broker.url)}",
+        f"Bearer {SESSION['refresh_token']}",
+    ]
     assert broker.seen[1].body == b"{}"
     assert result.env["AWS_ACCESS_KEY_ID"] == AWS["access_key_id"] and "AWS_CONFIG_FILE" not in result.env
     assert_no_secret(result.log, [SESSION["refresh_token"]], "the job log")
@@ -628,7 +642,7 @@ def test_other_cis_refresh_with_the_client_file_in_a_private_directory(tmp_path:
     env = gitlab_env("", CI_BROKER_REFRESH="true", CI_BROKER_CLIENT=str(CLIENT), TMPDIR=str(tmp_path))
     del env["CI_BROKER_URL"]
     with ScriptedBroker(granted_with_session("aws", AWS)) as broker:
-        env["CI_BROKER_URL"] = broker.url
+        env.update(CI_BROKER_URL=broker.url, CI_BROKER_ID_TOKEN=jwt_for(broker.url))
         result = run_gitlab(tmp_path, DASH_CURL, env)
     assert result.returncode == 0, result.log
     session_dir = Path(result.env["CI_BROKER_SESSION_DIR"])
@@ -661,3 +675,123 @@ def test_a_refused_gcp_hook_answers_google_in_its_own_error_shape(tmp_path: Path
         "code": "ci_broker_refresh_failed",
         "message": 'ci-broker: the broker refused to refresh this job\'s session: HTTP 401 "ended"',
     }
+
+
+# -- several roles in one job (the component's `token` and `aws_profile` inputs) --------------------
+
+SECOND_ROLE = """
+CI_BROKER_ROLE=audit
+CI_BROKER_TOKEN_VARIABLE=AUDIT_ID_TOKEN
+CI_BROKER_AWS_PROFILE=audit
+. "{client}"
+"""
+
+
+@pytest.mark.parametrize("flavor", [FLAVORS[0], FLAVORS[3]], ids=[FLAVORS[0].name, FLAVORS[3].name])
+def test_two_aws_roles_each_with_its_own_token_write_named_profiles(tmp_path: Path, flavor: Flavor) -> None:
+    second = dict(AWS, access_key_id="ASIAZZEXAMPLE7SECOND", secret_access_key="second/secret+key")
+    with ScriptedBroker(ScriptedBroker.granted("aws", AWS), ScriptedBroker.granted("aws", second)) as broker:
+        deploy_token = jwt_for(broker.url, job="deploy")
+        audit_token = jwt_for(broker.url, job="audit")
+        env = gitlab_env(
+            broker.url,
+            CI_BROKER_TOKEN_VARIABLE="DEPLOY_ID_TOKEN",
+            DEPLOY_ID_TOKEN=deploy_token,
+            AUDIT_ID_TOKEN=audit_token,
+            CI_BROKER_AWS_PROFILE="deploy",
+        )
+        del env["CI_BROKER_ID_TOKEN"]
+        result = run_gitlab(tmp_path, flavor, env, epilogue=SECOND_ROLE.format(client=CLIENT))
+    assert result.returncode == 0, result.log
+    assert [s.authorization for s in broker.seen] == [f"Bearer {deploy_token}", f"Bearer {audit_token}"]
+    assert [json.loads(s.body)["role"] for s in broker.seen] == ["deploy", "audit"]
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"} & set(
+        result.env
+    )
+    credentials = Path(result.env["AWS_SHARED_CREDENTIALS_FILE"])
+    config = Path(result.env["AWS_CONFIG_FILE"])
+    assert credentials.parent == config.parent == Path(str(tmp_path / "project") + ".tmp")
+    assert (
+        oct(credentials.stat().st_mode & 0o777) == "0o600" and oct(config.stat().st_mode & 0o777) == "0o600"
+    )
+    import configparser
+
+    parsed = configparser.ConfigParser()
+    parsed.read(credentials)
+    assert parsed["deploy"]["aws_access_key_id"] == AWS["access_key_id"]
+    assert parsed["deploy"]["aws_session_token"] == AWS["session_token"]
+    assert parsed["audit"]["aws_access_key_id"] == second["access_key_id"]
+    assert parsed["audit"]["aws_secret_access_key"] == second["secret_access_key"]
+    regions = configparser.ConfigParser()
+    regions.read(config)
+    assert regions["profile deploy"]["region"] == regions["profile audit"]["region"] == "eu-west-1"
+    assert_no_secret(
+        result.log, secrets_of(AWS) + secrets_of(second) + [deploy_token, audit_token], "the job log"
+    )
+
+
+def test_a_profile_name_two_roles_share_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    with ScriptedBroker(ScriptedBroker.granted("aws", AWS)) as broker:
+        env = gitlab_env(broker.url, CI_BROKER_AWS_PROFILE="audit", AUDIT_ID_TOKEN=jwt_for(broker.url, n=2))
+        result = run_gitlab(tmp_path, DASH_CURL, env, epilogue=SECOND_ROLE.format(client=CLIENT))
+    assert result.returncode == 1
+    assert "AWS profile 'audit' is already written by another role of this job" in result.stderr
+    assert len(broker.seen) == 1, "the second role's token was not spent"
+    credentials = Path(str(tmp_path / "project") + ".tmp") / "ci-broker-aws-credentials"
+    assert credentials.read_text().count("[audit]") == 1
+
+
+@pytest.mark.parametrize("value", ["a b", "x]\n[default", "$(id)"])
+def test_a_profile_name_must_be_a_name(tmp_path: Path, value: str) -> None:
+    result = run_gitlab(
+        tmp_path, DASH_CURL, gitlab_env("https://broker.example.com", CI_BROKER_AWS_PROFILE=value)
+    )
+    assert result.returncode == 1
+    assert "CI_BROKER_AWS_PROFILE must be a profile name" in result.stderr
+
+
+def test_gitlab_names_the_missing_token_variable(tmp_path: Path) -> None:
+    env = gitlab_env("https://broker.example.com", CI_BROKER_TOKEN_VARIABLE="GCP_ID_TOKEN")
+    result = run_gitlab(tmp_path, DASH_CURL, env)
+    assert result.returncode == 1
+    assert "GCP_ID_TOKEN is empty: the job needs 'id_tokens: GCP_ID_TOKEN'" in result.stderr
+
+
+def test_two_refreshing_aws_roles_each_get_a_credential_process_profile(tmp_path: Path) -> None:
+    """With refresh, each named profile runs its own session's hook; botocore reads them both."""
+    import boto3
+
+    second = dict(AWS, access_key_id="ASIAZZEXAMPLE7SECOND", secret_access_key="second/secret+key")
+    with ScriptedBroker(granted_with_session("aws", AWS), granted_with_session("aws", second)) as broker:
+        env = gitlab_env(
+            broker.url,
+            CI_BROKER_REFRESH="true",
+            CI_BROKER_CLIENT=str(CLIENT),
+            TMPDIR=str(tmp_path),
+            CI_BROKER_TOKEN_VARIABLE="DEPLOY_ID_TOKEN",
+            DEPLOY_ID_TOKEN=jwt_for(broker.url, job="deploy"),
+            AUDIT_ID_TOKEN=jwt_for(broker.url, job="audit"),
+            CI_BROKER_AWS_PROFILE="deploy",
+        )
+        result = run_gitlab(tmp_path, DASH_CURL, env, epilogue=SECOND_ROLE.format(client=CLIENT))
+    assert result.returncode == 0, result.log
+    assert "AWS_PROFILE" not in result.env and "AWS_ACCESS_KEY_ID" not in result.env
+    config = Path(result.env["AWS_CONFIG_FILE"])
+    text = config.read_text()
+    hooks = re.findall(r"^credential_process = (.+) ci-broker-session aws (\S+)$", text, re.M)
+    assert [line for line in text.splitlines() if line.startswith("[")] == [
+        "[profile deploy]",
+        "[profile audit]",
+    ]
+    assert len({directory for _, directory in hooks}) == 2, "each role its own session directory"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    os.environ.clear()
+    os.environ.update(clean, AWS_CONFIG_FILE=str(config), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+    try:
+        keys = {
+            p: boto3.session.Session(profile_name=p).get_credentials().access_key for p in ("deploy", "audit")
+        }
+    finally:
+        os.environ.clear()
+        os.environ.update(clean)
+    assert keys == {"deploy": AWS["access_key_id"], "audit": second["access_key_id"]}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from clientrun import ENV_MARK, FLAVORS, Flavor, Result, stub_tool
 from endpoints import ScriptedBroker
-from support import AWS, AZURE, CLIENT, JWT, ROOT, assert_no_secret, require_tool
+from support import AWS, AZURE, CLIENT, JWT, ROOT, assert_no_secret, jwt_for, require_tool
 
 PLUGIN = ROOT / "buildkite-plugin"
 # dash + curl, bash + python3, busybox ash + busybox wget: plain sh, bash and busybox sh.
@@ -62,16 +62,17 @@ def base_env(broker: str, **extra: str) -> dict[str, str]:
 @pytest.mark.parametrize("ci,variable", CI_VARIABLES, ids=[c for c, _ in CI_VARIABLES])
 def test_the_token_comes_from_the_variable_each_ci_sets(tmp_path, flavor, ci, variable):
     with ScriptedBroker(ScriptedBroker.granted("aws", AWS)) as broker:
-        env = base_env(broker.url, CI_BROKER_TOKEN_VARIABLE=variable, **{variable: JWT})
+        token = jwt_for(broker.url)
+        env = base_env(broker.url, CI_BROKER_TOKEN_VARIABLE=variable, **{variable: token})
         result = run_job(tmp_path, flavor, env)
     assert result.returncode == 0, result.log
     (seen,) = broker.seen
-    assert seen.authorization == f"Bearer {JWT}"
+    assert seen.authorization == f"Bearer {token}"
     assert json.loads(seen.body) == {"role": "deploy"}
     assert result.env["AWS_ACCESS_KEY_ID"] == AWS["access_key_id"]
     assert result.env["AWS_SESSION_TOKEN"] == AWS["session_token"]
     assert result.env["CI_BROKER_CLOUD"] == "aws"
-    assert_no_secret(result.log, [JWT, AWS["secret_access_key"], AWS["session_token"]], "the job log")
+    assert_no_secret(result.log, [token, AWS["secret_access_key"], AWS["session_token"]], "the job log")
     assert not [name for name in result.env if name.lower().startswith("_cib")]
 
 
@@ -79,27 +80,29 @@ def test_the_token_comes_from_the_variable_each_ci_sets(tmp_path, flavor, ci, va
 def test_the_token_comes_from_a_file_kubernetes_projects(tmp_path, flavor):
     token_file = tmp_path / "var-run-secrets-tokens" / "ci-broker"
     token_file.parent.mkdir()
-    token_file.write_text(JWT)  # a projected token file has no trailing newline
     with ScriptedBroker(ScriptedBroker.granted("azure", AZURE)) as broker:
+        token = jwt_for(broker.url)
+        token_file.write_text(token)  # a projected token file has no trailing newline
         result = run_job(tmp_path, flavor, base_env(broker.url, CI_BROKER_TOKEN_FILE=str(token_file)))
     assert result.returncode == 0, result.log
-    assert broker.seen[0].authorization == f"Bearer {JWT}"
+    assert broker.seen[0].authorization == f"Bearer {token}"
     assert result.env["AZURE_CLIENT_ID"] == AZURE["client_id"]
     federated = Path(result.env["AZURE_FEDERATED_TOKEN_FILE"])
     assert federated.read_text() == AZURE["federated_token"]
     assert oct(federated.stat().st_mode & 0o777) == "0o600"
-    assert_no_secret(result.log, [JWT, AZURE["access_token"], AZURE["federated_token"]], "the job log")
+    assert_no_secret(result.log, [token, AZURE["access_token"], AZURE["federated_token"]], "the job log")
 
 
 @pytest.mark.parametrize("flavor", SHELLS, ids=SHELL_IDS)
 def test_a_token_file_written_with_a_newline_is_read(tmp_path, flavor):
     """`buildkite-agent oidc request-token > file`, Jenkins' file credential: a trailing newline."""
     token_file = tmp_path / "token"
-    token_file.write_text(JWT + "\r\n")
     with ScriptedBroker(ScriptedBroker.granted("aws", AWS)) as broker:
+        token = jwt_for(broker.url)
+        token_file.write_text(token + "\r\n")
         result = run_job(tmp_path, flavor, base_env(broker.url, CI_BROKER_TOKEN_FILE=str(token_file)))
     assert result.returncode == 0, result.log
-    assert broker.seen[0].authorization == f"Bearer {JWT}"
+    assert broker.seen[0].authorization == f"Bearer {token}"
 
 
 def test_without_a_token_source_the_error_says_what_to_set(tmp_path):
@@ -163,7 +166,9 @@ def test_a_broker_refusal_is_explained_in_generic_mode(tmp_path):
         ScriptedBroker.error(403, "access_denied", "no rule of this role grants it")
     ) as broker:
         env = base_env(
-            broker.url, CI_BROKER_TOKEN_VARIABLE="BITBUCKET_STEP_OIDC_TOKEN", BITBUCKET_STEP_OIDC_TOKEN=JWT
+            broker.url,
+            CI_BROKER_TOKEN_VARIABLE="BITBUCKET_STEP_OIDC_TOKEN",
+            BITBUCKET_STEP_OIDC_TOKEN=jwt_for(broker.url),
         )
         result = run_job(tmp_path, SHELLS[0], env)
     assert result.returncode == 1
@@ -238,12 +243,13 @@ def plugin_env(broker: str, **extra: str) -> dict[str, str]:
 
 def test_the_plugin_requests_a_token_for_the_broker_and_exports_credentials(tmp_path):
     with ScriptedBroker(ScriptedBroker.granted("azure", AZURE)) as broker:
-        result, agent_log, tmpdir = run_plugin(tmp_path, plugin_env(broker.url))
+        token = jwt_for(broker.url)
+        result, agent_log, tmpdir = run_plugin(tmp_path, plugin_env(broker.url), token)
     assert result.returncode == 0, result.log
     assert (
         agent_log.strip() == f"oidc request-token --audience {broker.url} --claim organization_id,pipeline_id"
     )
-    assert broker.seen[0].authorization == f"Bearer {JWT}"
+    assert broker.seen[0].authorization == f"Bearer {token}"
     assert result.env["AZURE_CLIENT_ID"] == AZURE["client_id"]
     # The federated token file lived in the job's own directory, and pre-exit removed it.
     assert result.env["AZURE_FEDERATED_TOKEN_FILE"].startswith(str(tmpdir / "ci-broker."))
@@ -257,23 +263,22 @@ def test_the_plugin_requests_a_token_for_the_broker_and_exports_credentials(tmp_
         if n.startswith(("_cib", "CI_BROKER_")) and n != "CI_BROKER_CLOUD" and n != "CI_BROKER_EXPIRES_AT"
     ]
     assert result.env["TMPDIR"] == str(tmpdir)
-    assert_no_secret(result.log, [JWT, AZURE["access_token"], AZURE["federated_token"]], "the job log")
+    assert_no_secret(result.log, [token, AZURE["access_token"], AZURE["federated_token"]], "the job log")
 
 
 def test_the_plugin_passes_audience_claims_and_duration(tmp_path):
     with ScriptedBroker(ScriptedBroker.granted("aws", AWS)) as broker:
+        # Another spelling of the broker's URL: the same scheme, host and port (the client's rule).
+        audience = broker.url.replace("http://", "HTTP://") + "/ci-broker"
         env = plugin_env(
             broker.url,
-            BUILDKITE_PLUGIN_CI_BROKER_AUDIENCE="https://broker.example.com",
+            BUILDKITE_PLUGIN_CI_BROKER_AUDIENCE=audience,
             BUILDKITE_PLUGIN_CI_BROKER_CLAIMS="organization_id",
             BUILDKITE_PLUGIN_CI_BROKER_DURATION="900",
         )
-        result, agent_log, _ = run_plugin(tmp_path, env)
+        result, agent_log, _ = run_plugin(tmp_path, env, jwt_for(audience))
     assert result.returncode == 0, result.log
-    assert (
-        agent_log.strip()
-        == "oidc request-token --audience https://broker.example.com --claim organization_id"
-    )
+    assert agent_log.strip() == f"oidc request-token --audience {audience} --claim organization_id"
     assert json.loads(broker.seen[0].body) == {"role": "deploy", "duration": 900}
 
 

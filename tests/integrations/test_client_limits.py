@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from clientrun import FLAVORS, Flavor, run_github, run_gitlab
 from endpoints import OIDCRequestEndpoint, ScriptedBroker
-from support import AWS, AZURE, CLIENT, JWT, assert_no_secret
+from support import AWS, AZURE, CLIENT, assert_no_secret, jwt_for
 
 FLAVOR_IDS = [f.name for f in FLAVORS]
 LIMIT = int(re.search(r"^_cib_value_limit=(\d+)$", CLIENT.read_text(), re.MULTILINE).group(1))
@@ -21,7 +21,7 @@ LIMIT = int(re.search(r"^_cib_value_limit=(\d+)$", CLIENT.read_text(), re.MULTIL
 
 @pytest.fixture
 def oidc() -> OIDCRequestEndpoint:
-    with OIDCRequestEndpoint(lambda audience: JWT) as endpoint:
+    with OIDCRequestEndpoint(jwt_for) as endpoint:
         yield endpoint
 
 
@@ -35,7 +35,7 @@ def github_env(broker: str, oidc: OIDCRequestEndpoint) -> dict[str, str]:
 
 
 def gitlab_env(broker: str) -> dict[str, str]:
-    return {"CI_BROKER_URL": broker, "CI_BROKER_ROLE": "deploy", "CI_BROKER_ID_TOKEN": JWT}
+    return {"CI_BROKER_URL": broker, "CI_BROKER_ROLE": "deploy", "CI_BROKER_ID_TOKEN": jwt_for(broker)}
 
 
 def test_the_limit_is_16_kib():

@@ -22,7 +22,10 @@ from typing import Any
 
 import pytest
 import yaml
+from clientrun import busybox_bin
+from endpoints import ScriptedBroker
 from support import (
+    AWS,
     COMPONENT,
     TEMPLATE,
     assert_no_secret,
@@ -60,8 +63,11 @@ def pipeline(include: list[dict[str, Any]], **jobs: Any) -> str:
     return yaml.safe_dump({"include": include, **jobs}, sort_keys=False)
 
 
-def run_pipeline(tmp: Path, ci_yaml: str, token: str, job: str) -> PipelineRun:
-    """Lay out a project (the template and component under ci/) and run one job in it."""
+def run_pipeline(
+    tmp: Path, ci_yaml: str, token: str, job: str, variables: dict[str, str] | None = None, *more_jobs: str
+) -> PipelineRun:
+    """Lay out a project (the template and component under ci/) and run one job in it (or several:
+    `job` and `more_jobs`, in one gitlab-ci-local run; `job`'s log is the one returned)."""
     project = tmp / "project"
     (project / "ci" / "templates").mkdir(parents=True)
     shutil.copy(TEMPLATE, project / "ci" / TEMPLATE.name)
@@ -73,8 +79,10 @@ def run_pipeline(tmp: Path, ci_yaml: str, token: str, job: str) -> PipelineRun:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CI_", "GITLAB_", "AWS_"))}
     env.update(HOME=str(home), NO_COLOR="1", FORCE_COLOR="0")
     started = time.monotonic()
+    pipeline_variables = {"CI_BROKER_ID_TOKEN": token, **(variables or {})}
+    flags = [arg for name, value in pipeline_variables.items() for arg in ("--variable", f"{name}={value}")]
     proc = subprocess.run(
-        [gitlab_ci_local_path(), "--variable", f"CI_BROKER_ID_TOKEN={token}", job],
+        [gitlab_ci_local_path(), *flags, job, *more_jobs],
         cwd=project,
         env=env,
         capture_output=True,
@@ -297,3 +305,150 @@ def test_a_long_job_refreshes_in_its_script_and_the_session_ends_with_the_job(
     assert_refresh_refused(broker.url, seen["refresh_token"])  # after the job
     assert_clean(run, [seen["refresh_token"], token])
     assert_no_secret(broker.log_text(), [seen["refresh_token"]], "the broker's log")
+
+
+# -- several roles in one job; the before_script order; a redirected URL -------------------------------
+
+# Both AWS roles of one job, each as its named profile, used with boto3 as `aws --profile` would.
+TWO_PROFILES = """
+import json, os, pathlib, boto3
+seen = {}
+for profile in ("deploy", "audit"):
+    session = boto3.session.Session(profile_name=profile)
+    print(profile, "caller:", session.client("sts").get_caller_identity()["Arn"])
+    frozen = session.get_credentials().get_frozen_credentials()
+    seen[profile] = [frozen.access_key, frozen.secret_key, frozen.token]
+print("no AWS keys in the environment:", not any(k in os.environ for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")))
+seen["files"] = [os.environ["AWS_CONFIG_FILE"], os.environ["AWS_SHARED_CREDENTIALS_FILE"]]
+pathlib.Path(os.environ["HANDOFF"]).write_text(json.dumps(seen))
+"""
+
+
+def tagged(text: str) -> str:
+    """PyYAML cannot write GitLab's !reference tag: put it in as users write it."""
+    return re.sub(r"'(!reference \[[^]]+\])'", r"\1", text)
+
+
+def test_several_roles_in_one_job_in_the_documented_order_and_a_redirected_url_gets_nothing(
+    tmp_path, served_two_aws_roles
+):
+    """One gitlab-ci-local run of three jobs (each costs seconds):
+    - `deploy`: two AWS roles from the component, each with its own ID token and AWS profile, in
+      an image without an HTTP client until its before_script installs one: tools first, then
+      each role's `!reference`d before_script. Both profiles work; no AWS_* keys are exported.
+      A pipeline variable CI_BROKER_URL (set for the whole run) cannot redirect the component.
+    - `wrong-order`: the client's before_script before the install fails, saying what to install.
+    - `redirected`: the include template's job, whose CI_BROKER_URL the same pipeline variable
+      points at another server: that server receives no request at all.
+    """
+    broker = served_two_aws_roles
+    bare = busybox_bin(tmp_path, without=("wget",))  # the image: busybox, no wget, no curl
+    installed = tmp_path / "installed-bin"  # what `apk add curl` would put on PATH
+    installed.mkdir()
+    (installed / "curl").symlink_to(shutil.which("curl"))
+    script = tmp_path / "two_profiles.py"
+    script.write_text(TWO_PROFILES)
+    handoff = tmp_path / "handoff.json"
+
+    def role(role_name: str, job: str, token: str, profile: str) -> dict[str, Any]:
+        inputs = {"url": broker.url, "role": role_name, "job": job, "token": token, "aws_profile": profile}
+        return {"local": f"ci/templates/{COMPONENT.name}", "inputs": inputs}
+
+    include = [
+        role(ROLE, ".aws-deploy", "DEPLOY_ID_TOKEN", "deploy"),
+        role("gitlab-audit", ".aws-audit", "AUDIT_ID_TOKEN", "audit"),
+        {"local": f"ci/{TEMPLATE.name}"},
+    ]
+    bare_image = f'export PATH="{bare}"'
+    install_tools = f'export PATH="{installed}:$PATH"  # apt-get/apk add curl'
+    jobs = {
+        "deploy": {
+            "extends": [".aws-deploy", ".aws-audit"],
+            "variables": {
+                "AWS_ENDPOINT_URL_STS": broker.box.sts.url,
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "HANDOFF": str(handoff),
+            },
+            "before_script": [
+                bare_image,
+                install_tools,
+                "!reference [.aws-deploy, before_script]",
+                "!reference [.aws-audit, before_script]",
+            ],
+            "script": [f"{sys.executable} {script}"],
+            "after_script": ["!reference [.aws-deploy, after_script]"],
+        },
+        "wrong-order": {
+            "extends": ".ci-broker",
+            "variables": {"CI_BROKER_ROLE": ROLE},
+            "before_script": [bare_image, "!reference [.ci-broker, before_script]", install_tools],
+            "script": ["echo should-not-run"],
+            "allow_failure": True,
+        },
+        "redirected": {
+            "extends": ".ci-broker",
+            "variables": {"CI_BROKER_URL": broker.url, "CI_BROKER_ROLE": ROLE},
+            "script": ["echo should-not-run"],
+            "allow_failure": True,
+        },
+    }
+    tokens = {
+        "DEPLOY_ID_TOKEN": gitlab_token(broker),
+        "AUDIT_ID_TOKEN": gitlab_token(broker),
+        "CI_BROKER_ID_TOKEN": gitlab_token(broker),  # the redirected job's, for the real broker
+    }
+    with ScriptedBroker(ScriptedBroker.granted("aws", AWS)) as attacker:
+        run = run_pipeline(
+            tmp_path,
+            tagged(pipeline(include, **jobs)),
+            tokens["CI_BROKER_ID_TOKEN"],
+            "deploy",
+            {**tokens, "CI_BROKER_URL": attacker.url},
+            "wrong-order",
+            "redirected",
+        )
+    assert run.returncode == 0, run.output
+    log = run.job_log
+    assert log.index("credentials for role 'gitlab-deploy'") < log.index(
+        "credentials for role 'gitlab-audit'"
+    )
+    assert f"deploy caller: arn:aws:sts::123456789012:assumed-role/{ROLE}/" in log
+    assert "audit caller: arn:aws:sts::123456789012:assumed-role/gitlab-audit/" in log
+    assert "no AWS keys in the environment: True" in log
+    seen = json.loads(handoff.read_text())
+    assert seen["deploy"] != seen["audit"]
+    assert not any(Path(f).exists() for f in seen["files"]), "after_script removed the profiles"
+    secrets = [*seen["deploy"], *seen["audit"], *tokens.values()]
+    assert_clean(run, secrets)
+
+    outputs = run.project / ".gitlab-ci-local" / "output"
+    wrong = (outputs / "wrong-order.log").read_text()
+    assert "no HTTP client in this job's image: it needs curl, wget or python3." in wrong
+    assert "should-not-run" not in wrong.replace("echo should-not-run", "")
+
+    redirected = (outputs / "redirected.log").read_text()
+    assert attacker.requests == 0
+    assert (
+        f"this job's token is for '{broker.url}', not for {attacker.url}: refusing to send it there."
+        in redirected
+    )
+    assert_no_secret(redirected, secrets, "the redirected job's log")
+
+
+def test_the_component_refuses_a_job_name_without_a_dot_and_a_plain_http_url(tmp_path, served_broker):
+    """spec:inputs:regex, as GitLab applies it when the pipeline is created (no job runs)."""
+    for name, inputs, message in [
+        ("job", {"url": "https://broker.example.com", "role": ROLE, "job": "ci-broker"}, "`job` input"),
+        ("url", {"url": "http://broker.example.com", "role": ROLE}, "`url` input"),
+        (
+            "duration",
+            {"url": "https://broker.example.com", "role": ROLE, "duration": "1h"},
+            "`duration` input",
+        ),
+    ]:
+        include = [{"local": f"ci/templates/{COMPONENT.name}", "inputs": inputs}]
+        job = {"extends": inputs.get("job", ".ci-broker"), "script": ["echo never"]}
+        run = run_pipeline(tmp_path / name, pipeline(include, deploy=job), "x.y.z", "deploy")
+        assert run.returncode != 0
+        assert message in run.output and "does not match required regex" in run.output, run.output
+        assert "never" not in run.job_log

@@ -32,7 +32,11 @@ def test_templates_embed_the_client_byte_for_byte() -> None:
         client, _, tail = rest.partition("\nCI_BROKER_CLIENT\n")
         assert client + "\n" == CLIENT_TEXT
         assert head.endswith('cat >"$_cib_self" ')
-        assert '_cib_self="${CI_PROJECT_DIR}.tmp/ci-broker/client.sh"' in head
+        # One directory per role (its token variable), beside the project directory.
+        assert (
+            '_cib_self="${CI_PROJECT_DIR}.tmp/ci-broker${CI_BROKER_TOKEN_VARIABLE:+-$CI_BROKER_TOKEN_VARIABLE}'
+            '/client.sh"'
+        ) in head
         assert tail == '. "$_cib_self"\n'
         assert "CI_BROKER_CLIENT" not in CLIENT_TEXT.splitlines()
         assert "ci-broker-session end" in job["after_script"][0]
@@ -48,12 +52,87 @@ def test_template_matches_contract_section_6() -> None:
 def test_component_takes_url_role_audience_inputs() -> None:
     spec, component = yaml.safe_load_all(COMPONENT.read_text())
     inputs = spec["spec"]["inputs"]
-    assert {"url", "role", "audience"} <= set(inputs)
+    assert {"url", "role", "audience", "duration", "refresh", "job", "token", "aws_profile"} == set(inputs)
     assert "default" not in inputs["url"] and "default" not in inputs["role"]
     assert inputs["audience"]["default"] == "$CI_BROKER_URL"
+    assert inputs["token"]["default"] == "CI_BROKER_ID_TOKEN"
+    assert all(i["description"] for i in inputs.values())
     job = component["$[[ inputs.job ]]"]
-    assert job["id_tokens"] == {"CI_BROKER_ID_TOKEN": {"aud": "$CI_BROKER_AUDIENCE"}}
+    # each role its own ID token, with its own audience (several roles in one job)
+    assert job["id_tokens"] == {"$[[ inputs.token ]]": {"aud": "$[[ inputs.audience ]]"}}
     assert job["variables"]["CI_BROKER_URL"] == "$[[ inputs.url ]]"
+    # The settings the client reads are text in the script, not variables a pipeline can override.
+    (script,) = job["before_script"]
+    for name, key in [
+        ("URL", "url"),
+        ("ROLE", "role"),
+        ("DURATION", "duration"),
+        ("REFRESH", "refresh"),
+        ("TOKEN_VARIABLE", "token"),
+        ("AWS_PROFILE", "aws_profile"),
+    ]:
+        assert f"\nCI_BROKER_{name}='$[[ inputs.{key} ]]'\n" in "\n" + script
+
+
+# The component's input rules (spec:inputs:regex, checked by GitLab when the pipeline is created;
+# gitlab-ci-local applies the same rules, test_gitlab_template.py runs that). GitLab's RE2 and
+# Python's re agree on these patterns: anchors, classes, counted repeats, alternation.
+INPUT_CASES = {
+    "url": (
+        [
+            "https://broker.example.com",
+            "https://broker.example.com:8443/base",
+            "http://127.0.0.1:8080",
+            "http://localhost",
+            "http://[::1]:9000/x",
+        ],
+        [
+            "http://broker.example.com",
+            "http://10.0.0.1",
+            "ftp://127.0.0.1",
+            "broker.example.com",
+            "https://a b",
+            "https://x'y",
+            'https://x"y',
+            "https://$EVIL",
+            "https://user@evil.example.com",
+            "http://localhost:80@evil.example.com",
+            "http://127.0.0.1.nip.io",
+            "https://broker.example.com\n",
+            "",
+        ],
+    ),
+    "role": (["deploy-prod", "a", "x" * 64, "r.1_2"], ["", "-x", "a b", "a/b", "x" * 65, "r'", "$(id)"]),
+    "audience": (
+        ["https://broker.example.com", "$CI_BROKER_URL", "api://AzureADTokenExchange"],
+        ["", "a b", "x'y", 'x"y', "a\\b", "`id`"],
+    ),
+    "duration": (["", "900", "43200", "999999"], ["0", "-1", "9.5", "1e3", "1234567", " 900", "900s"]),
+    "job": ([".ci-broker", ".aws-deploy", ".a.b_c-1"], ["ci-broker", "", ".", "..x", ".a b", '.a"', ".a:b"]),
+    "token": (
+        ["CI_BROKER_ID_TOKEN", "AWS_ID_TOKEN", "_T1"],
+        ["", "1ABC", "A-B", "A B", "$X", "A;id", "x" * 65],
+    ),
+    "aws_profile": (["", "deploy", "audit.prod-1_x"], ["a b", "a]", "[x]", "a\nb", "x" * 65]),
+}
+
+
+def test_the_components_input_rules_accept_good_values_and_refuse_bad_ones() -> None:
+    spec, _ = yaml.safe_load_all(COMPONENT.read_text())
+    inputs = spec["spec"]["inputs"]
+    assert set(INPUT_CASES) | {"refresh"} == set(inputs)
+    assert inputs["refresh"]["options"] == ["true", "false"]
+    for name, (good, bad) in INPUT_CASES.items():
+        rule = re.compile(inputs[name]["regex"])
+        assert inputs[name]["regex"].startswith("^") and inputs[name]["regex"].endswith("$")
+        for value in good:
+            assert rule.search(value), (name, value)
+        for value in bad:
+            # search, as GitLab does; the anchors make it a whole-value match ($ must not
+            # accept a final newline either: Python's $ does, RE2's does not, so \n cases use \Z)
+            assert not re.search(inputs[name]["regex"].removesuffix("$") + r"\Z", value), (name, value)
+        if "default" in inputs[name]:
+            assert rule.search(inputs[name]["default"]), f"{name}'s default breaks its own rule"
 
 
 def test_action_matches_contract_section_5() -> None:
@@ -67,6 +146,8 @@ def test_action_matches_contract_section_5() -> None:
         "export-env",
         "output-credentials",
         "refresh",
+        "aws-profile",
+        "allowed-account-ids",
     }
     assert inputs["refresh"]["default"] == "false"
     assert inputs["broker-url"]["required"] is True and inputs["role"]["required"] is True
@@ -142,3 +223,16 @@ def test_client_text_is_safe_to_embed_in_yaml_and_components() -> None:
     assert all(line == line.rstrip() for line in CLIENT_TEXT.splitlines())
     assert CLIENT_TEXT.splitlines()[0].startswith("# >>> ci-broker client")
     assert CLIENT_TEXT.splitlines()[-1] == "# <<< ci-broker client"
+
+
+def test_the_component_projects_readme_has_no_link_out_of_its_tree() -> None:
+    """gitlab-templates/ becomes the component project's root (`git subtree split`), whose README
+    the CI/CD catalog shows: a relative link out of the directory would break there."""
+    readme = ROOT / "gitlab-templates" / "README.md"
+    text = readme.read_text()
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"https?://", target) or target.startswith("#"):
+            continue
+        resolved = (readme.parent / target.split("#")[0]).resolve()
+        assert resolved.is_relative_to(readme.parent.resolve()) and resolved.exists(), target
+    assert "../" not in text

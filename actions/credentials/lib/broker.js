@@ -44,18 +44,12 @@ const FIELDS = {
 // No HTTP answer at all (refused, timed out, TLS failure): the request may be tried again.
 class NoAnswer extends Error {}
 
-async function request(method, url, authorization, body, timeoutMs = 60000) {
-  const headers = { Authorization: authorization, Accept: 'application/json' };
-  if (body !== undefined) headers['Content-Type'] = 'application/json';
+// One HTTP request and its whole answer (at most 1 MiB read); NoAnswer when none came. Redirects
+// are not followed: a redirect would carry the credential in `headers` wherever the server points.
+async function send(method, url, headers, body, timeoutMs = 60000) {
   let response;
   try {
-    response = await fetch(url, {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      redirect: 'manual',
-      signal: AbortSignal.timeout(timeoutMs),
-    });
+    response = await fetch(url, { method, headers, body, redirect: 'manual', signal: AbortSignal.timeout(timeoutMs) });
   } catch (error) {
     const cause = error && error.cause ? error.cause.code || error.cause.message : '';
     throw new NoAnswer(clean(`${error.name}${cause ? `: ${cause}` : ''}`));
@@ -67,7 +61,14 @@ async function request(method, url, authorization, body, timeoutMs = 60000) {
   } catch (error) {
     throw new NoAnswer(clean(`${error.name} while reading the answer`));
   }
-  return { status: response.status, text, requestId: response.headers.get('x-request-id') || '' };
+  const retryAfter = /^[0-9]{1,5}$/.test(response.headers.get('retry-after') || '') ? Number(response.headers.get('retry-after')) : 0;
+  return { status: response.status, text, requestId: response.headers.get('x-request-id') || '', retryAfter };
+}
+
+async function request(method, url, authorization, body, timeoutMs = 60000) {
+  const headers = { Authorization: authorization, Accept: 'application/json' };
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  return send(method, url, headers, body === undefined ? undefined : JSON.stringify(body), timeoutMs);
 }
 
 // The broker's error answer, reduced to what may be shown: status, error code, message, request id.
@@ -128,4 +129,4 @@ function readAnswer(text) {
   return { cloud: doc.cloud, role, expiresAt: doc.expires_at, credentials, secrets, session };
 }
 
-module.exports = { FIELDS, NoAnswer, request, detail, readAnswer };
+module.exports = { FIELDS, NoAnswer, send, request, detail, readAnswer };

@@ -44,6 +44,17 @@ function mask(value) {
   if (value) process.stdout.write(`::add-mask::${escapeData(value)}${os.EOL}`);
 }
 
+// A collapsed group in the job's log: the title and each line cleaned to one line of printable
+// ASCII, and no line starting with "::", so nothing in it can start or end a workflow command.
+function group(title, lines) {
+  process.stdout.write(`::group::${escapeData(clean(title))}${os.EOL}`);
+  for (const line of lines) {
+    const text = clean(line);
+    process.stdout.write(`${/^\s*::/.test(text) ? `- ${text}` : text}${os.EOL}`);
+  }
+  process.stdout.write(`::endgroup::${os.EOL}`);
+}
+
 function annotate(kind, text) {
   process.stdout.write(`::${kind} title=ci-broker::${escapeData(text)}${os.EOL}`);
 }
@@ -68,4 +79,4 @@ const setOutput = (name, value) => putFile('GITHUB_OUTPUT', name, value);
 const saveState = (name, value) => putFile('GITHUB_STATE', name, value);
 const state = (name) => process.env[`STATE_${name}`] || '';
 
-module.exports = { ActionError, input, clean, say, mask, annotate, fail, exportVariable, setOutput, saveState, state };
+module.exports = { ActionError, input, clean, say, mask, group, annotate, fail, exportVariable, setOutput, saveState, state };

@@ -17,6 +17,7 @@ const fs = require('fs');
 const path = require('path');
 
 const broker = require('./broker');
+const retry = require('./retry');
 const { ActionError, clean } = require('./runner');
 
 const STATE = 'state.json';
@@ -133,7 +134,7 @@ async function refresh(dir, state, answer) {
   const body = state.duration ? { duration: state.duration } : {};
   let why = '';
   for (let attempt = 1; attempt <= HOOK_ATTEMPTS; attempt += 1) {
-    if (attempt > 1) await sleep(1000 * 2 ** (attempt - 2));
+    if (attempt > 1) await sleep(retry.backoffMs(attempt - 1));
     let response;
     try {
       response = await broker.request('POST', url, `Bearer ${answer.session.refreshToken}`, body, HOOK_TIMEOUT_MS);
@@ -238,7 +239,9 @@ function command(parts) {
 }
 
 // Writes the session directory and each hook; returns the environment to export and the directory.
-function setUp({ base, url, duration, answerText, answer, script }) {
+// With `awsProfile` the AWS hook is returned as `credentialProcess` for the caller's named profile
+// (lib/awsprofiles.js) instead of a config file of the session's own.
+function setUp({ base, url, duration, answerText, answer, script, awsProfile }) {
   const dir = fs.mkdtempSync(path.join(base, 'ci-broker-session-'));
   fs.chmodSync(dir, 0o700);
   saveState(dir, { url, duration, answer: answerText, error: null });
@@ -247,6 +250,7 @@ function setUp({ base, url, duration, answerText, answer, script }) {
   const c = answer.credentials;
   if (answer.cloud === 'aws') {
     const hook = command([node, '--no-warnings', script, 'aws', dir]);
+    if (awsProfile) return { dir, env, credentialProcess: hook };
     const region = c.region && /^[a-z0-9-]+$/.test(c.region) ? `region = ${c.region}\n` : '';
     writePrivate(path.join(dir, AWS_CONFIG), `[profile ${AWS_PROFILE}]\ncredential_process = ${hook}\n${region}`);
     env.push(['AWS_CONFIG_FILE', path.join(dir, AWS_CONFIG)], ['AWS_PROFILE', AWS_PROFILE]);
