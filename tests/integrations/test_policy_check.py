@@ -142,7 +142,7 @@ def run_action(tmp: Path, inputs: dict[str, str], *, tests_expect_dev: bool = Tr
                 "runs-on": "ubuntu-latest",
                 "steps": [
                     # act copies the local repository, .git included, as actions/checkout would.
-                    {"uses": "actions/checkout@v4", "with": {"fetch-depth": 0}},
+                    {"uses": "actions/checkout@v6", "with": {"fetch-depth": 0}},
                     {
                         "id": "policy",
                         "uses": "example/ci-broker/actions/policy-check@v1",
