@@ -35,20 +35,29 @@ SLOW_FILES = {
     "tests/fuzz/test_http_fuzz.py": "gunicorn",
     "tests/integrations/test_github_action.py": "act",
     "tests/integrations/test_gitlab_template.py": "gitlab_ci_local",
-    "tests/bench/test_bench_quick.py": "bench",  # wrk against gunicorn
-    "tests/bench/test_steps_quick.py": "bench",
+}
+# Whole directories whose tests drive processes that take seconds each: the pipeline clients (the
+# POSIX client under several shells and awks, the Action's node code) and the benchmarks' smoke runs
+# (wrk against gunicorn), and fault injection that waits out real timeouts (stalled JWKS servers,
+# slow clients, throttling clouds). Pure parsing tests there are cheap and go along.
+SLOW_DIRS = {
+    "tests/integrations": "client",
+    "tests/bench": "bench",
+    "tests/resilience": "faults",
 }
 # Markers that make a test slow when set by hand or by its own file (test_tf_checkov.py: checkov).
-SLOW_MARKERS = {"gunicorn", "act", "gitlab_ci_local", "terraform", "bench", "checkov"}
+SLOW_MARKERS = {"gunicorn", "act", "gitlab_ci_local", "terraform", "bench", "checkov", "client", "faults"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         drives = {SLOW_FIXTURES[name] for name in getattr(item, "fixturenames", ()) if name in SLOW_FIXTURES}
-        if item.path.is_relative_to(ROOT) and (
-            in_file := SLOW_FILES.get(item.path.relative_to(ROOT).as_posix())
-        ):
-            drives.add(in_file)
+        if item.path.is_relative_to(ROOT):
+            where = item.path.relative_to(ROOT)
+            if in_file := SLOW_FILES.get(where.as_posix()):
+                drives.add(in_file)
+            if in_dir := SLOW_DIRS.get(where.parent.as_posix()):
+                drives.add(in_dir)
         for name in sorted(drives):
             item.add_marker(name)
         if SLOW_MARKERS.intersection(m.name for m in item.iter_markers()):
