@@ -34,6 +34,7 @@ import json
 import secrets
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -315,13 +316,8 @@ class LocalGCP:
                 UNAUTHENTICATED,
                 reason="ACCESS_TOKEN_TYPE_UNSUPPORTED" if token else None,
             )
-        if not {IAM_SCOPE, CLOUD_PLATFORM} & set(token.scopes):
-            return _google_error(
-                403,
-                "PERMISSION_DENIED",
-                "Request had insufficient authentication scopes.",
-                reason="ACCESS_TOKEN_SCOPE_INSUFFICIENT",
-            )
+        if refused := _without_iam_scope(token.scopes):
+            return refused
         if service_account in self.disabled:
             return _google_error(
                 403,
@@ -408,13 +404,8 @@ class LocalGCP:
             return _google_error(401, "UNAUTHENTICATED", f"Request had invalid credentials: {bearer}")
         if token is None or token.kind != "operator":
             return _google_error(401, "UNAUTHENTICATED", UNAUTHENTICATED)
-        if not {IAM_SCOPE, CLOUD_PLATFORM} & set(token.scopes):
-            return _google_error(
-                403,
-                "PERMISSION_DENIED",
-                "Request had insufficient authentication scopes.",
-                reason="ACCESS_TOKEN_SCOPE_INSUFFICIENT",
-            )
+        if refused := _without_iam_scope(token.scopes):
+            return refused
         operator = token.principal.removeprefix("serviceAccount:")
         if not self.operators.get(operator, (None, False))[1] or service_account not in self.bindings:
             return _google_error(
@@ -471,3 +462,15 @@ def _google_error(code: int, status: str, message: str, *, reason: str | None = 
             }
         ]
     return _json({"error": error}, code)
+
+
+def _without_iam_scope(scopes: Iterable[str]) -> Response | None:
+    """IAM's 403 for an access token whose scopes reach neither IAM nor all of Cloud Platform."""
+    if {IAM_SCOPE, CLOUD_PLATFORM} & set(scopes):
+        return None
+    return _google_error(
+        403,
+        "PERMISSION_DENIED",
+        "Request had insufficient authentication scopes.",
+        reason="ACCESS_TOKEN_SCOPE_INSUFFICIENT",
+    )
