@@ -279,13 +279,7 @@ def _rules(r: Section, providers: dict[str, ProviderConfig]) -> tuple[Rule, ...]
     rules: list[Rule] = []
     for i, item in enumerate(raw):
         rule = Section(item, join(path, i), r.findings)
-        provider = rule.string("provider", required=True)
-        if provider and provider not in providers:
-            r.findings.error(rule.at("provider"), f"unknown provider {provider!r}")
-            provider = None
-        conditions = _conditions(
-            rule.section("claims", required=True), providers[provider].schema if provider else None
-        )
+        provider, conditions = _provider_and_claims(rule, providers)
         rule.raw("description")
         rule.finish()
         if provider and conditions:
@@ -295,6 +289,21 @@ def _rules(r: Section, providers: dict[str, ProviderConfig]) -> tuple[Rule, ...]
             if not problems:
                 rules.append(Rule(index=i, provider=provider, conditions=conditions))
     return tuple(rules) if len(rules) == len(raw) else ()
+
+
+def _provider_and_claims(
+    rule: Section, providers: dict[str, ProviderConfig]
+) -> tuple[str | None, tuple[Condition, ...]]:
+    """An allow or deny rule's `provider` (None when unknown, reported) and its `claims`, read
+    against that provider's claim schema."""
+    provider = rule.string("provider", required=True)
+    if provider and provider not in providers:
+        rule.findings.error(rule.at("provider"), f"unknown provider {provider!r}")
+        provider = None
+    conditions = _conditions(
+        rule.section("claims", required=True), providers[provider].schema if provider else None
+    )
+    return provider, conditions
 
 
 def _deny_rules(
@@ -311,13 +320,7 @@ def _deny_rules(
     rules: list[DenyRule] = []
     for i, item in enumerate(raw):
         entry = Section(item, join(path, i), top.findings)
-        provider = entry.string("provider", required=True)
-        if provider and provider not in providers:
-            top.findings.error(entry.at("provider"), f"unknown provider {provider!r}")
-            provider = None
-        conditions = _conditions(
-            entry.section("claims", required=True), providers[provider].schema if provider else None
-        )
+        provider, conditions = _provider_and_claims(entry, providers)
         role_patterns = _deny_roles(entry, roles)
         reason = entry.string("reason", required=True)
         entry.finish()

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from broker.errors import Unavailable
@@ -346,17 +346,37 @@ def sqlite_path(url: str) -> str:
     return url[len("sqlite:///") :]
 
 
+Store = TypeVar("Store")
+
+
 def open_store(url: str) -> ReplayStore:
-    problem = store_url_problem(url)
-    if problem is not None:
-        raise ValueError(f"replay store: {problem}")
-    if url == "memory":
-        return MemoryReplayStore()
-    if is_redis_url(url):
-        try:
-            return RedisReplayStore(url)
-        except ImportError:
-            raise ValueError(
-                "replay store: redis:// needs the redis package: pip install 'ci-broker[redis]'"
-            ) from None
-    return SqliteReplayStore(sqlite_path(url))
+    return StoreKinds[ReplayStore](
+        "replay store", memory=MemoryReplayStore, redis=RedisReplayStore, sqlite=SqliteReplayStore
+    ).open(url)
+
+
+@dataclass(frozen=True)
+class StoreKinds(Generic[Store]):
+    """One store (replay, sessions) in each form the broker's store URL (`server.store`) can
+    name: one reading of that URL for every store kept there."""
+
+    what: str
+    memory: Callable[[], Store]
+    redis: Callable[[str], Store]
+    sqlite: Callable[[str], Store]
+
+    def open(self, url: str) -> Store:
+        """An unusable URL, or redis:// without the redis package, is a ValueError naming the store."""
+        problem = store_url_problem(url)
+        if problem is not None:
+            raise ValueError(f"{self.what}: {problem}")
+        if url == "memory":
+            return self.memory()
+        if is_redis_url(url):
+            try:
+                return self.redis(url)
+            except ImportError:
+                raise ValueError(
+                    f"{self.what}: redis:// needs the redis package: pip install 'ci-broker[redis]'"
+                ) from None
+        return self.sqlite(sqlite_path(url))

@@ -38,12 +38,10 @@ from typing import Any, Protocol, TypeVar
 from broker.errors import InvalidToken, Unavailable
 from broker.replay import (
     REDIS_ATTEMPTS,
+    StoreKinds,
     describe_store,
-    is_redis_url,
     redis_client,
     sqlite_connection,
-    sqlite_path,
-    store_url_problem,
 )
 
 MAX_SESSION_LIFETIME = 43200
@@ -703,19 +701,9 @@ def _redis_session(raw: Mapping[bytes, bytes]) -> Session:
 
 def open_session_store(url: str) -> SessionStore:
     """The session store on the broker's store URL (`server.store`), beside the replay store."""
-    problem = store_url_problem(url)
-    if problem is not None:
-        raise ValueError(f"session store: {problem}")
-    if url == "memory":
-        return MemorySessionStore()
-    if is_redis_url(url):
-        try:
-            return RedisSessionStore(url)
-        except ImportError:
-            raise ValueError(
-                "session store: redis:// needs the redis package: pip install 'ci-broker[redis]'"
-            ) from None
-    return SqliteSessionStore(sqlite_path(url))
+    return StoreKinds[SessionStore](
+        "session store", memory=MemorySessionStore, redis=RedisSessionStore, sqlite=SqliteSessionStore
+    ).open(url)
 
 
 def _rfc3339(unix: float) -> str:
