@@ -23,8 +23,10 @@ uncounted (the replay store, which fails closed, still refuses them with 503).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -79,11 +81,17 @@ class RateLimiter:
         if limits.per_session:
             self._session = _Limit("session", parse(limits.per_session), limits.per_session)
         storage: Storage
+        # limits' MemoryStorage restarts its expiry timer without a lock: two of a worker's threads
+        # counting at once can start the same timer twice (RuntimeError, a 500). Its counts take
+        # microseconds, so they are taken one at a time; redis needs no such lock.
+        self._serial: contextlib.AbstractContextManager[Any]
         if redis_url:
             storage = RedisStorage(redis_url, wrap_exceptions=True, **redis_options(redis_url, REDIS_TIMEOUT))
             self._key_prefix = storage.key_prefix
+            self._serial = contextlib.nullcontext()
         else:
             storage = MemoryStorage()
+            self._serial = threading.Lock()
         self._strategy = SlidingWindowCounterRateLimiter(storage)
 
     @classmethod
@@ -142,7 +150,9 @@ class RateLimiter:
 
     def _hit(self, limit: _Limit, key: str) -> None:
         try:
-            if self._strategy.hit(limit.item, NAMESPACE, limit.scope, key):
+            with self._serial:
+                hit = self._strategy.hit(limit.item, NAMESPACE, limit.scope, key)
+            if hit:
                 return
         except (StorageError, OSError) as exc:
             cause = getattr(exc, "storage_error", exc)
@@ -166,7 +176,8 @@ class RateLimiter:
     def _refuse(self, limit: _Limit, key: str) -> NoReturn:
         metrics.rate_limited(f"per_{limit.scope}")
         try:
-            reset_at, _ = self._strategy.get_window_stats(limit.item, NAMESPACE, limit.scope, key)
+            with self._serial:
+                reset_at, _ = self._strategy.get_window_stats(limit.item, NAMESPACE, limit.scope, key)
             retry_after = max(1, math.ceil(reset_at - time.time()))
         except (StorageError, OSError):
             retry_after = limit.item.get_expiry()  # over the limit all the same; wait a window

@@ -373,6 +373,27 @@ class Fuzzer:
                 self.failures.append(failure)
 
 
+def _raised(output: str) -> set[str]:
+    """The last line of each traceback in the server's log (`Kind: message`), to say in CI what
+    failed without the log itself: JSON log records carry theirs in `exc_info`."""
+    raised: set[str] = set()
+    in_traceback = False
+    for line in output.splitlines():
+        if line.startswith("{"):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("exc_info"), str):
+                raised.add(record["exc_info"].rstrip().splitlines()[-1])
+        elif line.startswith("Traceback"):
+            in_traceback = True
+        elif in_traceback and line and not line.startswith(" "):
+            raised.add(line)
+            in_traceback = False
+    return raised
+
+
 def _header_value(value: str) -> str:
     # http.client refuses CR, LF and NUL in values; the raw-socket requests cover those.
     return value.encode("latin-1", "replace").decode("latin-1").translate({10: 32, 13: 32, 0: 32})
@@ -434,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=8, help="concurrent client connections")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers of the broker under test")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--keep-log", type=Path, default=None, help="copy the server's log here, to read a failure"
+    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(2**32)
 
@@ -453,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
                 proc.wait(30)
             box.stop()
         output = log.read_text(errors="replace")
+        if args.keep_log is not None:
+            args.keep_log.write_text(output)
 
     by_status: Counter[str] = Counter()
     for counts in fuzzer.by_kind.values():
@@ -464,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     for marker in ("Traceback", "internal_error", "WORKER TIMEOUT", "Worker exited"):
         if marker in output:
             problems.append(f"server output contains {marker!r}")
+    problems.extend(f"server raised {line[:200]}" for line in sorted(_raised(output)))
     leaks = sum(1 for s in set(fuzzer.secrets) if len(s) >= 20 and s in output)
     leaks += sum(
         1

@@ -317,3 +317,39 @@ def test_without_an_identity_limit_redis_gets_a_plain_set_and_no_script(redis_se
     sent = commands_sent(monkeypatch, store._client)
     assert spend(limiter, store, "plain") is True
     assert sent == ["SET"]
+
+
+def test_in_memory_counts_survive_many_threads_hitting_at_once(monkeypatch):
+    """gunicorn's threads share one limiter. limits' MemoryStorage restarts its expiry timer
+    without a lock: two threads may start the same timer (RuntimeError, seen as a 500 in the HTTP
+    fuzz run, or a KeyError in the timer's own thread). The broker serialises its memory counts."""
+    import sys
+    import threading
+
+    limiter = RateLimiter(RateLimits(per_client="1000000/minute", per_identity=None))
+    errors: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda failure: errors.append(failure.exc_value))
+    monkeypatch.setattr(threading, "excepthook", lambda failure: errors.append(failure.exc_value))
+    threads = 16
+    together = threading.Barrier(threads)
+
+    def hit_together(n: int) -> None:
+        for _ in range(100):
+            time.sleep(0.011)  # the 10 ms expiry timer has run out: the next hits restart it
+            together.wait()
+            try:
+                limiter.check_client(f"192.0.2.{n}")
+            except Exception as exc:  # the failure this test looks for
+                errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: the race is a few bytecodes wide
+    try:
+        workers = [threading.Thread(target=hit_together, args=(n,)) for n in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
