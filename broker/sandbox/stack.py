@@ -11,6 +11,7 @@ Nothing here touches the network beyond 127.0.0.1.
 from __future__ import annotations
 
 import copy
+import random
 import socket
 from pathlib import Path
 from typing import Any
@@ -34,10 +35,37 @@ AZURE_SUBSCRIPTION_ID = "a1b2c3d4-e5f6-4a5b-8c7d-9e0f1a2b3c4d"
 AZURE_SCOPE = "https://management.azure.com/.default"
 
 
+# Chosen by the OS, never by a seeded `random` (pytest-randomly seeds it alike in every test process).
+_PORTS = random.SystemRandom()
+
+
 def free_port() -> int:
+    """A loopback port that is free now, for a server that binds it a little later.
+
+    Taken below the kernel's ephemeral range: a port the kernel hands out for bind(0) is also one
+    it may give the next outgoing connection as its source port (any process's), and the server
+    would then fail to bind with EADDRINUSE. Below that range only another free_port can collide.
+    """
+    first_ephemeral = _first_ephemeral_port()
+    if first_ephemeral > 11000:
+        for _ in range(50):
+            port = _PORTS.randrange(10000, first_ephemeral)
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _first_ephemeral_port() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152  # IANA's dynamic range: BSD and macOS
 
 
 class Sandbox:
