@@ -22,6 +22,11 @@ INSTALL_LOCKED = $(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install --quiet --
 
 .PHONY: venv demo test check lint lock lock-upgrade clean
 
+# pytest caches the test modules it rewrites for its assertions only where Python may write
+# bytecode; an environment that forbids it (some images set PYTHONDONTWRITEBYTECODE) would have
+# every test process rewrite all of them on every run, seconds each.
+unexport PYTHONDONTWRITEBYTECODE
+
 venv: $(STAMP)
 
 # pip refuses any package of the lock whose hash differs, and any dependency the lock lacks; the

@@ -309,3 +309,24 @@ def test_an_sts_error_that_echoes_the_assertion_is_withheld(sandbox, broker, aud
     header = assertion.split(".")[0]
     assert "withheld" in body["message"]
     assert header not in response.text and header not in json.dumps(audit_events)
+
+
+def test_a_second_broker_in_the_process_builds_no_botocore_session(sandbox, broker, monkeypatch):
+    """A reloaded config (or a test) builds brokers again: unsigned STS clients share one botocore
+    session per process instead of registering botocore's handlers anew for each role's region."""
+    import botocore.session
+
+    built: list[object] = []
+    original = botocore.session.Session.__init__
+
+    def counting(self: object, *args: object, **kwargs: object) -> None:
+        built.append(self)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(botocore.session.Session, "__init__", counting)
+    again = sandbox.serve_in_process()
+    try:
+        assert sandbox.exchange(sandbox.github_token()).status_code == 200
+        assert built == []
+    finally:
+        again.extensions["broker"].close()

@@ -13,6 +13,7 @@ import functools
 import json
 import re
 import string
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -260,14 +261,29 @@ def _sts_client(settings: AwsSettings, shared: dict[Any, Any]) -> Any:
             parameter_validation=False,
             max_pool_connections=POOL_SIZE,
         )
-        session = boto3.session.Session(botocore_session=_botocore_session())
-        shared[key] = session.client(
-            "sts",
-            region_name=settings.region or "us-east-1",
-            endpoint_url=settings.sts_endpoint,
-            config=config,
-        )
+        unsigned = settings.mode == "web_identity"
+        with _SESSION_LOCK:  # botocore sessions are not safe to build clients from concurrently
+            botocore_session = _unsigned_session() if unsigned else _botocore_session()
+            shared[key] = boto3.session.Session(botocore_session=botocore_session).client(
+                "sts",
+                region_name=settings.region or "us-east-1",
+                endpoint_url=settings.sts_endpoint,
+                config=config,
+            )
     return shared[key]
+
+
+@functools.cache
+def _unsigned_session() -> Any:
+    """One botocore session for every unsigned client a process builds: building a session
+    registers botocore's hundreds of event handlers (30-40 ms of CPU), once per role's region in
+    each broker built (a reloaded config, the test suite's hundreds). An unsigned client never asks
+    its session for credentials, and a client copies what it needs of the session when built.
+    Signed clients (assume_role) get a session each, so a reloaded config resolves credentials anew."""
+    return _botocore_session()
+
+
+_SESSION_LOCK = threading.Lock()
 
 
 def _botocore_session() -> Any:
