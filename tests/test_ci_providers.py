@@ -20,7 +20,7 @@ from broker.lint import lint
 from broker.sandbox.issuer import CI_SHAPES, OMIT, LocalIssuer
 from broker.sandbox.stack import Sandbox
 from tests.adversarial.forge import signature_of, with_signature
-from tests.helpers import assert_refused, last_refusal
+from tests.helpers import assert_refused, ci_broker, last_refusal
 
 # One safe rule per type, on the documented examples' values: what docs/policies.md recommends.
 SAFE_RULES: dict[str, dict[str, Any]] = {
@@ -516,9 +516,6 @@ def test_a_schemas_nested_context_names_the_session(cis, broker, audit_events):
 
 
 def test_explain_reads_nested_claims_from_a_claims_file(cis, tmp_path):
-    import subprocess
-    import sys
-
     import yaml
 
     config = cis.config()
@@ -527,22 +524,6 @@ def test_explain_reads_nested_claims_from_a_claims_file(cis, tmp_path):
     path.write_text(yaml.safe_dump(config))
     claims_file = tmp_path / "claims.json"
     claims_file.write_text(json.dumps({**cis.claims("kubernetes"), "iss": cis.issuers["kubernetes"].url}))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "broker",
-            "explain",
-            "--config",
-            str(path),
-            "--role",
-            "gcp-deploy",
-            "--claims",
-            str(claims_file),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = ci_broker("explain", "--config", str(path), "--role", "gcp-deploy", "--claims", str(claims_file))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[ok] kubernetes.io.namespace: 'my-namespace'" in result.stdout

@@ -12,14 +12,13 @@ from pathlib import Path
 import yaml
 
 from broker.sandbox.issuer import github_claims
+from tests.helpers import ci_broker
 
 CLI = [sys.executable, "-m", "broker"]
 
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
-    )
+    return ci_broker(*args, env=env)
 
 
 def write_config(tmp_path: Path, key_file: Path, allow_claims: dict | None = None) -> Path:

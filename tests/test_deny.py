@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ import yaml
 
 from broker.config import ConfigError, build_config
 from broker.sandbox.issuer import github_claims
-from tests.helpers import assert_refused, last_refusal
+from tests.helpers import assert_refused, ci_broker, last_refusal
 
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
 MAIN = {"repository_id": "892734123", "ref": "refs/heads/main"}
@@ -145,11 +143,9 @@ def run_explain(tmp_path: Path, key_file: Path, deny: list[dict[str, Any]], **cl
     config.write_text(yaml.safe_dump(data))
     claims_file = tmp_path / "claims.json"
     claims_file.write_text(json.dumps(github_claims(iss=GITHUB_ISSUER, **claims)))
-    return subprocess.run(
-        [sys.executable, "-m", "broker", "explain", "--config", str(config), "--role", "deploy-prod",
-         "--claims", str(claims_file)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    return ci_broker(
+        "explain", "--config", str(config), "--role", "deploy-prod", "--claims", str(claims_file)
+    )
 
 
 def test_explain_shows_the_deny_that_fired(tmp_path, key_file):

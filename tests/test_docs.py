@@ -15,8 +15,6 @@ from __future__ import annotations
 import ast
 import copy
 import re
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +28,7 @@ from broker.config import ConfigError, build_config
 from broker.keys import write_private_key
 from broker.lint import lint
 from broker.schema import _MISSING, Section, join
+from tests.helpers import ci_broker
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGURATION = ROOT / "docs" / "configuration.md"
@@ -449,22 +448,13 @@ def test_the_example_config_passes_ci_broker_check(tmp_path: Path) -> None:
     config_dir.mkdir()
     for name in data["server"]["signing_keys"]:
         (config_dir / name).parent.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run(
-            [sys.executable, "-m", "broker", "keygen", "--alg", "ES256", "--out", str(config_dir / name)],
-            capture_output=True,
-            text=True,
-        )
+        result = ci_broker("keygen", "--alg", "ES256", "--out", str(config_dir / name))
         assert result.returncode == 0, result.stderr
     text = EXAMPLE.read_text()
     if any(role["cloud"] not in clouds.NAMES for role in data["roles"].values()):
         text = yaml.safe_dump(materialise(data, config_dir), sort_keys=False)  # a build without every cloud
     (config_dir / "broker.yaml").write_text(text)
-    result = subprocess.run(
-        [sys.executable, "-m", "broker", "check", "--config", str(config_dir / "broker.yaml")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = ci_broker("check", "--config", str(config_dir / "broker.yaml"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "warning:" not in result.stdout + result.stderr
     assert "0 warning(s)" in result.stdout

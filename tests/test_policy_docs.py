@@ -6,8 +6,6 @@ and its two new mistakes get the findings the text names."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from policy_helpers import write
 
 from broker.lint import lint
 from broker.policyload import load_policy
+from tests.helpers import ci_broker
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "policies.md").read_text()
@@ -40,12 +39,6 @@ def widened() -> dict[str, Any]:
     config = recipe_config()
     config["roles"]["deploy-prod"]["allow"][0]["claims"]["ref"] = {"glob": "refs/heads/*"}
     return config
-
-
-def ci_broker(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "broker", *args], cwd=cwd, capture_output=True, text=True, timeout=120
-    )
 
 
 @pytest.fixture

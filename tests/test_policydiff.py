@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 from policy_helpers import GITHUB, GITLAB, build, policy, rule, write
 
 from broker.policydiff import DiffError, PolicyDiff, allowed, diff_configs
+from tests.helpers import ci_broker
 
 MAIN = {"repository_id": "1", "ref": "refs/heads/main", "event_name": "push"}
 
@@ -255,9 +255,7 @@ def test_a_deny_rule_on_a_list_claim_makes_diff_refuse(key_file):
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "broker", "diff", *args], capture_output=True, text=True, timeout=120
-    )
+    return ci_broker("diff", *args)
 
 
 @pytest.fixture

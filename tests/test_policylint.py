@@ -3,14 +3,13 @@ errors (exit 2), `sub` matched only in GitHub's old form is a warning."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 from policy_helpers import build, policy, rule, write
 
 from broker.lint import lint
+from tests.helpers import ci_broker
 
 SAFE = {"repository_id": "1", "event_name": "push"}
 
@@ -109,12 +108,7 @@ def test_sub_in_the_old_form_only_warns_with_the_immutable_form(key_file):
 
 def test_check_exits_2_on_an_error_and_prints_it(tmp_path):
     path = write(policy({"r": [rule(**{**SAFE, "ref": {"regex": "(a)\\1"}})]}), tmp_path / "broker.yaml")
-    result = subprocess.run(
-        [sys.executable, "-m", "broker", "check", "--config", str(path), "--policy-only"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = ci_broker("check", "--config", str(path), "--policy-only")
     assert result.returncode == 2
     assert "error: " in result.stdout and "backreference" in result.stdout
     assert "failed:" in result.stdout and "1 error(s)" in result.stdout
@@ -122,7 +116,6 @@ def test_check_exits_2_on_an_error_and_prints_it(tmp_path):
 
 def test_check_without_policy_only_still_needs_the_signing_keys(tmp_path):
     path = write(policy({"r": [rule(**SAFE)]}), tmp_path / "broker.yaml")
-    run = [sys.executable, "-m", "broker", "check", "--config", str(path)]
-    result = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    result = ci_broker("check", "--config", str(path))
     assert result.returncode == 2 and "server.signing_keys[0]" in result.stderr
-    assert subprocess.run([*run, "--policy-only"], capture_output=True, text=True, timeout=60).returncode == 0
+    assert ci_broker("check", "--config", str(path), "--policy-only").returncode == 0

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 import yaml
 from policy_helpers import GITHUB, policy, rule, write
+
+from tests.helpers import ci_broker
 
 MAIN = {"repository_id": "892734123", "ref": "refs/heads/main", "event_name": "push"}
 CLAIMS = {**MAIN, "repository": "octo-org/app", "repository_owner_id": "1"}
@@ -29,9 +30,7 @@ def cases_file(tmp_path: Path, cases: list[dict]) -> Path:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "broker", "test", *args], capture_output=True, text=True, timeout=60
-    )
+    return ci_broker("test", *args)
 
 
 def test_the_contracts_example_passes(config, tmp_path):

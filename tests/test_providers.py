@@ -5,9 +5,7 @@ Each mistake is a `check` error naming its key path, and the loader refuses the 
 from __future__ import annotations
 
 import copy
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ import pytest
 import yaml
 
 from broker.config import ConfigError, build_config
+from tests.helpers import ci_broker
 
 OIDC_SCHEMA = {
     "required": ["org_uuid", "project_uuid"],
@@ -194,13 +193,7 @@ def test_a_provider_audience_is_kept(key_file):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "broker", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=dict(os.environ),
-    )
+    return ci_broker(*args)
 
 
 @pytest.mark.parametrize("label,change,expected", BAD_INPUT[:4], ids=[b[0] for b in BAD_INPUT[:4]])

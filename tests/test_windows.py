@@ -57,5 +57,7 @@ def test_a_remembered_key_is_forgotten_after_its_time(store):
 
     now = time.time()
     assert store.run([Remember("short", 1, now)]) == [True]
-    time.sleep(2.1)
-    assert store.run([Remember("short", 1, time.time())]) == [True]
+    if isinstance(store, RedisWindows):
+        time.sleep(1.2)  # redis keeps the key for its own clock's second (EX)
+    later = max(time.time(), now + 1.2)  # memory and sqlite go by the time each operation carries
+    assert store.run([Remember("short", 1, later)]) == [True]

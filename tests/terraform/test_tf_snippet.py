@@ -4,18 +4,17 @@ An operator applies an example, pastes its broker_roles_yaml output into the bro
 and runs `ci-broker check`. These tests do the same with the examples' own inputs.
 """
 
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.helpers import ci_broker
+
 from . import snippet
-from .tf import CLOUDS, REPO, example_dir, module_dir, parse_file
+from .tf import CLOUDS, example_dir, module_dir, parse_file
 
 TERRAFORM_CHECK = "terraform's own rendering of the roles snippets"
 
@@ -49,17 +48,7 @@ def _broker_config(directory, issuer, roles_yaml):
 
 
 def _broker_check(config_path):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return subprocess.run(
-        [sys.executable, "-m", "broker", "check", "--config", str(config_path)],
-        cwd=config_path.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return ci_broker("check", "--config", str(config_path), cwd=config_path.parent)
 
 
 def _require_cloud_support(cloud):
