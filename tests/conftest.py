@@ -45,8 +45,12 @@ SLOW_DIRS = {
     "tests/bench": "bench",
     "tests/resilience": "faults",
 }
-# Markers that make a test slow when set by hand or by its own file (test_tf_checkov.py: checkov).
-SLOW_MARKERS = {"gunicorn", "act", "gitlab_ci_local", "terraform", "bench", "checkov", "client", "faults"}
+# Markers that make a test slow when set by hand or by its own file (test_tf_checkov.py: checkov);
+# by hand: `process` (starts Python processes of its own) and `waits` (a real clock, a second or more).
+SLOW_MARKERS = {
+    *("gunicorn", "act", "gitlab_ci_local", "terraform", "bench", "checkov", "client", "faults"),
+    *("process", "waits"),
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -432,6 +432,7 @@ def test_bad_audit_settings_are_errors_at_their_key(sandbox, audit_section, mess
 # -- under `ci-broker serve` ----------------------------------------------------------------------
 
 
+@pytest.mark.gunicorn
 def test_serve_sends_cef_to_syslog_from_each_worker(tmp_path, receivers):
     from broker.sandbox.stack import Sandbox
 

@@ -254,6 +254,7 @@ def test_a_block_on_another_provider_does_not_apply(capsys, sandbox, serve_confi
     assert sandbox.exchange(sandbox.github_token()).status_code == 200
 
 
+@pytest.mark.waits
 def test_an_expired_block_no_longer_applies(capsys, sandbox, serve_config, store_config):
     config, path = store_config
     app = serve_config(config)

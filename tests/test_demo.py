@@ -120,6 +120,7 @@ def test_demo_without_the_demo_extra_says_how_to_get_it(
     assert "pip install 'ci-broker[demo]'" in capsys.readouterr().err
 
 
+@pytest.mark.process
 def test_demo_command_exits_zero(tmp_path: Path) -> None:
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     result = subprocess.run(

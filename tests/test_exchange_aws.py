@@ -311,9 +311,9 @@ def test_an_sts_error_that_echoes_the_assertion_is_withheld(sandbox, broker, aud
     assert header not in response.text and header not in json.dumps(audit_events)
 
 
-def test_a_second_broker_in_the_process_builds_no_botocore_session(sandbox, broker, monkeypatch):
-    """A reloaded config (or a test) builds brokers again: unsigned STS clients share one botocore
-    session per process instead of registering botocore's handlers anew for each role's region."""
+def test_a_second_broker_in_the_process_reuses_the_unsigned_sts_clients(sandbox, broker, monkeypatch):
+    """A reloaded config (or a test) builds brokers again: unsigned STS clients are kept per
+    endpoint and region for the process, with the one botocore session they were built from."""
     import botocore.session
 
     built: list[object] = []
@@ -328,5 +328,7 @@ def test_a_second_broker_in_the_process_builds_no_botocore_session(sandbox, brok
     try:
         assert sandbox.exchange(sandbox.github_token()).status_code == 200
         assert built == []
+        first, second = (app.extensions["broker"].backends["deploy-prod"].sts for app in (broker, again))
+        assert first is second
     finally:
         again.extensions["broker"].close()

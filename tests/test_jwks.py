@@ -139,6 +139,7 @@ def test_a_removed_key_stops_verifying_after_the_next_refresh(issuer):
         cache.get(old.kid, "RS256")
 
 
+@pytest.mark.faults
 def test_a_slow_jwks_endpoint_is_bounded_by_the_timeout(issuer):
     issuer.jwks_hook = lambda r: (time.sleep(3), Response("{}"))[1]
     cache = KeyCache(issuer.url, settings=FAST)

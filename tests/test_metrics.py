@@ -264,6 +264,7 @@ def test_the_metrics_directory_is_private_and_removed_when_the_server_stops(two_
     assert not dirs[0].exists()
 
 
+@pytest.mark.process
 def test_a_forked_process_writes_its_samples_to_its_own_file(tmp_path):
     # After a fork the child must be told apart from its parent (gunicorn forks every worker from
     # a master that has imported this module), or both would write into one file.

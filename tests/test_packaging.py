@@ -46,6 +46,7 @@ def requirement_name(requirement: str) -> str:
 # -- the demo's dependency check, in a fresh interpreter ------------------------------------------
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("module", ["moto", "flask_cors"])
 def test_demo_without_its_extra_names_the_extra_and_exits_2(module: str, tmp_path: Path) -> None:
     # A fresh interpreter: in this one moto's server app is already imported by other tests.

@@ -319,6 +319,7 @@ def test_without_an_identity_limit_redis_gets_a_plain_set_and_no_script(redis_se
     assert sent == ["SET"]
 
 
+@pytest.mark.waits
 def test_in_memory_counts_survive_many_threads_hitting_at_once(monkeypatch):
     """gunicorn's threads share one limiter. limits' MemoryStorage restarts its expiry timer
     without a lock: two threads may start the same timer (RuntimeError, seen as a 500 in the HTTP

@@ -60,6 +60,7 @@ def test_a_key_is_accepted_once(make_store):
     assert store.first_use("k2", expires) is True
 
 
+@pytest.mark.waits
 def test_a_key_is_free_again_once_its_token_has_expired(make_store):
     clock = Clock()
     store = make_store(clock=clock)
@@ -92,6 +93,7 @@ def _sqlite_worker(path: str, keys: list[str], out: multiprocessing.Queue[list[s
     out.put([k for k in keys if store.first_use(k, time.time() + 300)])
 
 
+@pytest.mark.process
 def test_sqlite_single_use_holds_across_processes(tmp_path):
     path = str(tmp_path / "shared.db")
     SqliteReplayStore(path).close()
@@ -161,6 +163,7 @@ def test_redis_down_is_unavailable_and_recovers_by_itself(tmp_path):
         server.stop()
 
 
+@pytest.mark.faults
 def test_a_frozen_redis_costs_a_request_a_bounded_wait(tmp_path):
     server = RedisServer(tmp_path).start()
     store = RedisReplayStore(server.url, timeout=0.5)

@@ -297,6 +297,7 @@ def test_apply_puts_exactly_the_printed_policy_on_the_role_through_boto3(capsys,
     assert "AKIAOPERATOR" not in out + err and "operator-secret-key" not in out + err
 
 
+@pytest.mark.waits
 def test_apply_is_idempotent_and_never_moves_the_cutoff_back(capsys, store_config, aws_operator):
     _, path = store_config
 

@@ -261,9 +261,9 @@ def test_a_non_ascii_token_is_refused(sandbox, attack):
 def test_an_unknown_kid_flood_causes_bounded_refetches(sandbox, broker, audit_events):
     broker.extensions["broker"].caches["github"].refresh()
     before = sandbox.github.jwks_requests
-    for _ in range(25):
-        evil = IssuerKeyPair()
-        token = sandbox.github.sign_raw(header(sandbox, kid=evil.kid), claims(sandbox), evil)
+    evil = IssuerKeyPair()  # one attacker key, 25 kids the issuer never published
+    for n in range(25):
+        token = sandbox.github.sign_raw(header(sandbox, kid=f"{evil.kid}-{n}"), claims(sandbox), evil)
         assert_refused(sandbox.exchange(token), 401, "invalid_token")
         assert "not in the issuer's JWKS" in audit_events[-1]["reason"]
     # One refetch per cooldown (30 s) at most, however many unknown kids arrive.

@@ -52,6 +52,7 @@ def test_remember_answers_whether_the_key_was_absent(store):
     assert store.run([Remember("once", 60, now, refresh=False)]) == [False]
 
 
+@pytest.mark.waits
 def test_a_remembered_key_is_forgotten_after_its_time(store):
     import time
 

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from broker.clouds import Grant, Issued
-from broker.clouds._http import DEFAULT_POLICY, POOL_SIZE, refusal
+from broker.clouds._http import DEFAULT_POLICY, POOL_SIZE, HttpPolicy, refusal
 from broker.errors import AccessDenied, UpstreamError
 from broker.schema import Section
 
@@ -243,47 +243,71 @@ def _sts_client(settings: AwsSettings, shared: dict[Any, Any]) -> Any:
     """
     key = ("aws-sts", settings.mode, settings.sts_endpoint, settings.region)
     if key not in shared:
-        import boto3
-        from botocore import UNSIGNED
-        from botocore.config import Config
-
-        # The same timeouts and attempt count as every other cloud call (broker.clouds._http);
-        # botocore's standard mode adds its own jittered backoff for throttling and 5xx.
-        config = Config(
-            connect_timeout=DEFAULT_POLICY.connect_timeout,
-            read_timeout=DEFAULT_POLICY.read_timeout,
-            retries={"total_max_attempts": DEFAULT_POLICY.retries + 1, "mode": "standard"},
-            signature_version=UNSIGNED if settings.mode == "web_identity" else None,
-            # botocore's client-side check of types and minimum lengths re-checks what the broker
-            # built itself from a validated config (ARN, bounded duration, session name and tags
-            # already cut to AWS's alphabet and sizes) on every call; STS validates everything
-            # server-side regardless.
-            parameter_validation=False,
-            max_pool_connections=POOL_SIZE,
-        )
-        unsigned = settings.mode == "web_identity"
-        with _SESSION_LOCK:  # botocore sessions are not safe to build clients from concurrently
-            botocore_session = _unsigned_session() if unsigned else _botocore_session()
-            shared[key] = boto3.session.Session(botocore_session=botocore_session).client(
-                "sts",
-                region_name=settings.region or "us-east-1",
-                endpoint_url=settings.sts_endpoint,
-                config=config,
-            )
+        region = settings.region or "us-east-1"
+        if settings.mode == "web_identity":
+            shared[key] = _unsigned_client(settings.sts_endpoint, region, DEFAULT_POLICY, POOL_SIZE)
+        else:
+            with _SESSION_LOCK:
+                shared[key] = _client(
+                    _botocore_session(), settings.sts_endpoint, region, DEFAULT_POLICY, POOL_SIZE
+                )
     return shared[key]
+
+
+@functools.cache
+def _unsigned_client(endpoint: str | None, region: str, policy: HttpPolicy, pool_size: int) -> Any:
+    """One unsigned client per endpoint and region in a process, kept across the brokers it builds.
+
+    A client costs 10-15 ms of CPU to build and an unsigned one holds nothing of a broker's (no
+    credentials; its settings are this key), so a broker built again (a reloaded config, the
+    tests' hundreds) reuses it, warm connections included. Signed clients (assume_role) are
+    built with each broker, so a reloaded config resolves credentials anew.
+    """
+    with _SESSION_LOCK:
+        return _client(_unsigned_session(), endpoint, region, policy, pool_size, unsigned=True)
+
+
+def _client(
+    botocore_session: Any,
+    endpoint: str | None,
+    region: str,
+    policy: HttpPolicy,
+    pool_size: int,
+    *,
+    unsigned: bool = False,
+) -> Any:
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    # The same timeouts and attempt count as every other cloud call (broker.clouds._http);
+    # botocore's standard mode adds its own jittered backoff for throttling and 5xx.
+    config = Config(
+        connect_timeout=policy.connect_timeout,
+        read_timeout=policy.read_timeout,
+        retries={"total_max_attempts": policy.retries + 1, "mode": "standard"},
+        signature_version=UNSIGNED if unsigned else None,
+        # botocore's client-side check of types and minimum lengths re-checks what the broker
+        # built itself from a validated config (ARN, bounded duration, session name and tags
+        # already cut to AWS's alphabet and sizes) on every call; STS validates everything
+        # server-side regardless.
+        parameter_validation=False,
+        max_pool_connections=pool_size,
+    )
+    return boto3.session.Session(botocore_session=botocore_session).client(
+        "sts", region_name=region, endpoint_url=endpoint, config=config
+    )
 
 
 @functools.cache
 def _unsigned_session() -> Any:
     """One botocore session for every unsigned client a process builds: building a session
-    registers botocore's hundreds of event handlers (30-40 ms of CPU), once per role's region in
-    each broker built (a reloaded config, the test suite's hundreds). An unsigned client never asks
-    its session for credentials, and a client copies what it needs of the session when built.
-    Signed clients (assume_role) get a session each, so a reloaded config resolves credentials anew."""
+    registers botocore's hundreds of event handlers (30-40 ms of CPU). An unsigned client never
+    asks its session for credentials, and a client copies what it needs of the session when built."""
     return _botocore_session()
 
 
-_SESSION_LOCK = threading.Lock()
+_SESSION_LOCK = threading.Lock()  # botocore sessions are not safe to build clients from concurrently
 
 
 def _botocore_session() -> Any:

@@ -106,10 +106,11 @@ def test_cve_2026_48524_a_concurrent_flood_of_unknown_kids_costs_at_most_one_fet
     cache = broker.extensions["broker"].caches["github"]
     assert cache.refresh()
     before = sandbox.github.jwks_requests
-    tokens = []
-    for _ in range(40):
-        evil = IssuerKeyPair()
-        tokens.append(sandbox.github.sign_raw(gh_header(sandbox, kid=evil.kid), gh_claims(sandbox), evil))
+    evil = IssuerKeyPair()  # one attacker key, forty kids the issuer never published
+    tokens = [
+        sandbox.github.sign_raw(gh_header(sandbox, kid=f"{evil.kid}-{n}"), gh_claims(sandbox), evil)
+        for n in range(40)
+    ]
     barrier = threading.Barrier(20)
 
     def send(token: str) -> Any:

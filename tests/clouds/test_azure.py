@@ -317,6 +317,7 @@ def test_a_503_from_entra_is_retried(sandbox, broker):
     assert sandbox.exchange(sandbox.github_token(), role=ROLE).status_code == 200
 
 
+@pytest.mark.faults
 def test_an_entra_that_times_out_is_a_502_after_bounded_retries(
     sandbox, short_timeouts, serve_config, audit_events
 ):

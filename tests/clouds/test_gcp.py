@@ -327,6 +327,7 @@ def test_a_503_from_iam_is_retried(sandbox, broker):
     assert sandbox.gcp.faults.pending == 0
 
 
+@pytest.mark.faults
 def test_an_sts_that_times_out_is_a_502_after_bounded_retries(
     sandbox, short_timeouts, serve_config, audit_events
 ):
@@ -341,6 +342,7 @@ def test_an_sts_that_times_out_is_a_502_after_bounded_retries(
     assert last_refusal(audit_events)["reason"].startswith("gcp STS")
 
 
+@pytest.mark.faults
 def test_an_iam_that_times_out_is_a_502_naming_iam(sandbox, short_timeouts, serve_config):
     serve_config(sandbox.config_dict())
     sandbox.gcp.faults.stall(1.0, times=3, path="/v1/projects/")
@@ -401,6 +403,7 @@ def test_an_exchange_calls_only_the_configured_endpoints(sandbox, offline, serve
     assert len(iam_calls(sandbox)) == impersonations + 1
 
 
+@pytest.mark.waits
 def test_starting_a_gcp_role_makes_no_call(sandbox, serve_config):
     # The sandbox is shared: a request an earlier test stalled (faults.stall, 1 s) is recorded
     # when it finishes, which may be now. Count from a moment when none is in flight.
