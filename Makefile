@@ -52,10 +52,10 @@ test: venv
 # The fast tier for the edit-test loop: everything but the tests tests/conftest.py marks slow
 # (act, gitlab-ci-local, `ci-broker serve` subprocesses, terraform, checkov, benchmark runs, the
 # pipeline clients under real shells, fault injection), on every core (pytest-xdist;
-# PYTEST_ARGS=-n0 for one process, e.g. with a debugger), with 50 examples per property test
+# PYTEST_ARGS=-n0 for one process, e.g. with a debugger), with 25 examples per property test
 # instead of 200 (tests/fuzz/) and 2,000 (tests/test_policydiff_property.py).
 check: venv
-	FUZZ_EXAMPLES=50 $(VENV)/bin/python -m pytest -m "not slow" -n auto $(PYTEST_ARGS)
+	FUZZ_EXAMPLES=25 $(VENV)/bin/python -m pytest -m "not slow" -n auto $(PYTEST_ARGS)
 
 # The gate before every commit: ruff's lint and formatter, then mypy (strict) on broker/; all
 # configured in pyproject.toml.

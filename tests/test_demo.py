@@ -34,8 +34,14 @@ def run_in_process(tmp_path: Path) -> tuple[Demo, bool, str]:
     return demo, ok, out.getvalue()
 
 
-def test_demo_walkthrough_holds_every_expectation(tmp_path: Path) -> None:
-    demo, ok, output = run_in_process(tmp_path)
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Demo, bool, str]:
+    """One run of the default demo, read by the tests below that each check a part of it."""
+    return run_in_process(tmp_path_factory.mktemp("demo"))
+
+
+def test_demo_walkthrough_holds_every_expectation(default_run: tuple[Demo, bool, str]) -> None:
+    demo, ok, output = default_run
     assert ok, output
     assert all(c.ok for c in demo.checks)
     steps = {c.step for c in demo.checks}
@@ -57,8 +63,8 @@ def test_demo_walkthrough_holds_every_expectation(tmp_path: Path) -> None:
         assert text in output
 
 
-def test_demo_shows_a_buildkite_job_through_the_same_policy(tmp_path: Path) -> None:
-    demo, ok, output = run_in_process(tmp_path)
+def test_demo_shows_a_buildkite_job_through_the_same_policy(default_run: tuple[Demo, bool, str]) -> None:
+    demo, ok, output = default_run
     assert ok, output
     expectations = {c.expectation: c.ok for c in demo.checks}
     assert expectations["a Buildkite token gets AWS credentials through the same role and policy"]
@@ -68,8 +74,8 @@ def test_demo_shows_a_buildkite_job_through_the_same_policy(tmp_path: Path) -> N
     assert demo.scrubbed == 0
 
 
-def test_demo_prints_no_token_or_credential(tmp_path: Path) -> None:
-    demo, ok, output = run_in_process(tmp_path)
+def test_demo_prints_no_token_or_credential(default_run: tuple[Demo, bool, str]) -> None:
+    demo, ok, output = default_run
     assert ok, output
     # Not a vacuous check: the list holds the CI tokens, the assertions and the AWS credentials.
     assert sum(bool(JWT.fullmatch(s)) for s in demo.secrets) >= 5

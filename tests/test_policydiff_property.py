@@ -7,7 +7,7 @@ patterns are drawn from a small alphabet with letters of both cases, `/` and `:`
 stops at), so globs, regexes and case-insensitive claims meet each other often.
 
 2,000 examples in the full run (the issue's bar), in four shards that pytest-xdist spreads over
-the cores (about 70 s of CPU in all); FUZZ_EXAMPLES sets the total (`make check` runs 50).
+the cores (about 70 s of CPU in all); FUZZ_EXAMPLES sets the total (`make check` runs 25).
 """
 
 from __future__ import annotations
