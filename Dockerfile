@@ -15,7 +15,7 @@ WORKDIR /src
 COPY requirements/runtime.txt ./requirements/runtime.txt
 RUN python -m venv /opt/ci-broker \
  && /opt/ci-broker/bin/pip install --no-compile --require-hashes -r requirements/runtime.txt
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY broker ./broker
 RUN /opt/ci-broker/bin/pip install --no-compile --no-deps --no-build-isolation . \
  && /opt/ci-broker/bin/pip check \

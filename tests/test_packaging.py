@@ -23,8 +23,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# What goes into the build: the Dockerfile's COPY lines, the files .dockerignore lets through.
-SOURCES = ("pyproject.toml", "README.md", "broker")
+
+
+def copied_sources() -> list[str]:
+    """What the Dockerfile copies into its build stage (every COPY but the one from another stage)."""
+    sources: list[str] = []
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and not words[1].startswith("--from="):
+            sources += words[1:-1]
+    return sources
+
+
+# What goes into the build of the project (the lock is installed before it).
+SOURCES = [source for source in copied_sources() if not source.startswith("requirements/")]
 NO_EXTRA = {"demo", "test"}  # the extras the production image must not install
 INSTALL_HINT = "pip install 'ci-broker[demo]'"
 
@@ -125,6 +137,18 @@ def image_install_problems(dockerfile: str) -> list[str]:
     return problems
 
 
+def test_the_docker_context_lets_through_everything_the_dockerfile_copies() -> None:
+    # .dockerignore ignores everything, then lets named paths through; a COPY of anything else
+    # fails the image build, which no test here runs.
+    let_through = {
+        line[1:].rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    }
+    assert {"pyproject.toml", "README.md", "LICENSE", "broker"} <= set(SOURCES)
+    assert set(copied_sources()) - let_through == set()
+
+
 def test_the_production_image_installs_neither_the_demo_nor_the_test_extra() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert pip_install_targets(dockerfile)  # the parser found the install it is checking
@@ -208,6 +232,13 @@ def test_the_wheel_runs_the_demo_with_the_demo_extra_alone(tmp_path: Path) -> No
     wheel = build_wheel(tmp_path)
     metadata = wheel_metadata(wheel)
     assert "License-Expression: Apache-2.0" in metadata.splitlines()
+    assert "License-File: LICENSE" in metadata.splitlines()
+    with zipfile.ZipFile(wheel) as archive:
+        (license_text,) = [
+            archive.read(n) for n in archive.namelist() if n.endswith(".dist-info/licenses/LICENSE")
+        ]
+    assert license_text == (ROOT / "LICENSE").read_bytes()
+    assert b"Apache License" in license_text and b"Version 2.0, January 2004" in license_text
     assert "Provides-Extra: demo" in metadata.splitlines()
 
     venv = tmp_path / "venv"
