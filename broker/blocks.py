@@ -180,7 +180,7 @@ def new_block(
         reason=reason,
         created_at=now,
         expires_at=now + seconds if seconds is not None else None,
-        created_by=_operator(),
+        created_by=operator(),
     )
     return _compiled(block, known.schema)
 
@@ -218,7 +218,8 @@ def identity_claims(
     return known, parsed
 
 
-def _operator() -> str | None:
+def operator() -> str | None:
+    """Who runs this command: user@host, recorded with what an operator changes."""
     try:
         return f"{getpass.getuser()}@{socket.gethostname()}"[:200]
     except Exception:  # no user name to be had (a container with an arbitrary uid): not an error

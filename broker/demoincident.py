@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 ROLE = "deploy-prod"
 REPOSITORY_ID = "892734123"
 TICKET = "INC-4711"
+OPERATOR_LOG = "operators.log"  # the incident config's audit sink, beside it
 WAIT = 2.5  # seconds to wait for a block or an unblock (every replica's bound is 2)
 
 
@@ -35,6 +37,8 @@ def step_block(demo: Demo, step: str) -> None:
     demo.heading(step, "An incident: block the repository, end its session, unblock")
     config = copy.deepcopy(demo.demo_config())
     config["server"]["replay_store"] = f"sqlite:///{box.workdir / 'incident.db'}"
+    # Where the broker's audit lines would go: the commands write their own events there too.
+    config["server"]["audit"] = {"sink": f"file:{OPERATOR_LOG}"}
     path = box.write_config(config, name="incident.yaml")
     app = create_app(build_config(copy.deepcopy(config), base_dir=box.workdir))
     client = app.test_client()
@@ -138,6 +142,15 @@ def step_block(demo: Demo, step: str) -> None:
         after_revoke = refresh(current)
         demo.expect(
             after_revoke.status_code == 401, "the revoked session stays ended", str(after_revoke.status_code)
+        )
+        log = box.workdir / OPERATOR_LOG
+        changes = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        for change in changes:
+            demo.say(f"audit ({OPERATOR_LOG}): {change.get('type')} by {change.get('operator')}", 3)
+        demo.expect(
+            [c.get("type") for c in changes] == ["block", "revoke", "unblock"]
+            and all(c.get("operator") for c in changes),
+            "each command wrote an audit event naming who ran it",
         )
     finally:
         app.extensions["broker"].close()

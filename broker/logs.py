@@ -98,7 +98,7 @@ def configure_audit(
             logger.removeHandler(old)
             old.close()
     audit.set_format(settings.format)
-    handler = _audit_handler(path, stream, settings)
+    handler = audit_handler(path, stream, settings)
     handler._ci_broker = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -106,7 +106,8 @@ def configure_audit(
     return handler
 
 
-def _audit_handler(path: str | None, stream: IO[str] | None, settings: AuditSettings) -> LineHandler:
+def audit_handler(path: str | None, stream: IO[str] | None, settings: AuditSettings) -> LineHandler:
+    """The sink `settings` name (`path` or `stream` instead, if given), not attached to a logger."""
     if path or (stream is None and settings.file):
         return AuditFile(path or settings.file or "")
     if stream is None and settings.syslog is not None:

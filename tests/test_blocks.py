@@ -167,6 +167,70 @@ def test_for_accepts_the_usual_spellings():
     assert parse_duration("1h30m") == 5400
 
 
+# -- the audit trail of operators' changes ------------------------------------------------------
+
+
+def with_audit(path: Path, **audit: str) -> None:
+    config = json.loads(path.read_text())
+    config["server"]["audit"] = audit
+    path.write_text(json.dumps(config))
+
+
+def block_any_ref(capsys: pytest.CaptureFixture[str], path: Path) -> tuple[int, str, str]:
+    return cli(
+        capsys, "block", "--config", str(path), "--provider", "github", "--claim", "ref=x", "--reason", "x"
+    )
+
+
+def test_block_and_unblock_write_audit_events_where_the_brokers_go(capsys, store_config, tmp_path):
+    _, path = store_config
+    with_audit(path, sink="file:audit.log")  # relative to the config's directory, as for serve
+    block_id = block(
+        capsys, path, "--provider", "github", "--claim", "repository_id=892734123", "--reason", "INC-4711"
+    )
+    code, _, err = cli(capsys, "unblock", "--config", str(path), block_id)
+    assert code == 0, err
+    blocked, unblocked = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+    assert blocked["type"] == "block" and blocked["outcome"] == "applied"
+    assert blocked["block_id"] == block_id and blocked["provider"] == "github"
+    assert blocked["claims"] == {"repository_id": "892734123"} and blocked["reason"] == "INC-4711"
+    assert blocked["operator"] and "@" in blocked["operator"]
+    assert unblocked["type"] == "unblock" and unblocked["block_id"] == block_id
+    assert unblocked["operator"] == blocked["operator"]
+
+
+def test_with_the_stdout_sink_the_event_goes_to_stderr_and_stdout_stays_the_id(capsys, store_config):
+    # The broker's stdout belongs to its own process; scripts read this command's first line.
+    _, path = store_config
+    code, out, err = block_any_ref(capsys, path)
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("blk-")
+    (event,) = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert event["type"] == "block" and event["block_id"] == out.splitlines()[0]
+
+
+def test_the_event_takes_the_configured_format(capsys, store_config, tmp_path):
+    _, path = store_config
+    with_audit(path, sink="file:audit.cef", format="cef")
+    code, out, err = block_any_ref(capsys, path)
+    assert code == 0, err
+    block_id = out.splitlines()[0]
+    (line,) = (tmp_path / "audit.cef").read_text().splitlines()
+    assert line.startswith("CEF:0|") and "|block:applied|" in line and block_id in line
+
+
+def test_a_sink_that_cannot_be_written_is_a_warning_and_the_event_reaches_stderr(
+    capsys, store_config, tmp_path
+):
+    _, path = store_config
+    (tmp_path / "not-a-file").mkdir()
+    with_audit(path, sink="file:not-a-file")
+    code, out, err = block_any_ref(capsys, path)
+    assert code == 0, err  # the block is in force: that is what the exit code reports
+    assert "warning: the audit event could not be written to file:not-a-file" in err
+    assert json.loads(err.splitlines()[-1])["block_id"] == out.splitlines()[0]
+
+
 # -- enforcement ----------------------------------------------------------------------------------
 
 

@@ -144,14 +144,19 @@ def gcp_operator(sandbox, tmp_path, monkeypatch) -> Iterator[dict[str, str]]:
 # -- ending sessions --------------------------------------------------------------------------------
 
 
+def revoke_repository(capsys: pytest.CaptureFixture[str], path: Path) -> tuple[int, str, str]:
+    """`revoke` of the sandbox policy's repository, for INC-4711."""
+    return cli(
+        capsys, "revoke", "--config", str(path), "--provider", "github",
+        "--claim", f"repository_id={REPO_ID}", "--reason", "INC-4711",
+    )  # fmt: skip
+
+
 def test_revoke_by_identity_ends_only_its_sessions(capsys, store_config):
     _, path = store_config
     mine = [start_session(path, repository_id=REPO_ID), start_session(path, repository_id=REPO_ID)]
     other = start_session(path, repository_id=OTHER_REPO_ID)
-    code, out, err = cli(
-        capsys, "revoke", "--config", str(path), "--provider", "github",
-        "--claim", f"repository_id={REPO_ID}", "--reason", "INC-4711",
-    )  # fmt: skip
+    code, out, err = revoke_repository(capsys, path)
     assert code == 0, out + err
     assert "ended 2 broker sessions (reason: INC-4711)" in out
     assert all(s.id in out for s in mine)
@@ -163,6 +168,22 @@ def test_revoke_by_identity_ends_only_its_sessions(capsys, store_config):
     finally:
         store.close()
     assert ended is not None and ended.end_reason == OPERATOR
+
+
+def test_revoke_writes_one_audit_event_naming_what_it_ended(capsys, store_config, tmp_path):
+    _, path = store_config
+    config = json.loads(path.read_text())
+    config["server"]["audit"] = {"sink": "file:audit.log"}
+    path.write_text(json.dumps(config))
+    mine = start_session(path, repository_id=REPO_ID)
+    code, out, err = revoke_repository(capsys, path)
+    assert code == 0, out + err
+    (event,) = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+    assert event["type"] == "revoke" and event["outcome"] == "applied" and event["reason"] == "INC-4711"
+    assert event["provider"] == "github" and event["claims"] == [f"repository_id={REPO_ID}"]
+    assert event["sessions_ended"] == [mine.id] and "deploy-prod" in event["roles"]
+    assert event["cloud_steps"] and not any(step["applied"] for step in event["cloud_steps"])  # no --apply
+    assert event["operator"]
 
 
 def test_revoke_by_role_and_by_session(capsys, store_config):

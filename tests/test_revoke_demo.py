@@ -26,9 +26,11 @@ def test_the_demo_shows_a_block_a_revoke_and_an_unblock(tmp_path: Path) -> None:
         "revoke ends the session and prints the AWS deny policy for what STS already issued": True,
         "after unblock the repository's jobs are granted again": True,
         "the revoked session stays ended": True,
+        "each command wrote an audit event naming who ran it": True,
     }
     assert "audit: alert blocked_identity, severity high" in output
     assert "ended 1 broker session (reason: INC-4711)" in output
+    assert "audit (operators.log): block by " in output
     assert sum(s.startswith("cibrt_") for s in demo.secrets) >= 4  # the step's refresh tokens too
     assert demo.scrubbed == 0
     assert not any(secret in output for secret in demo.secrets)

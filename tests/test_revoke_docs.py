@@ -84,6 +84,8 @@ def test_the_runbook_runs_as_written_and_its_searches_find_the_events(
     config = sandbox.config_dict()
     config["server"]["replay_store"] = f"sqlite:///{tmp_path / 'state.db'}"
     config["roles"]["deploy-prod"]["session_lifetime"] = 7200
+    # The commands' own events go where a broker's would; this broker runs in the test's process.
+    config["server"]["audit"] = {"sink": "file:operators.log"}
     (tmp_path / "broker.yaml").write_text(json.dumps(config))
     (tmp_path / sandbox.key_path.name).write_bytes(sandbox.key_path.read_bytes())
     monkeypatch.chdir(tmp_path)
@@ -115,8 +117,11 @@ def test_the_runbook_runs_as_written_and_its_searches_find_the_events(
     while not any(e.get("type") == "alert" for e in audit_events) and time.monotonic() < deadline:
         time.sleep(0.05)
 
-    (tmp_path / "audit.log").write_text("".join(json.dumps(e) + "\n" for e in audit_events))
-    carried = set().union(*(e.keys() for e in audit_events))
+    operators = [json.loads(line) for line in (tmp_path / "operators.log").read_text().splitlines()]
+    assert [e["type"] for e in operators] == ["block", "revoke", "unblock"]
+    events = audit_events + operators
+    (tmp_path / "audit.log").write_text("".join(json.dumps(e) + "\n" for e in events))
+    carried = set().union(*(e.keys() for e in events))
     for command in jq_commands():
         result = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=30)
         assert result.returncode == 0, f"{command}: {result.stderr}"

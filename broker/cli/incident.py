@@ -9,6 +9,12 @@ cannot read) exits 2 having written nothing.
 already issued (`broker.revoke`); with `--apply` it performs the AWS and GCP steps with the
 operator's own credentials. Bad input and a revoke that matches nothing exit 2 having changed
 nothing; a cloud step that fails under `--apply` exits 2 after the others were tried.
+
+Each change they make is one audit event (`"type"`: `block`, `unblock` or `revoke`, with the
+operator's user@host) where the broker's own events go (`server.audit`): a file or syslog sink
+gets it beside the exchanges it changed. With the `stdout` sink the broker's stdout belongs to
+its own process, out of this command's reach: the event goes to this command's stderr instead,
+and stdout stays what scripts read (a block's id on the first line).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from broker.cli.common import EXIT_ERROR, EXIT_OK, Subparsers, add_config_option, load
 
@@ -174,6 +180,8 @@ def _block(args: argparse.Namespace, config: Config) -> None:
                 print(f"warning: {exc}", file=sys.stderr)
         if not store.add(made.id, made.record(), expired):
             raise _Refused(f"block id {made.id} already exists; run the command again")
+    public = made.public()
+    _audit(config, "block", "applied", block_id=public.pop("id"), **public)
     print(made.id)
     print(f"blocked {made.describe()}")
     print(f"every replica refuses it within 2 seconds; `ci-broker unblock {made.id}` removes it")
@@ -191,6 +199,7 @@ def _unblock(block_id: str, config: Config) -> None:
     with _opened(config) as store:
         if not store.remove(block_id):
             raise _Refused(f"no block {block_id} (already removed? `ci-broker blocks` lists them)")
+    _audit(config, "unblock", "applied", block_id=block_id)
     print(f"removed block {block_id}; every replica lets the identity through within 2 seconds")
 
 
@@ -291,6 +300,24 @@ def _revoke(args: argparse.Namespace, config: Config) -> int:
         for note in step.notes:
             print(f"  note: {note}")
     print()
+    _audit(
+        config,
+        "revoke",
+        "failed" if failed else "applied",
+        reason=reason or None,
+        role=args.role,
+        provider=args.provider,
+        claims=args.claim,
+        session_id=args.session,
+        issued_before=args.issued_before,
+        sessions_ended=[session.id for session in ended],
+        roles=list(selection.roles),
+        cloud_steps=[
+            {"cloud": step.cloud, "roles": list(step.roles), "applied": bool(args.apply and step.action)}
+            for step in steps
+        ],
+        failed_steps=failed,
+    )
     if not args.apply:
         print(
             "Nothing outside the broker was changed: run the commands above, or add --apply for the AWS and GCP steps."
@@ -299,3 +326,37 @@ def _revoke(args: argparse.Namespace, config: Config) -> int:
         print(f"{failed} cloud step{'s' * (failed != 1)} FAILED (above); the broker sessions were ended.")
         return EXIT_ERROR
     return EXIT_OK
+
+
+def _audit(config: Config, kind: str, outcome: str, **fields: Any) -> None:
+    """One audit event for a change this command made, where `server.audit` sends the broker's.
+
+    The change is already made: a sink that cannot be written is a warning, and the line is
+    printed on stderr so that it is not lost.
+    """
+    from broker.audit import FORMATTERS
+    from broker.auditsink import AuditSyslog
+    from broker.blocks import operator
+    from broker.logs import audit_handler
+
+    settings = config.server.audit
+    event = {"type": kind, "outcome": outcome, **fields, "operator": operator()}
+    line = FORMATTERS[settings.format](event)
+    if settings.file is None and settings.syslog is None:
+        print(line, file=sys.stderr)
+        return
+    problem = None
+    try:
+        sink = audit_handler(None, None, settings)
+        try:
+            sink.write_line(line)
+            sink.flush()  # syslog: waits up to 5 s for the line to be sent
+            if isinstance(sink, AuditSyslog) and sink.queue.pending():
+                problem = "the syslog receiver did not take it"
+        finally:
+            sink.close()
+    except OSError as exc:
+        problem = str(exc)
+    if problem is not None:
+        print(f"warning: the audit event could not be written to {settings.sink}: {problem}", file=sys.stderr)
+        print(line, file=sys.stderr)
