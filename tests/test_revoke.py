@@ -180,7 +180,7 @@ def test_revoke_writes_one_audit_event_naming_what_it_ended(capsys, store_config
     assert code == 0, out + err
     (event,) = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
     assert event["type"] == "revoke" and event["outcome"] == "applied" and event["reason"] == "INC-4711"
-    assert event["provider"] == "github" and event["claims"] == [f"repository_id={REPO_ID}"]
+    assert event["provider"] == "github" and event["claims"] == {"repository_id": REPO_ID}
     assert event["sessions_ended"] == [mine.id] and "deploy-prod" in event["roles"]
     assert event["cloud_steps"] and not any(step["applied"] for step in event["cloud_steps"])  # no --apply
     assert event["operator"]

@@ -307,7 +307,9 @@ def _revoke(args: argparse.Namespace, config: Config) -> int:
         reason=reason or None,
         role=args.role,
         provider=args.provider,
-        claims=args.claim,
+        # A mapping, as every event's `claims` is (jq's `.claims.NAME` must not meet a list);
+        # `select` has checked each NAME=VALUE by now.
+        claims={name.strip(): value for name, _, value in (c.partition("=") for c in args.claim)} or None,
         session_id=args.session,
         issued_before=args.issued_before,
         sessions_ended=[session.id for session in ended],
