@@ -127,6 +127,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 @pytest.fixture
 def broker(sandbox: Sandbox) -> Iterator[Any]:
     """A broker with the sandbox's demo policy, served at sandbox.broker_url."""
+    sandbox.settle()  # nothing an earlier test stalled is still to be recorded
     app = sandbox.serve_in_process()
     yield app
     app.extensions["broker"].close()
@@ -135,6 +136,7 @@ def broker(sandbox: Sandbox) -> Iterator[Any]:
 @pytest.fixture
 def serve_config(sandbox: Sandbox) -> Iterator[Any]:
     """Serve a broker built from a custom config dict: `serve_config(cfg)`."""
+    sandbox.settle()  # nothing an earlier test stalled is still to be recorded
     apps: list[Any] = []
 
     def serve(config: dict[str, Any], **kwargs: Any) -> Any:

@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from werkzeug.wrappers import Request, Response
 
-from broker.sandbox.faults import Faults
+from broker.sandbox.faults import Faults, InFlight
 from broker.sandbox.trust import FederatedTrust, TrustRefused
 from broker.sandbox.wsgi import LocalServer
 
@@ -173,6 +173,7 @@ class LocalEntra:
         self.ca = ca or LocalCA()
         self.resources = resources
         self.faults = Faults()
+        self.in_flight = InFlight()  # what is being served: see InFlight
         self.calls: list[dict[str, Any]] = []  # every token request's non-secret fields
         self.client_assertions: list[str] = []  # every assertion received, for leak tests
         self.accepted: list[dict[str, Any]] = []  # claims of every assertion a FIC accepted
@@ -227,6 +228,10 @@ class LocalEntra:
 
     # -- HTTP -------------------------------------------------------------------------------------
     def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Any:
+        with self.in_flight.serving():
+            return self._serve(environ, start_response)
+
+    def _serve(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
         parts = request.path.strip("/").split("/")
         fault = self.faults.take(request.path)

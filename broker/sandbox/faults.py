@@ -10,6 +10,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +57,32 @@ class Faults:
     def _add(self, fault: Fault, times: int) -> None:
         with self._lock:
             self._queue.extend([fault] * times)
+
+
+class InFlight:
+    """The requests an endpoint is serving. A request a fault stalls is recorded by the endpoint
+    when it finishes, perhaps long after its caller gave up and its test ended: a later test that
+    counts calls waits for none to be in flight first (`settle`)."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = threading.Condition()
+
+    @contextmanager
+    def serving(self) -> Iterator[None]:
+        with self._idle:
+            self._count += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._count -= 1
+                self._idle.notify_all()
+
+    def settle(self, timeout: float = 10.0) -> None:
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._count == 0, timeout):
+                raise TimeoutError(f"still serving {self._count} request(s) after {timeout} s")
 
 
 class ClosingServer:

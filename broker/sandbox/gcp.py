@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from werkzeug.wrappers import Request, Response
 
-from broker.sandbox.faults import Faults
+from broker.sandbox.faults import Faults, InFlight
 from broker.sandbox.trust import FederatedTrust, TrustRefused
 from broker.sandbox.wsgi import LocalServer
 
@@ -103,6 +103,7 @@ class LocalGCP:
         self.echo_bearer = False  # IAM refuses with an error that quotes the bearer token
         self.faults = Faults()
         self.calls: list[dict[str, Any]] = []  # every request: path and non-secret fields
+        self.in_flight = InFlight()  # what is being served: see InFlight
         self.subject_tokens: list[str] = []  # every subject token received, for leak tests
         self.issued: list[str] = []  # every access token issued (federated, service account, operator)
         self._tokens: dict[str, LocalToken] = {}
@@ -184,6 +185,10 @@ class LocalGCP:
 
     # -- HTTP -------------------------------------------------------------------------------------
     def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Any:
+        with self.in_flight.serving():
+            return self._serve(environ, start_response)
+
+    def _serve(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
         fault = self.faults.take(request.path)
         if fault is not None and fault.status is not None:

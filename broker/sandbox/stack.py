@@ -103,6 +103,12 @@ class Sandbox:
             self.key_path.chmod(0o600)
         return self
 
+    def settle(self) -> None:
+        """Wait until the GCP and Entra endpoints serve no request: one a fault stalled is
+        recorded in their `calls` when it finishes, which must not be during a later count."""
+        self.gcp.in_flight.settle()
+        self.azure.in_flight.settle()
+
     def stop(self) -> None:
         if self._broker_server is not None:
             self._broker_server.stop()

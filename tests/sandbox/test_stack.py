@@ -36,3 +36,15 @@ def test_seeding_random_does_not_repeat_the_ports():
     first = [free_port() for _ in range(5)]
     random.seed(1)
     assert [free_port() for _ in range(5)] != first
+
+
+def test_settle_waits_for_a_stalled_request_to_be_recorded(sandbox):
+    import requests
+
+    before = len(sandbox.gcp.calls)
+    sandbox.gcp.faults.stall(0.5, path="/v1/token")
+    with pytest.raises(requests.Timeout):  # the caller gives up, as a broker with a short timeout does
+        requests.post(sandbox.gcp.token_url, data={"grant_type": "x"}, timeout=0.1)
+    assert len(sandbox.gcp.calls) == before  # still stalled: its call is recorded when it finishes
+    sandbox.settle()
+    assert len(sandbox.gcp.calls) == before + 1
