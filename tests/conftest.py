@@ -124,6 +124,15 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         yield box
 
 
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, bool, str]:
+    """One run of the default `ci-broker demo` (its Demo, whether every expectation held, its
+    output), read by the tests that each check a part of it."""
+    from tests.helpers import run_demo_in_process
+
+    return run_demo_in_process(tmp_path_factory.mktemp("demo"))
+
+
 @pytest.fixture
 def broker(sandbox: Sandbox) -> Iterator[Any]:
     """A broker with the sandbox's demo policy, served at sandbox.broker_url."""

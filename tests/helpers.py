@@ -60,3 +60,13 @@ def _environment(extra: Mapping[str, str] | None) -> Iterator[None]:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def run_demo_in_process(workdir: Path) -> tuple[Any, bool, str]:
+    """`ci-broker demo` in this process: its Demo, whether every expectation held, its output."""
+    from broker.demo import Demo
+
+    out = io.StringIO()
+    with Demo(workdir / "demo", out) as demo:
+        ok = demo.run()
+    return demo, ok, out.getvalue()

@@ -21,27 +21,15 @@ import requests
 
 from broker.demo import Demo, run_demo
 from broker.sandbox import stack
+from tests.helpers import run_demo_in_process
 
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 AWS_SECRET_KEY = re.compile(r"[A-Za-z0-9/+=]{40}")
 AWS_ACCESS_KEY_ID = re.compile(r"ASIA[A-Z0-9]{16}")
 
 
-def run_in_process(tmp_path: Path) -> tuple[Demo, bool, str]:
-    out = io.StringIO()
-    with Demo(tmp_path / "demo", out) as demo:
-        ok = demo.run()
-    return demo, ok, out.getvalue()
-
-
-@pytest.fixture(scope="module")
-def default_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Demo, bool, str]:
-    """One run of the default demo, read by the tests below that each check a part of it."""
-    return run_in_process(tmp_path_factory.mktemp("demo"))
-
-
-def test_demo_walkthrough_holds_every_expectation(default_run: tuple[Demo, bool, str]) -> None:
-    demo, ok, output = default_run
+def test_demo_walkthrough_holds_every_expectation(demo_run: tuple[Demo, bool, str]) -> None:
+    demo, ok, output = demo_run
     assert ok, output
     assert all(c.ok for c in demo.checks)
     steps = {c.step for c in demo.checks}
@@ -63,8 +51,8 @@ def test_demo_walkthrough_holds_every_expectation(default_run: tuple[Demo, bool,
         assert text in output
 
 
-def test_demo_shows_a_buildkite_job_through_the_same_policy(default_run: tuple[Demo, bool, str]) -> None:
-    demo, ok, output = default_run
+def test_demo_shows_a_buildkite_job_through_the_same_policy(demo_run: tuple[Demo, bool, str]) -> None:
+    demo, ok, output = demo_run
     assert ok, output
     expectations = {c.expectation: c.ok for c in demo.checks}
     assert expectations["a Buildkite token gets AWS credentials through the same role and policy"]
@@ -74,8 +62,8 @@ def test_demo_shows_a_buildkite_job_through_the_same_policy(default_run: tuple[D
     assert demo.scrubbed == 0
 
 
-def test_demo_prints_no_token_or_credential(default_run: tuple[Demo, bool, str]) -> None:
-    demo, ok, output = default_run
+def test_demo_prints_no_token_or_credential(demo_run: tuple[Demo, bool, str]) -> None:
+    demo, ok, output = demo_run
     assert ok, output
     # Not a vacuous check: the list holds the CI tokens, the assertions and the AWS credentials.
     assert sum(bool(JWT.fullmatch(s)) for s in demo.secrets) >= 5
@@ -101,7 +89,7 @@ def test_demo_fails_when_the_policy_lets_a_feature_branch_through(
         return config
 
     monkeypatch.setattr(stack.Sandbox, "config_dict", weakened)
-    demo, ok, output = run_in_process(tmp_path)
+    demo, ok, output = run_demo_in_process(tmp_path)
     assert not ok
     failed = [c for c in demo.checks if not c.ok]
     assert failed and all(c.step == "5" for c in failed)
@@ -113,7 +101,7 @@ def test_demo_reports_a_step_that_raises(tmp_path: Path, monkeypatch: pytest.Mon
         raise ConnectionError("sts unreachable")
 
     monkeypatch.setattr(Demo, "caller_identity", broken)
-    demo, ok, output = run_in_process(tmp_path)
+    demo, ok, output = run_demo_in_process(tmp_path)
     assert not ok
     assert any(c.step == "4" and "ConnectionError" in c.expectation for c in demo.checks if not c.ok)
 

@@ -5,11 +5,15 @@ then wait on the socket), must come at that byte, and must come at once for what
 
 from __future__ import annotations
 
+import os
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.framing import BODY_LIMIT, HEAD_LIMIT, Progress, RequestBuffer
 
+# Examples per property: FUZZ_EXAMPLES, as for tests/fuzz/ (`make check` takes fewer).
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
 HEAD = b"POST /v1/exchange HTTP/1.1\r\nHost: broker\r\nAuthorization: Bearer a.b.c\r\n"
 
 
@@ -55,7 +59,7 @@ def test_a_chunk_size_line_with_a_bare_lf_waits_for_its_crlf_like_gunicorn():
     assert steps[-1] is Progress.MALFORMED_BODY  # the line "5\nhello" is not a size
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(
     chunks=st.lists(st.binary(min_size=1, max_size=40), max_size=6),
     extension=st.sampled_from([b"", b";a", b";a=b", b' ;q="x y"']),
@@ -70,7 +74,7 @@ def test_any_valid_chunked_body_is_whole_exactly_at_its_last_byte(chunks, extens
     assert gunicorn_body(request) == b"".join(chunks)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=max(1, EXAMPLES // 2), deadline=None)
 @given(body=st.binary(max_size=300), cuts=st.lists(st.integers(min_value=1, max_value=400), max_size=8))
 def test_any_content_length_body_is_whole_exactly_at_its_last_byte(body, cuts):
     request = HEAD + b"Content-Length: %d\r\n\r\n" % len(body) + body

@@ -4,17 +4,11 @@ token or credential of the step reaches the output."""
 
 from __future__ import annotations
 
-import io
-from pathlib import Path
-
 from broker.demo import Demo
 
 
-def test_the_demo_shows_a_block_a_revoke_and_an_unblock(tmp_path: Path) -> None:
-    out = io.StringIO()
-    with Demo(tmp_path / "demo", out) as demo:
-        ok = demo.run()
-    output = out.getvalue()
+def test_the_demo_shows_a_block_a_revoke_and_an_unblock(demo_run: tuple[Demo, bool, str]) -> None:
+    demo, ok, output = demo_run
     assert ok, output
     step = {c.expectation: c.ok for c in demo.checks if c.step == "10"}
     assert step == {
