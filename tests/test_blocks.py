@@ -209,6 +209,17 @@ def test_with_the_stdout_sink_the_event_goes_to_stderr_and_stdout_stays_the_id(c
     assert event["type"] == "block" and event["block_id"] == out.splitlines()[0]
 
 
+def test_the_file_serve_audit_log_defaults_to_gets_the_event_too(capsys, store_config, tmp_path, monkeypatch):
+    # `serve --audit-log` defaults to $CI_BROKER_AUDIT_LOG: a pod's `kubectl exec` shares it.
+    _, path = store_config
+    monkeypatch.setenv("CI_BROKER_AUDIT_LOG", str(tmp_path / "from-env.log"))
+    code, out, err = block_any_ref(capsys, path)
+    assert code == 0, err
+    (event,) = [json.loads(line) for line in (tmp_path / "from-env.log").read_text().splitlines()]
+    assert event["type"] == "block" and event["block_id"] == out.splitlines()[0]
+    assert "{" not in err
+
+
 def test_the_event_takes_the_configured_format(capsys, store_config, tmp_path):
     _, path = store_config
     with_audit(path, sink="file:audit.cef", format="cef")

@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_DENY, EXIT_ERROR = 0, 1, 2
 CONFIG_ENV = "CI_BROKER_CONFIG"
+# `serve --audit-log`'s default, and where block, unblock and revoke write their events too.
+AUDIT_LOG_ENV = "CI_BROKER_AUDIT_LOG"
 
 Handler = Callable[[argparse.Namespace], int]
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"

@@ -11,7 +11,8 @@ operator's own credentials. Bad input and a revoke that matches nothing exit 2 h
 nothing; a cloud step that fails under `--apply` exits 2 after the others were tried.
 
 Each change they make is one audit event (`"type"`: `block`, `unblock` or `revoke`, with the
-operator's user@host) where the broker's own events go (`server.audit`): a file or syslog sink
+operator's user@host) where the broker's own events go (`server.audit`, or the file
+`$CI_BROKER_AUDIT_LOG` names, as for `serve --audit-log`): a file or syslog sink
 gets it beside the exchanges it changed. With the `stdout` sink the broker's stdout belongs to
 its own process, out of this command's reach: the event goes to this command's stderr instead,
 and stdout stays what scripts read (a block's id on the first line).
@@ -21,13 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from broker.cli.common import EXIT_ERROR, EXIT_OK, Subparsers, add_config_option, load
+from broker.cli.common import AUDIT_LOG_ENV, EXIT_ERROR, EXIT_OK, Subparsers, add_config_option, load
 
 if TYPE_CHECKING:
     from broker.blockstore import BlockStore
@@ -344,12 +346,13 @@ def _audit(config: Config, kind: str, outcome: str, **fields: Any) -> None:
     settings = config.server.audit
     event = {"type": kind, "outcome": outcome, **fields, "operator": operator()}
     line = FORMATTERS[settings.format](event)
-    if settings.file is None and settings.syslog is None:
+    path = os.environ.get(AUDIT_LOG_ENV) or None  # as `serve --audit-log` defaults to it
+    if path is None and settings.file is None and settings.syslog is None:
         print(line, file=sys.stderr)
         return
     problem = None
     try:
-        sink = audit_handler(None, None, settings)
+        sink = audit_handler(path, None, settings)
         try:
             sink.write_line(line)
             sink.flush()  # syslog: waits up to 5 s for the line to be sent
@@ -360,5 +363,6 @@ def _audit(config: Config, kind: str, outcome: str, **fields: Any) -> None:
     except OSError as exc:
         problem = str(exc)
     if problem is not None:
-        print(f"warning: the audit event could not be written to {settings.sink}: {problem}", file=sys.stderr)
+        where = f"file:{path}" if path else settings.sink
+        print(f"warning: the audit event could not be written to {where}: {problem}", file=sys.stderr)
         print(line, file=sys.stderr)

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from broker.cli.common import EXIT_ERROR, EXIT_OK, Subparsers, add_config_option, load
+from broker.cli.common import AUDIT_LOG_ENV, EXIT_ERROR, EXIT_OK, Subparsers, add_config_option, load
 
 if TYPE_CHECKING:
     from broker.metricslistener import MetricsListener
@@ -40,8 +40,8 @@ def register(sub: Subparsers) -> None:
     )
     p.add_argument(
         "--audit-log",
-        default=os.environ.get("CI_BROKER_AUDIT_LOG"),
-        help="append audit events to this file (default: stdout; $CI_BROKER_AUDIT_LOG)",
+        default=os.environ.get(AUDIT_LOG_ENV),
+        help=f"append audit events to this file (default: stdout; ${AUDIT_LOG_ENV})",
     )
     p.add_argument(
         "--log-level",
