@@ -35,7 +35,8 @@ AZURE_SUBSCRIPTION_ID = "a1b2c3d4-e5f6-4a5b-8c7d-9e0f1a2b3c4d"
 AZURE_SCOPE = "https://management.azure.com/.default"
 
 
-# Chosen by the OS, never by a seeded `random` (pytest-randomly seeds it alike in every test process).
+# Chosen by the OS, never by the shared `random`: a test may seed it (Hypothesis does, alike in
+# every process), and two test processes would then try the same ports in the same order.
 _PORTS = random.SystemRandom()
 
 

@@ -31,7 +31,7 @@ def test_a_free_port_can_be_bound():
 
 
 def test_seeding_random_does_not_repeat_the_ports():
-    # pytest-randomly seeds `random` alike in every xdist worker at every test's start.
+    # A test may seed `random` (Hypothesis does, alike in every xdist worker).
     random.seed(1)
     first = [free_port() for _ in range(5)]
     random.seed(1)
