@@ -182,7 +182,9 @@ def test_revoke_writes_one_audit_event_naming_what_it_ended(capsys, store_config
     assert event["type"] == "revoke" and event["outcome"] == "applied" and event["reason"] == "INC-4711"
     assert event["provider"] == "github" and event["claims"] == {"repository_id": REPO_ID}
     assert event["sessions_ended"] == [mine.id] and "deploy-prod" in event["roles"]
-    assert event["cloud_steps"] and not any(step["applied"] for step in event["cloud_steps"])  # no --apply
+    assert event["cloud_steps"] and {step["result"] for step in event["cloud_steps"]} == {
+        "printed"
+    }  # no --apply
     assert event["operator"]
 
 
@@ -366,6 +368,10 @@ def test_apply_without_the_role_in_iam_fails_clearly_and_still_ends_the_sessions
     assert code == 2
     assert "FAILED: IAM refused: NoSuchEntity" in out and "aws iam put-role-policy" in out
     assert session.id in out and live_ids(path) == set()
+    # The audit event (on stderr with the stdout sink) says the step failed, not that it was applied.
+    (event,) = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert event["outcome"] == "failed" and event["sessions_ended"] == [session.id]
+    assert {"cloud": "aws", "roles": ["deploy-prod"], "result": "failed"} in event["cloud_steps"]
 
 
 def test_apply_disables_the_service_account_with_the_operators_own_token(

@@ -284,19 +284,23 @@ def _revoke(args: argparse.Namespace, config: Config) -> int:
     steps = plan(config, selection, gcp_iam_url=iam_url)
     print(f"Credentials the clouds already issued for {', '.join(selection.roles)}:")
     clients, failed = Clients(), 0
+    results: list[str] = []  # per step, for the audit event: applied, failed, or left to the operator
     for step in steps:
         print()
         print(f"{step.cloud.upper()} ({', '.join(step.roles)}): {step.summary}")
         if args.apply and step.action is not None:
             try:
                 print(f"  applied: {step.action.apply(clients)}")
+                results.append("applied")
             except StepFailed as exc:
                 failed += 1
+                results.append("failed")
                 print(f"  FAILED: {exc}")
                 print("  run it yourself:")
                 for command in step.commands:
                     print(f"    {command}")
         else:
+            results.append("printed")
             for command in step.commands:
                 print(f"  {command}")
         for note in step.notes:
@@ -317,10 +321,9 @@ def _revoke(args: argparse.Namespace, config: Config) -> int:
         sessions_ended=[session.id for session in ended],
         roles=list(selection.roles),
         cloud_steps=[
-            {"cloud": step.cloud, "roles": list(step.roles), "applied": bool(args.apply and step.action)}
-            for step in steps
+            {"cloud": step.cloud, "roles": list(step.roles), "result": result}
+            for step, result in zip(steps, results, strict=True)
         ],
-        failed_steps=failed,
     )
     if not args.apply:
         print(
