@@ -35,3 +35,19 @@ def test_a_short_http_fuzz_run_has_no_server_errors() -> None:
     assert result.returncode == 0
     statuses = set(report["by_status"])
     assert {"200", "401", "403", "400"} <= statuses, "the run should reach grants and every kind of refusal"
+
+
+def test_a_raised_message_quoting_a_token_is_withheld_from_the_report() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fuzz_http", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    fuzz_http = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fuzz_http)
+    token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLWJ5dGVz"
+    assert fuzz_http.reported(f"ValueError: bad token {token}", [token]) == (
+        "ValueError: (message withheld: it quotes a token or credential)"
+    )
+    assert fuzz_http.reported("RuntimeError: threads can only be started once", [token]) == (
+        "RuntimeError: threads can only be started once"
+    )
